@@ -1,0 +1,33 @@
+"""Installs tfrs-pipeline with the versions this stack is known to work with.
+
+ScaNN 1.4.2 ships TensorFlow ops compiled for TensorFlow 2.20, so TensorFlow, tf-keras and the
+serving API are pinned to the 2.20 line; a newer TensorFlow would fail to load the ScaNN ops.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="tfrs-pipeline",
+    version="0.1.0",
+    description="Two-stage TFRS recommenders (retrieval, ranking, sessions) served by TF Serving",
+    packages=find_packages(include=["tfrs_pipeline", "tfrs_pipeline.*"]),
+    python_requires=">=3.10,<3.13",
+    install_requires=[
+        "tensorflow~=2.20.0",
+        "tf-keras~=2.20.0",
+        "tensorflow-recommenders==0.7.7",
+        "scann[tf]==1.4.2",
+        "tensorflow-datasets>=4.9,<5",
+        "tensorflow-serving-api~=2.20.0",
+        "grpcio>=1.60",
+        "numpy>=1.26",
+        "pandas>=2.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tfrs-pipeline-train=tfrs_pipeline.train:main",
+        ],
+    },
+)
