@@ -1,0 +1,77 @@
+"""The model server config is a real ModelServerConfig: written, parsed and checked by the proto."""
+import pathlib
+
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from tfrs_pipeline.export.serving_config import (ModelEntry, ServingConfigError, build_config, read_config,
+                                                 upsert_model, write_config)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def parse_with_proto(path: pathlib.Path) -> model_server_config_pb2.ModelServerConfig:
+    return text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
+
+
+def test_written_config_parses_with_the_real_proto(tmp_path):
+    config = build_config([
+        ModelEntry("retrieval", str(tmp_path / "retrieval"), num_versions=2, version_labels={"stable": 1, "canary": 2}),
+        ModelEntry("ranking", str(tmp_path / "ranking"), version_policy="all"),
+        ModelEntry("session", str(tmp_path / "session"), version_policy="specific", versions=(3, 5)),
+    ])
+    path = write_config(config, tmp_path / "models.config")
+    parsed = parse_with_proto(path)
+    retrieval, ranking, session = parsed.model_config_list.config
+    assert (retrieval.name, retrieval.base_path, retrieval.model_platform) == (
+        "retrieval", str(tmp_path / "retrieval"), "tensorflow")
+    assert retrieval.model_version_policy.latest.num_versions == 2
+    assert dict(retrieval.version_labels) == {"stable": 1, "canary": 2}
+    assert ranking.model_version_policy.WhichOneof("policy_choice") == "all"
+    assert list(session.model_version_policy.specific.versions) == [3, 5]
+    assert read_config(path) == parsed
+    assert [entry.name for entry in tmp_path.iterdir()] == ["models.config"]  # no temporary file left
+
+
+def test_upsert_adds_and_replaces_models_by_name(tmp_path):
+    path = tmp_path / "models.config"
+    upsert_model(path, ModelEntry("retrieval", "/models/retrieval"))
+    upsert_model(path, ModelEntry("ranking", "/models/ranking"))
+    upsert_model(path, ModelEntry("retrieval", "/models/retrieval", num_versions=2, version_labels={"stable": 7}))
+    models = parse_with_proto(path).model_config_list.config
+    assert [model.name for model in models] == ["retrieval", "ranking"]
+    assert models[0].model_version_policy.latest.num_versions == 2
+    assert dict(models[0].version_labels) == {"stable": 7}
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("model_config_list { config { name: 'a' base_path: '/a' } config { name: 'a' base_path: '/b' } }",
+     "the name is used twice"),
+    ("model_config_list { config { name: 'a' } }", "base_path is missing"),
+    ("model_config_list { config { name: 'a' base_path: '/a' model_platform: 'pytorch' } }",
+     "model_platform must be 'tensorflow'"),
+    ("model_config_list { config { name: 'a' base_path: '/a' model_version_policy { specific {} } } }",
+     "lists no versions"),
+    ("model_config_list { config { name: 'a' base_path: '/a' version_labels { key: 'stable' value: 0 } } }",
+     "must point to a positive version"),
+    ("model_config_list { config { nme: 'a' } }", "not a ModelServerConfig text proto"),
+])
+def test_a_bad_config_names_the_file_and_the_problem(tmp_path, text, problem):
+    path = tmp_path / "bad.config"
+    path.write_text(text)
+    with pytest.raises(ServingConfigError, match=problem) as raised:
+        read_config(path)
+    assert str(path) in str(raised.value)
+
+
+def test_a_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ServingConfigError, match="cannot read the model config file"):
+        read_config(tmp_path / "absent.config")
+
+
+def test_an_invalid_entry_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="version_policy must be one of"):
+        build_config([ModelEntry("a", "/a", version_policy="newest")])
+    with pytest.raises(ValueError, match="the name is used twice"):
+        build_config([ModelEntry("a", "/a"), ModelEntry("a", "/b")])
