@@ -1,0 +1,1 @@
+"""Reading and splitting the data sets: MovieLens tables, per-user sequences, session clickstreams."""
