@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 import tensorflow as tf
 
 from tfrs_pipeline import index
+from tfrs_pipeline.data.movielens import load_movielens
 
 NUM_USERS = 300
 EMBEDDING_DIM = 32
@@ -19,11 +19,7 @@ K = 10
 @pytest.fixture(scope="module")
 def factorization(shared_data_dir):
     """User and item embeddings from a truncated SVD of the implicit user x item matrix of the first users."""
-    ratings = pd.read_csv(
-        shared_data_dir / "ml-1m" / "ratings.dat", sep="::", engine="python", nrows=60_000,
-        names=["user_id", "movie_id", "user_rating", "timestamp"], dtype=str,
-    )
-    ratings = ratings[ratings.user_id.astype(int) <= NUM_USERS]
+    ratings = load_movielens(shared_data_dir / "ml-1m", max_users=NUM_USERS).ratings
     user_ids, user_rows = np.unique(ratings.user_id.to_numpy(), return_inverse=True)
     movie_ids, movie_columns = np.unique(ratings.movie_id.to_numpy(), return_inverse=True)
     interactions = np.zeros((len(user_ids), len(movie_ids)), np.float32)
