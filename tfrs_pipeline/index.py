@@ -34,6 +34,10 @@ _LEAVES_TO_SEARCH_FRACTION = 0.1
 # Points re-scored exactly per result requested (ScaNN's README reorders 100 for 10 neighbours).
 _REORDER_PER_RESULT = 10
 _MIN_REORDERING_CANDIDATES = 100
+# ScaNN's k-means tree starts from a random initialization, so two builds with the same settings
+# differ; tuning accepts settings only if this many independent builds all meet the target, so the
+# export's own build (another draw) meets it too.
+_TUNING_BUILDS = 3
 
 SCANN_SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
 """Pass to ``tf.saved_model.save`` / ``model.save`` for any model holding a ScaNN layer."""
@@ -178,9 +182,9 @@ def tune_scann(
     """ScaNN settings whose top-k agrees with exact search on ``target_recall`` of the sample queries.
 
     Starts from ``scann_params_for`` and, while the agreement (``top_k_agreement``) on the sample is
-    below target, doubles the leaves searched and the reordering pool. Searching every leaf and
-    reordering every candidate is exact, so the loop ends; on MovieLens-sized catalogs it takes one
-    or two rounds of a few milliseconds each.
+    below target, widens the search (``_widened``). Searching every leaf and reordering every
+    candidate is exact, so the loop ends; on MovieLens-sized catalogs it takes a few rounds of a
+    few milliseconds each.
 
     Args:
       candidate_embeddings: [n, dim] candidate embeddings.
@@ -189,7 +193,8 @@ def tune_scann(
       target_recall: fraction of sample queries whose top-k must equal the exact top-k.
 
     Returns:
-      The first parameters meeting the target (``scann_params_for`` itself when it already does).
+      The first parameters meeting the target on ``_TUNING_BUILDS`` independent builds
+      (``scann_params_for`` itself when it already does).
     """
     candidate_embeddings = tf.convert_to_tensor(candidate_embeddings, dtype=tf.float32)
     sample_queries = tf.convert_to_tensor(sample_queries, dtype=tf.float32)
@@ -198,18 +203,33 @@ def tune_scann(
     _, exact_ids = build_top_k("brute_force", positions, candidate_embeddings, k)(sample_queries)
     params = scann_params_for(num_candidates, k)
     while True:
-        _, approx_ids = build_top_k("scann", positions, candidate_embeddings, k, params=params)(sample_queries)
         exhaustive = (
             params.num_leaves_to_search == params.num_leaves
             and params.num_reordering_candidates == num_candidates
         )
-        if exhaustive or top_k_agreement(exact_ids.numpy(), approx_ids.numpy()) >= target_recall:
+        if exhaustive or all(
+            top_k_agreement(exact_ids.numpy(), approx_ids.numpy()) >= target_recall
+            for _, approx_ids in (
+                build_top_k("scann", positions, candidate_embeddings, k, params=params)(sample_queries)
+                for _ in range(_TUNING_BUILDS)
+            )
+        ):
             return params
-        params = dataclasses.replace(
-            params,
-            num_leaves_to_search=min(params.num_leaves, 2 * params.num_leaves_to_search),
-            num_reordering_candidates=min(num_candidates, 2 * params.num_reordering_candidates),
-        )
+        params = _widened(params, num_candidates)
+
+
+def _widened(params: ScannParams, num_candidates: int) -> ScannParams:
+    """Twice the leaves searched; once every leaf is searched, twice the reordering pool.
+
+    Leaves first: a true neighbour in an unsearched leaf is lost whatever the reordering, while
+    a larger pool only fixes the order asymmetric hashing got wrong (measured on ML-1M SVD
+    embeddings: all 61 leaves with 300 reordered agree on 99.7% of users, 28 leaves on 95%).
+    """
+    if params.num_leaves_to_search < params.num_leaves:
+        return dataclasses.replace(params, num_leaves_to_search=min(params.num_leaves, 2 * params.num_leaves_to_search))
+    return dataclasses.replace(
+        params, num_reordering_candidates=min(num_candidates, 2 * params.num_reordering_candidates)
+    )
 
 
 def load_top_k(path: str):
