@@ -1,0 +1,81 @@
+"""Turns per-user chronological sequences into fixed-length training and evaluation examples.
+
+Every example is left-padded with "" so the most recent item sits in the last slot (what the causal
+encoder expects). Training examples pair each history position with the item that came next, so one
+example trains every prefix of its window at once; a history longer than the window is cut into
+consecutive windows from the most recent end, so no rating is wasted.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+WIDTH_STEP = 32
+USER_FEATURES = ("user_gender", "bucketized_user_age", "user_occupation_label", "user_zip_code")
+
+
+def _left_pad(rows: Sequence[np.ndarray], length: int) -> np.ndarray:
+    padded = np.full((len(rows), length), "", dtype=object)
+    for row, items in enumerate(rows):
+        if len(items):
+            padded[row, length - len(items):] = items
+    return padded
+
+
+def training_windows(user_ids: np.ndarray, item_sequences: Sequence[np.ndarray], max_length: int) -> dict:
+    """Examples ``user_id`` [E], ``history_item_ids`` [E, L], ``target_item_ids`` [E, L].
+
+    ``target_item_ids[e, t]`` is the item that followed ``history_item_ids[e, t]``; "" marks padding
+    (no target). Users with a single item give no example: there is no "next" to learn.
+    """
+    example_users, histories, targets = [], [], []
+    for user_id, items in zip(user_ids, item_sequences):
+        for end in range(len(items) - 1, 0, -max_length):
+            start = max(0, end - max_length)
+            example_users.append(user_id)
+            histories.append(items[start:end])
+            targets.append(items[start + 1: end + 1])
+    return {
+        "user_id": np.asarray(example_users, dtype=object),
+        "history_item_ids": _left_pad(histories, max_length),
+        "target_item_ids": _left_pad(targets, max_length),
+    }
+
+
+def next_item_examples(user_ids: np.ndarray, item_sequences: Sequence[np.ndarray], next_item_ids: np.ndarray,
+                       max_length: int) -> dict:
+    """One example per user: the most recent ``max_length`` items, and the next item in the last slot only."""
+    target_item_ids = np.full((len(user_ids), max_length), "", dtype=object)
+    target_item_ids[:, -1] = next_item_ids
+    return {
+        "user_id": np.asarray(user_ids, dtype=object),
+        "history_item_ids": _left_pad([items[-max_length:] for items in item_sequences], max_length),
+        "target_item_ids": target_item_ids,
+    }
+
+
+def with_user_features(examples: dict, users: pd.DataFrame) -> dict:
+    """Adds the demographic columns of ``users`` (indexed by ``user_id``) to every example."""
+    rows = users.set_index("user_id").loc[examples["user_id"]]
+    return {**examples, **{name: rows[name].to_numpy() for name in USER_FEATURES}}
+
+
+def length_bucketed_batches(examples: dict, batch_size: int, rng: np.random.Generator):
+    """Yields shuffled batches of similar history length, trimmed of the slots all of them pad.
+
+    Most histories are far shorter than the window, so batching by length and trimming the leading
+    padding (left padding keeps the most recent item in the last slot, so trimming is safe) spares
+    the transformer most of its work on padding. Widths are rounded up to a multiple of
+    ``WIDTH_STEP`` so that only a few distinct shapes reach TensorFlow (each new shape costs kernel
+    set-up). The order is reshuffled at every call.
+    """
+    max_length = examples["history_item_ids"].shape[1]
+    lengths = (examples["history_item_ids"] != "").sum(axis=1)
+    order = np.lexsort((rng.random(len(lengths)), lengths))
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    for batch in rng.permutation(len(batches)):
+        rows = batches[batch]
+        width = min(max_length, -(-max(1, int(lengths[rows].max())) // WIDTH_STEP) * WIDTH_STEP)
+        yield {name: (values[rows, -width:] if values.ndim == 2 else values[rows]) for name, values in examples.items()}

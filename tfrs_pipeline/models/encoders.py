@@ -1,0 +1,79 @@
+"""The causal transformer that turns an ordered item history into one query embedding per position.
+
+Shared by the retrieval query tower (a user's rating history) and the session model (an anonymous
+clickstream): both predict "the next item" from "the items so far", and both train on every
+prefix at once, which a causal mask gives for the price of one forward pass.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+class TransformerBlock(tf.keras.layers.Layer):
+    """Pre-norm self-attention + feed-forward block (pre-norm trains stably without warm-up)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, **kwargs):
+        super().__init__(**kwargs)
+        self._attention_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+        self._attention = tf.keras.layers.MultiHeadAttention(
+            num_heads=num_heads, key_dim=dim // num_heads, dropout=dropout
+        )
+        self._feed_forward_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+        self._feed_forward = tf.keras.Sequential(
+            [
+                tf.keras.layers.Dense(dim * 2, activation="gelu"),
+                tf.keras.layers.Dropout(dropout),
+                tf.keras.layers.Dense(dim),
+            ]
+        )
+        self._dropout = tf.keras.layers.Dropout(dropout)
+
+    def call(self, sequence: tf.Tensor, attention_mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+        normed = self._attention_norm(sequence)
+        attended = self._attention(normed, normed, attention_mask=attention_mask, training=training)
+        sequence = sequence + self._dropout(attended, training=training)
+        transformed = self._feed_forward(self._feed_forward_norm(sequence), training=training)
+        return sequence + self._dropout(transformed, training=training)
+
+
+class CausalTransformerEncoder(tf.keras.layers.Layer):
+    """Encodes left-padded item embeddings [batch, length, dim] into per-position states.
+
+    Sequences are left-padded so that the most recent item always sits in the last slot: serving
+    reads the last position, training reads every position. Position embeddings are learned per slot
+    (as in SASRec), so "the most recent item" has the same position at training and serving time.
+
+    Args:
+      max_length: number of slots; longer histories must be cut to their most recent items.
+      dim: embedding width (inputs and outputs).
+      num_blocks, num_heads, dropout: transformer shape.
+    """
+
+    def __init__(self, max_length: int, dim: int, num_blocks: int = 2, num_heads: int = 2,
+                 dropout: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.max_length = max_length
+        self._positions = tf.keras.layers.Embedding(max_length, dim)
+        self._input_dropout = tf.keras.layers.Dropout(dropout)
+        self._blocks = [TransformerBlock(dim, num_heads, dropout) for _ in range(num_blocks)]
+        self._output_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+
+    def call(self, item_embeddings: tf.Tensor, padding_mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Returns [batch, length, dim]; position t has seen items 0..t only.
+
+        Args:
+          item_embeddings: [batch, length, dim], left-padded.
+          padding_mask: [batch, length] bool, True where a real item is.
+        """
+        length = tf.shape(item_embeddings)[1]
+        slots = tf.range(self.max_length - length, self.max_length)
+        sequence = item_embeddings * tf.math.sqrt(tf.cast(tf.shape(item_embeddings)[-1], tf.float32))
+        sequence = self._input_dropout(sequence + self._positions(slots)[tf.newaxis], training=training)
+        causal = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)
+        # A padded query row attends to nothing valid; let it see itself so softmax stays finite.
+        attention_mask = tf.logical_and(causal[tf.newaxis], padding_mask[:, tf.newaxis, :])
+        attention_mask = tf.logical_or(attention_mask, tf.eye(length, dtype=tf.bool)[tf.newaxis])
+        keep = tf.cast(padding_mask, sequence.dtype)[..., tf.newaxis]
+        for block in self._blocks:
+            sequence = block(sequence * keep, attention_mask, training=training)
+        return self._output_norm(sequence) * keep
