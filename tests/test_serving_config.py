@@ -7,6 +7,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from tfrs_pipeline.export.serving_config import (ModelEntry, ServingConfigError, build_config, read_config,
                                                  upsert_model, write_config)
+from tfrs_pipeline.serving.batching import BatchingOptions
+from tfrs_pipeline.serving.server_protos import BatchingParameters, MonitoringConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -75,3 +77,24 @@ def test_an_invalid_entry_is_refused_before_anything_is_written(tmp_path):
         build_config([ModelEntry("a", "/a", version_policy="newest")])
     with pytest.raises(ValueError, match="the name is used twice"):
         build_config([ModelEntry("a", "/a"), ModelEntry("a", "/b")])
+
+
+@pytest.mark.parametrize("name", ["models.config", "tf_serving_docker.config"])
+def test_the_shipped_model_configs_parse_and_label_both_arms(name):
+    config = read_config(REPO_ROOT / "serving_config" / name)
+    assert parse_with_proto(REPO_ROOT / "serving_config" / name) == config
+    models = {model.name: model for model in config.model_config_list.config}
+    assert {"retrieval", "ranking"} <= set(models)
+    for served_name in ("retrieval", "ranking"):
+        assert set(models[served_name].version_labels) == {"stable", "canary"}
+        assert models[served_name].model_version_policy.latest.num_versions == 2
+
+
+def test_the_shipped_batching_and_monitoring_configs_parse():
+    batching = text_format.Parse((REPO_ROOT / "serving_config" / "batching.config").read_text(), BatchingParameters())
+    assert BatchingOptions.from_proto(batching) == BatchingOptions(
+        max_batch_size=32, batch_timeout_micros=2000, max_enqueued_batches=100, num_batch_threads=2)
+    monitoring = text_format.Parse((REPO_ROOT / "serving_config" / "monitoring.config").read_text(),
+                                   MonitoringConfig())
+    assert monitoring.prometheus_config.enable
+    assert monitoring.prometheus_config.path == "/monitoring/prometheus/metrics"

@@ -1,0 +1,68 @@
+"""The Predict path shared by the gRPC and REST front ends: find the version, check, (batch,) run, count.
+
+Both front ends translate their wire format to numpy inputs and back; everything in between, so
+every rule about versions, labels, checks and batching, lives here once.
+"""
+import threading
+import time
+from typing import Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from tfrs_pipeline.serving.batching import Batcher, BatchingOptions
+from tfrs_pipeline.serving.errors import ServingError
+from tfrs_pipeline.serving.metrics import ServerMetrics
+from tfrs_pipeline.serving.model_manager import ModelManager
+from tfrs_pipeline.serving.servable import DEFAULT_SIGNATURE, Servable
+
+
+class PredictionBackend:
+    """Runs Predict requests on the versions a ``ModelManager`` serves, batching them if asked to."""
+
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics, batching: BatchingOptions | None = None):
+        self.manager = manager
+        self.metrics = metrics
+        self._batching = batching
+        self._batchers: dict[tuple[int, str], Batcher] = {}
+        self._batchers_lock = threading.Lock()
+
+    def predict(self, model_name: str, version: int | None, label: str | None, signature_name: str,
+                inputs: Mapping[str, np.ndarray], output_filter: Sequence[str], entrypoint: str
+                ) -> tuple[Servable, dict[str, np.ndarray]]:
+        """Answers one Predict request; raises ``ServingError`` with TF Serving's status code."""
+        started = time.perf_counter()
+        servable, status = None, grpc.StatusCode.UNKNOWN.name
+        try:
+            servable = self.manager.servable(model_name, version, label)
+            output_names = servable.check_request(signature_name, inputs, output_filter)
+            outputs = self._run(servable, signature_name or DEFAULT_SIGNATURE, inputs)
+            status = grpc.StatusCode.OK.name
+            return servable, {name: outputs[name] for name in output_names}
+        except ServingError as error:
+            status = error.code.name
+            raise
+        except Exception as error:  # an unexpected failure answers INTERNAL and leaves the server up
+            status = grpc.StatusCode.INTERNAL.name
+            raise ServingError(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}") from error
+        finally:
+            self.metrics.record(model_name, servable.version if servable else None, "predict", entrypoint, status,
+                                time.perf_counter() - started)
+
+    def _run(self, servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray]):
+        if self._batching is None:
+            return servable.call(signature_name, inputs)
+        key = (id(servable), signature_name)
+        with self._batchers_lock:
+            if key not in self._batchers:
+                self._batchers[key] = Batcher(lambda batch: servable.call(signature_name, batch), self._batching)
+            batcher = self._batchers[key]
+        return batcher.run(inputs)
+
+    def forget(self, servable: Servable) -> None:
+        """Stops the batching threads of a servable that was taken out of service."""
+        with self._batchers_lock:
+            keys = [key for key in self._batchers if key[0] == id(servable)]
+            batchers = [self._batchers.pop(key) for key in keys]
+        for batcher in batchers:
+            batcher.stop()

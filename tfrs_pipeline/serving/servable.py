@@ -1,0 +1,108 @@
+"""One loaded model version: its SavedModel signatures, checked and run like TF Serving runs them.
+
+The signatures' contract (input and output names, dtypes, shapes) is read from the SavedModel's
+own ``SignatureDef``s, the same data TF Serving returns from GetModelMetadata, so requests are
+checked against exactly what the exporter declared and a bad request is an INVALID_ARGUMENT that
+names the input, never a TensorFlow traceback.
+"""
+import pathlib
+from typing import Mapping, Sequence
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from scann import scann_ops  # noqa: F401  (registers the ScaNN ops, so ScaNN-indexed exports load)
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from tfrs_pipeline.serving.errors import ServingError, invalid_argument
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+class Servable:
+    """A SavedModel version ready to serve: ``run`` checks a request's inputs and calls a signature."""
+
+    def __init__(self, name: str, version: int, path: str | pathlib.Path):
+        self.name = name
+        self.version = version
+        self.path = pathlib.Path(path)
+        self.signature_defs = _read_signature_defs(self.path)
+        self._saved_model = tf.saved_model.load(str(self.path))
+        self._functions = dict(self._saved_model.signatures)
+
+    def signature_def(self, signature_name: str) -> meta_graph_pb2.SignatureDef:
+        signature_name = signature_name or DEFAULT_SIGNATURE
+        if signature_name not in self._functions:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"Serving signature name: \"{signature_name}\" not found in signature def of model "
+                               f"{self.name} version {self.version}; it has {sorted(self._functions)}")
+        return self.signature_defs[signature_name]
+
+    def check_request(self, signature_name: str, inputs: Mapping[str, np.ndarray],
+                      output_filter: Sequence[str] = ()) -> list[str]:
+        """Raises INVALID_ARGUMENT naming the input or output if a request does not fit the signature.
+
+        Returns:
+          The names of the outputs to answer with: ``output_filter``, or all outputs when it is empty.
+        """
+        signature_def = self.signature_def(signature_name)
+        expected = signature_def.inputs
+        missing = sorted(set(expected) - set(inputs))
+        unknown = sorted(set(inputs) - set(expected))
+        if missing or unknown:
+            problems = ([f"missing {missing}"] if missing else []) + ([f"unknown {unknown}"] if unknown else [])
+            raise invalid_argument(f"signature '{signature_name or DEFAULT_SIGNATURE}' expects inputs "
+                                   f"{_describe(expected)}; " + "; ".join(problems))
+        for input_name, tensor_info in expected.items():
+            _check_tensor(input_name, inputs[input_name], tensor_info)
+        unknown_outputs = sorted(set(output_filter) - set(signature_def.outputs))
+        if unknown_outputs:
+            raise invalid_argument(f"output tensor alias not found in signature: {unknown_outputs}; "
+                                   f"outputs are {sorted(signature_def.outputs)}")
+        return list(output_filter) or sorted(signature_def.outputs)
+
+    def call(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs a signature on inputs that passed ``check_request``; returns all its outputs."""
+        expected = self.signature_def(signature_name).inputs
+        tensors = {name: tf.constant(value, dtype=tf.as_dtype(expected[name].dtype)) for name, value in inputs.items()}
+        try:
+            outputs = self._functions[signature_name or DEFAULT_SIGNATURE](**tensors)
+        except tf.errors.InvalidArgumentError as error:
+            raise invalid_argument(f"model {self.name} version {self.version}: {error.message}") from None
+        return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+
+def _read_signature_defs(path: pathlib.Path) -> dict[str, meta_graph_pb2.SignatureDef]:
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
+    serving_graphs = [graph for graph in saved_model.meta_graphs if "serve" in graph.meta_info_def.tags]
+    if not serving_graphs:
+        raise ValueError(f"{path}: the SavedModel has no MetaGraph tagged 'serve'")
+    signatures = serving_graphs[0].signature_def
+    return {name: signatures[name] for name in signatures if not name.startswith("__")}
+
+
+def _check_tensor(name: str, value: np.ndarray, tensor_info: meta_graph_pb2.TensorInfo) -> None:
+    expected_dtype = tf.as_dtype(tensor_info.dtype)
+    actual_dtype = tf.string if value.dtype == object or value.dtype.kind in "SU" else tf.as_dtype(value.dtype)
+    if actual_dtype != expected_dtype:
+        raise invalid_argument(f"input '{name}' expects dtype {expected_dtype.name} but {actual_dtype.name} "
+                               "was provided")
+    shape = tensor_info.tensor_shape
+    if shape.unknown_rank:
+        return
+    expected_dims = [dim.size for dim in shape.dim]
+    if len(expected_dims) != value.ndim or any(size not in (-1, actual)
+                                               for size, actual in zip(expected_dims, value.shape)):
+        raise invalid_argument(f"input '{name}' expects shape {_shape_text(expected_dims)} but got "
+                               f"{list(value.shape)}")
+
+
+def _describe(tensor_infos: Mapping[str, meta_graph_pb2.TensorInfo]) -> str:
+    return ", ".join(f"{name} ({tf.as_dtype(info.dtype).name} {_shape_text([d.size for d in info.tensor_shape.dim])})"
+                     for name, info in sorted(tensor_infos.items()))
+
+
+def _shape_text(dims: Sequence[int]) -> str:
+    return "[" + ", ".join("batch" if index == 0 and size == -1 else ("?" if size == -1 else str(size))
+                           for index, size in enumerate(dims)) + "]"

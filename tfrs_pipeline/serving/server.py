@@ -1,0 +1,161 @@
+"""``tfrs-model-server``: a TF-Serving-compatible model server (gRPC + REST), flag for flag.
+
+Run it like ``tensorflow_model_server``::
+
+    python -m tfrs_pipeline.serving.server --port=8500 --rest_api_port=8501 \\
+        --model_config_file=serving_config/models.config --model_config_file_poll_wait_seconds=60 \\
+        --monitoring_config_file=serving_config/monitoring.config
+
+or for one model: ``--model_name=retrieval --model_base_path=export/retrieval``. It binds to
+127.0.0.1 unless ``--host`` says otherwise. The same config files and clients work against real
+TF Serving replicas; this server exists because the binary cannot be installed everywhere.
+"""
+import argparse
+import concurrent.futures
+import logging
+import pathlib
+import signal
+import sys
+import threading
+
+import grpc
+from google.protobuf import text_format
+
+from tfrs_pipeline.export.serving_config import ModelEntry, ServingConfigError, build_config, read_config
+from tfrs_pipeline.serving.batching import BatchingOptions
+from tfrs_pipeline.serving.errors import ServingError
+from tfrs_pipeline.serving.grpc_service import add_services
+from tfrs_pipeline.serving.metrics import ServerMetrics
+from tfrs_pipeline.serving.model_manager import ModelManager
+from tfrs_pipeline.serving.prediction import PredictionBackend
+from tfrs_pipeline.serving.rest_api import RestServer
+from tfrs_pipeline.serving.server_protos import BatchingParameters, MonitoringConfig
+
+log = logging.getLogger("tfrs_pipeline.serving")
+DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_flag_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfrs-model-server", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    flag = parser.add_argument
+    flag("--port", type=int, default=8500, help="gRPC port (0 picks a free one)")
+    flag("--rest_api_port", type=int, default=0, help="REST port; 0 disables the REST API")
+    flag("--host", default="127.0.0.1", help="address to bind (use 0.0.0.0 to serve other machines)")
+    flag("--model_name", default="default", help="name of the single model (with --model_base_path)")
+    flag("--model_base_path", default="", help="base path of a single model; ignored with --model_config_file")
+    flag("--model_config_file", default="", help="ModelServerConfig text file (models, policies, labels)")
+    flag("--model_config_file_poll_wait_seconds", type=float, default=0,
+         help="seconds between reads of --model_config_file; 0 reads it once")
+    flag("--file_system_poll_wait_seconds", type=float, default=1,
+         help="seconds between looks for new version folders; 0 looks once at start-up")
+    flag("--allow_version_labels_for_unavailable_models", type=parse_bool, nargs="?", const=True, default=False,
+         help="accept labels that point to versions that are not loaded")
+    flag("--enable_batching", type=parse_bool, nargs="?", const=True, default=False,
+         help="merge concurrent requests into batches")
+    flag("--batching_parameters_file", default="", help="BatchingParameters text file")
+    flag("--monitoring_config_file", default="", help="MonitoringConfig text file (Prometheus metrics)")
+    flag("--grpc_max_threads", type=int, default=32, help="threads answering gRPC requests")
+    return parser
+
+
+def read_text_proto(path: str, message_class, what: str):
+    try:
+        return text_format.Parse(pathlib.Path(path).read_text(), message_class())
+    except OSError as error:
+        raise ServingConfigError(path, f"cannot read the {what} file: {error.strerror}") from None
+    except text_format.ParseError as error:
+        raise ServingConfigError(path, f"not a {what} text proto: {error}") from None
+
+
+def model_server_config(flags: argparse.Namespace):
+    if flags.model_config_file:
+        return read_config(flags.model_config_file)
+    if flags.model_base_path:
+        return build_config([ModelEntry(flags.model_name, str(pathlib.Path(flags.model_base_path).absolute()))])
+    raise ServingConfigError("<flags>", "give --model_config_file, or --model_name and --model_base_path")
+
+
+def batching_options(flags: argparse.Namespace) -> BatchingOptions | None:
+    if not flags.enable_batching:
+        return None
+    if not flags.batching_parameters_file:
+        return BatchingOptions()
+    parameters = read_text_proto(flags.batching_parameters_file, BatchingParameters, "BatchingParameters")
+    return BatchingOptions.from_proto(parameters)
+
+
+def metrics_path(flags: argparse.Namespace) -> str | None:
+    if not flags.monitoring_config_file:
+        return None
+    config = read_text_proto(flags.monitoring_config_file, MonitoringConfig, "MonitoringConfig")
+    if not config.prometheus_config.enable:
+        return None
+    return config.prometheus_config.path or DEFAULT_METRICS_PATH
+
+
+class ModelServer:
+    """The running server: model manager, gRPC server and (optionally) REST server. Usable in-process."""
+
+    def __init__(self, flags: argparse.Namespace):
+        self.flags = flags
+        self.manager = ModelManager(flags.allow_version_labels_for_unavailable_models,
+                                    on_unload=lambda servable: self.backend.forget(servable))
+        self.backend = PredictionBackend(self.manager, ServerMetrics(), batching_options(flags))
+        self.metrics_path = metrics_path(flags)
+        self.manager.apply_config(model_server_config(flags))
+        self.grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=flags.grpc_max_threads))
+        add_services(self.grpc_server, self.backend)
+        self.grpc_port = self.grpc_server.add_insecure_port(f"{flags.host}:{flags.port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind the gRPC port {flags.host}:{flags.port}")
+        self.rest_server = None
+        if flags.rest_api_port:
+            self.rest_server = RestServer((flags.host, flags.rest_api_port), self.backend, self.metrics_path)
+        self.rest_port = self.rest_server.server_address[1] if self.rest_server else None
+
+    def start(self) -> "ModelServer":
+        config_source = (lambda: read_config(self.flags.model_config_file)) if self.flags.model_config_file else None
+        self.manager.start_polling(self.flags.file_system_poll_wait_seconds, config_source,
+                                   self.flags.model_config_file_poll_wait_seconds)
+        self.grpc_server.start()
+        log.info("Running gRPC ModelServer at %s:%d ...", self.flags.host, self.grpc_port)
+        if self.rest_server:
+            threading.Thread(target=self.rest_server.serve_forever, daemon=True, name="rest").start()
+            log.info("Exporting HTTP/REST API at %s:%d ...", self.flags.host, self.rest_port)
+        return self
+
+    def stop(self) -> None:
+        self.manager.stop()
+        if self.rest_server:
+            self.rest_server.shutdown()
+            self.rest_server.server_close()
+        self.grpc_server.stop(grace=1).wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    flags = build_flag_parser().parse_args(argv)
+    try:
+        server = ModelServer(flags).start()
+    except (ServingConfigError, ServingError, OSError) as error:
+        print(f"tfrs-model-server: {error}", file=sys.stderr)
+        return 2
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
