@@ -77,3 +77,14 @@ class CausalTransformerEncoder(tf.keras.layers.Layer):
         for block in self._blocks:
             sequence = block(sequence * keep, attention_mask, training=training)
         return self._output_norm(sequence) * keep
+
+
+def most_recent_left_padded(item_ids: tf.Tensor, max_length: int) -> tf.Tensor:
+    """[batch, max_length]: each row's last ``max_length`` non-empty ids, moved to the right end.
+
+    Clients send histories padded with "" at the end and of any length; the encoder wants the most
+    recent item in the last slot. Empty strings anywhere are dropped, so padding style cannot matter.
+    """
+    items = tf.ragged.boolean_mask(item_ids, tf.not_equal(item_ids, ""))
+    recent_first = tf.reverse(items, axis=[1])[:, :max_length]
+    return tf.reverse(recent_first.to_tensor(default_value="", shape=[None, max_length]), axis=[1])

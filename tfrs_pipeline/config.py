@@ -1,0 +1,58 @@
+"""One configuration object per run, written next to its outputs so every figure can be traced."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+
+HOLDOUTS = ("test", "none")
+TASKS = ("two_stage", "session")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that decides what a run produces. Defaults are the benchmarked settings."""
+
+    task: str = "two_stage"
+    data_dir: str | None = None
+    export_dir: str = "export"
+    serving_config: str | None = None
+    holdout: str = "test"
+    max_users: int | None = None
+    max_length: int = 200
+    embedding_dim: int = 64
+    num_blocks: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    user_id_embedding: bool = False
+    num_negatives: int | None = 1024
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    epochs: int = 15
+    ranking_candidates: int = 200
+    ranking_epochs: int = 5
+    ranking_batch_size: int = 32
+    top_k: int = 100
+    scann_target_recall: float = 0.99
+    seed: int = 0
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        if self.holdout not in HOLDOUTS:
+            raise ValueError(f"holdout must be one of {HOLDOUTS}, got {self.holdout!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        for name in ("max_length", "embedding_dim", "batch_size", "epochs", "ranking_candidates", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(f"embedding_dim ({self.embedding_dim}) must be a multiple of num_heads ({self.num_heads})")
+
+    @property
+    def serving_config_path(self) -> pathlib.Path:
+        """The TF Serving model config: given, or ``models.config`` next to the export."""
+        return pathlib.Path(self.serving_config or os.path.join(self.export_dir, "models.config"))
+
+    def write(self, path: str | os.PathLike) -> None:
+        pathlib.Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")

@@ -1,0 +1,138 @@
+"""The serving signatures of the exported models: the contract TF Serving clients rely on.
+
+A client of the retrieval or ranking model sends only user ids: each export carries a snapshot of
+every user's features, recent history and rated items, taken at export time, and looks them up
+inside the graph. A second retrieval signature takes features and history explicitly, for callers
+with fresher data (a feature store, the session of a user who just rated something).
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfrs_pipeline.index import SCANN_SAVE_OPTIONS
+from tfrs_pipeline.models.encoders import most_recent_left_padded
+from tfrs_pipeline.models.query_tower import QueryTower
+
+SERVING_SIGNATURE = "serving_default"
+QUERY_FEATURES_SIGNATURE = "query_features"
+USER_FEATURE_SPECS = {
+    "user_gender": tf.TensorSpec([None], tf.bool, name="user_gender"),
+    "bucketized_user_age": tf.TensorSpec([None], tf.float32, name="bucketized_user_age"),
+    "user_occupation_label": tf.TensorSpec([None], tf.int64, name="user_occupation_label"),
+    "user_zip_code": tf.TensorSpec([None], tf.string, name="user_zip_code"),
+}
+
+
+class UserSnapshot(tf.Module):
+    """Users' features, recent histories and rated items at export time, looked up by user id.
+
+    Unknown user ids get row 0: no history, nothing excluded and neutral demographics, so the
+    model answers with what it knows for a new user rather than failing the whole batch.
+
+    Args:
+      user_ids: [U] ids.
+      features: demographic columns (``USER_FEATURE_SPECS`` names), each [U].
+      histories: per user, all rated item ids in chronological order.
+      max_length: history slots of the query tower.
+    """
+
+    def __init__(self, user_ids: Sequence[str], features: dict[str, np.ndarray], histories: Sequence[np.ndarray],
+                 max_length: int):
+        super().__init__()
+        self._lookup = tf.keras.layers.StringLookup(vocabulary=list(user_ids), mask_token=None)
+        self._features = {
+            name: tf.constant(np.concatenate([[_NEUTRAL[name]], features[name]]).astype(spec.dtype.as_numpy_dtype))
+            for name, spec in USER_FEATURE_SPECS.items()
+        }
+        recent = [np.asarray(items[-max_length:], dtype=object) for items in histories]
+        padded = np.full((len(recent) + 1, max_length), "", dtype=object)
+        for row, items in enumerate(recent, start=1):
+            if len(items):
+                padded[row, max_length - len(items):] = items
+        self._histories = tf.constant(padded.astype(str))
+        rated = [np.asarray([], dtype=str)] + [np.asarray(items, dtype=str) for items in histories]
+        self._rated = tf.RaggedTensor.from_row_lengths(
+            tf.constant(np.concatenate(rated), tf.string), [len(items) for items in rated])
+
+    def features(self, user_id: tf.Tensor) -> dict:
+        """Query features for ``user_id`` [batch]: demographics and ``history_item_ids``."""
+        rows = self._lookup(user_id)
+        looked_up = {name: tf.gather(values, rows) for name, values in self._features.items()}
+        return {**looked_up, "user_id": user_id, "history_item_ids": tf.gather(self._histories, rows)}
+
+    def rated_items(self, user_id: tf.Tensor) -> tf.Tensor:
+        """[batch, most rated in batch] item ids each user rated, "" padded."""
+        return tf.gather(self._rated, self._lookup(user_id)).to_tensor(default_value="")
+
+
+_NEUTRAL = {"user_gender": False, "bucketized_user_age": 25.0, "user_occupation_label": 0, "user_zip_code": ""}
+
+
+class RetrievalExport(tf.Module):
+    """Retrieval for serving: user id (or explicit features) -> top-K item ids and scores.
+
+    Args:
+      query_tower: the trained query tower.
+      top_k: an indexed TFRS top-k layer over the catalog (ScaNN or brute force, from ``index.py``).
+      users: the user snapshot.
+      k: items returned per user.
+    """
+
+    def __init__(self, query_tower: QueryTower, top_k: tf.keras.Model, users: UserSnapshot, k: int):
+        super().__init__()
+        self.query_tower = query_tower
+        self.top_k = top_k
+        self.users = users
+        self.k = k
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+    def serve(self, user_id: tf.Tensor) -> dict:
+        return self._retrieve(self.users.features(user_id), self.users.rated_items(user_id))
+
+    @tf.function(input_signature=[{**USER_FEATURE_SPECS,
+                                   "history_item_ids": tf.TensorSpec([None, None], tf.string, name="history_item_ids")}])
+    def serve_features(self, features: dict) -> dict:
+        """Explicit features; ``history_item_ids`` any length, "" padded; its items are excluded."""
+        history = features["history_item_ids"]
+        recent = most_recent_left_padded(history, self.query_tower.max_length)
+        batch = tf.shape(history)[0]
+        query_features = {**features, "history_item_ids": recent, "user_id": tf.fill([batch], "")}
+        return self._retrieve(query_features, history)
+
+    def _retrieve(self, features: dict, excluded_item_ids: tf.Tensor) -> dict:
+        """Top-k without the excluded ids: over-fetch by the widest exclusion list, then drop them."""
+        queries = self.query_tower(features)
+        scores, item_ids = self.top_k(queries, k=self.k + tf.shape(excluded_item_ids)[1])
+        is_excluded = tf.reduce_any(tf.equal(item_ids[:, :, tf.newaxis], excluded_item_ids[:, tf.newaxis, :]), -1)
+        kept_scores, positions = tf.math.top_k(tf.where(is_excluded, -np.inf, scores), k=self.k)
+        return {"item_ids": tf.gather(item_ids, positions, batch_dims=1), "scores": kept_scores}
+
+
+class RankingExport(tf.Module):
+    """Ranking for serving: user id + candidate item ids [batch, N] -> scores [batch, N]."""
+
+    def __init__(self, ranking_model: tf.keras.Model, users: UserSnapshot):
+        super().__init__()
+        self.ranking_model = ranking_model
+        self.users = users
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
+                                  tf.TensorSpec([None, None], tf.string, name="item_ids")])
+    def serve(self, user_id: tf.Tensor, item_ids: tf.Tensor) -> dict:
+        features = {**self.users.features(user_id), "candidate_item_ids": item_ids}
+        return {"scores": self.ranking_model(features, training=False)}
+
+
+def save_retrieval(module: RetrievalExport, path: str | os.PathLike, uses_scann: bool) -> None:
+    """Saves both retrieval signatures; ScaNN ops must be allow-listed to be saved at all."""
+    signatures = {SERVING_SIGNATURE: module.serve, QUERY_FEATURES_SIGNATURE: module.serve_features}
+    tf.saved_model.save(module, os.fspath(path), signatures=signatures,
+                        options=SCANN_SAVE_OPTIONS if uses_scann else None)
+
+
+def save_ranking(module: RankingExport, path: str | os.PathLike) -> None:
+    tf.saved_model.save(module, os.fspath(path), signatures={SERVING_SIGNATURE: module.serve})

@@ -1,0 +1,89 @@
+"""Ranking: re-scores the candidates retrieval found, with features a factorized model cannot use.
+
+Retrieval must score the whole catalog with one dot product; ranking sees only a few hundred
+candidates per user and can afford crossing features: the retrieval score itself, the elementwise
+product of query and candidate, how the candidate's genres match the user's history, how popular
+and how old it is, how close it is to the last item watched. A deep & cross network (Wang et al.
+2020) learns those crosses explicitly.
+
+It is trained for what the two-stage pipeline needs: each training list is the candidates retrieval
+returned for a held-out next item, and a listwise softmax puts the true item at the top.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrs_pipeline.models.query_tower import QueryTower
+
+
+class RankingModel(tfrs.models.Model):
+    """Deep & cross scorer over (user, history, candidate) features, on frozen retrieval towers.
+
+    Args:
+      query_tower: the trained retrieval query tower (frozen: ranking adds to it, never moves it).
+      item_popularity: [N + 1] training interactions per catalog index.
+      item_genres: [N + 1, genres] multi-hot genres per catalog index.
+      hidden_units: widths of the deep part.
+    """
+
+    def __init__(self, query_tower: QueryTower, item_popularity: np.ndarray, item_genres: np.ndarray,
+                 hidden_units: tuple[int, ...] = (128, 64), dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.query_tower = query_tower
+        self.query_tower.trainable = False
+        log_popularity = np.log1p(item_popularity.astype(np.float32))
+        self._log_popularity = tf.constant(log_popularity / max(1.0, float(log_popularity.max())))
+        self._genres = tf.constant(item_genres.astype(np.float32))
+        self._cross = tfrs.layers.dcn.Cross(projection_dim=32)
+        self._deep = tf.keras.Sequential(
+            [layer for units in hidden_units
+             for layer in (tf.keras.layers.Dense(units, activation="relu"), tf.keras.layers.Dropout(dropout))]
+            + [tf.keras.layers.Dense(1)]
+        )
+        self.task = tfrs.tasks.Ranking(
+            loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+            metrics=[tf.keras.metrics.TopKCategoricalAccuracy(k=10, name="hit_rate_at_10")],
+        )
+
+    def call(self, features: dict, training: bool = False) -> tf.Tensor:
+        """Scores [batch, N] for ``candidate_item_ids`` [batch, N] given user features and history."""
+        item_tower = self.query_tower.item_tower
+        catalog_embeddings = item_tower.embed_catalog()
+        query = self.query_tower.sequence_embeddings(features, False, catalog_embeddings)[:, -1]  # [B, d]
+        history = item_tower.indices(features["history_item_ids"])  # [B, L]
+        candidates = item_tower.indices(features["candidate_item_ids"])  # [B, N]
+        candidate_embeddings = tf.gather(catalog_embeddings, candidates)  # [B, N, d]
+        last_item = tf.gather(catalog_embeddings, history[:, -1])  # [B, d]
+        history_genres = _mean_over_real_items(tf.gather(self._genres, history), history)  # [B, G]
+        candidate_genres = tf.gather(self._genres, candidates)  # [B, N, G]
+        num_candidates = tf.shape(candidates)[1]
+
+        def per_candidate(user_vector: tf.Tensor) -> tf.Tensor:
+            return tf.repeat(user_vector[:, tf.newaxis, :], num_candidates, axis=1)
+
+        crossed = tf.concat(
+            [
+                tf.einsum("bd,bnd->bn", query, candidate_embeddings)[..., tf.newaxis],
+                tf.einsum("bd,bnd->bn", last_item, candidate_embeddings)[..., tf.newaxis],
+                tf.einsum("bg,bng->bn", history_genres, candidate_genres)[..., tf.newaxis],
+                tf.gather(self._log_popularity, candidates)[..., tf.newaxis],
+                query[:, tf.newaxis, :] * candidate_embeddings,
+                per_candidate(query),
+                candidate_embeddings,
+                candidate_genres,
+                per_candidate(history_genres),
+            ],
+            axis=-1,
+        )
+        return tf.squeeze(self._deep(self._cross(crossed), training=training), -1)
+
+    def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
+        """Listwise softmax: ``labels`` [batch, N] is one-hot on the true next item."""
+        return self.task(labels=features["labels"], predictions=self(features, training=training))
+
+
+def _mean_over_real_items(values: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+    real = tf.cast(indices > 0, tf.float32)[..., tf.newaxis]
+    return tf.reduce_sum(values * real, axis=1) / tf.maximum(tf.reduce_sum(real, axis=1), 1.0)

@@ -1,0 +1,1 @@
+"""End-to-end runs: each turns a RunConfig into trained, evaluated, exported models."""

@@ -1,0 +1,312 @@
+"""The MovieLens two-stage run: split, train retrieval, train ranking, evaluate, export.
+
+Which interactions each stage may see (h = 1 with ``--holdout=test``, 0 with ``--holdout=none``):
+  - the last h items of every user are held out for evaluation and never used anywhere else;
+  - of what remains, the last item of every user trains the ranker (retrieval never sees it as a
+    target, so the ranker learns from candidate lists like those it will meet in serving);
+  - everything before trains retrieval, every position predicting the next item;
+  - the export's user snapshot holds all but the held-out items.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfrs_pipeline import evaluation, index
+from tfrs_pipeline.config import RunConfig
+from tfrs_pipeline.data.movielens import GENRE_NAMES, MovieLens, load_movielens
+from tfrs_pipeline.data.sequence_examples import (length_bucketed_batches, next_item_examples,
+                                                  training_windows, with_user_features)
+from tfrs_pipeline.data.split import UserSequences, leave_last_out, user_sequences
+from tfrs_pipeline.export import savedmodels, serving_config, versioning
+from tfrs_pipeline.models.item_tower import ItemTower
+from tfrs_pipeline.models.query_tower import QueryTower
+from tfrs_pipeline.models.ranking import RankingModel
+from tfrs_pipeline.models.retrieval import RetrievalModel
+from tfrs_pipeline.pipelines.progress import stage
+
+EVALUATION_BATCH = 512
+LATENCY_QUERIES = 200
+
+
+class Catalog:
+    """The items that can be recommended (every rated movie), indexed 1..N as the item tower indexes them."""
+
+    def __init__(self, movielens: MovieLens):
+        rated = set(movielens.ratings["movie_id"].to_numpy())
+        movies = movielens.movies[movielens.movies["movie_id"].isin(rated)].reset_index(drop=True)
+        self.movies = movies
+        self.item_ids = movies["movie_id"].to_numpy(dtype=object)
+        self.index_of = {item_id: position + 1 for position, item_id in enumerate(self.item_ids)}
+        self.genres = np.zeros((len(movies) + 1, len(GENRE_NAMES)), np.float32)
+        for row, item_genres in enumerate(movies["movie_genres"], start=1):
+            self.genres[row, list(item_genres)] = 1.0
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def indices(self, item_ids) -> np.ndarray:
+        return np.fromiter((self.index_of[item_id] for item_id in item_ids), np.int64, len(item_ids))
+
+    def popularity(self, sequences: UserSequences) -> np.ndarray:
+        """[N + 1] interactions per catalog index in ``sequences``."""
+        return np.bincount(self.indices(np.concatenate(sequences.item_ids)), minlength=len(self) + 1).astype(np.float64)
+
+
+def run(config: RunConfig) -> dict:
+    """Runs the whole two-stage pipeline and returns its metrics (also written to metrics.json)."""
+    tf.keras.utils.set_random_seed(config.seed)
+    with stage("load data"):
+        movielens = load_movielens(config.data_dir, max_users=config.max_users)
+        catalog = Catalog(movielens)
+        users = movielens.users
+    with stage("split"):
+        all_sequences = user_sequences(movielens.ratings)
+        kept, test_targets = (leave_last_out(all_sequences) if config.holdout == "test" else (all_sequences, None))
+        retrieval_train, ranking_targets = leave_last_out(kept)
+    version = max(versioning.next_version(pathlib.Path(config.export_dir) / name)
+                  for name in ("retrieval", "retrieval_brute_force", "ranking"))
+    run_dir = pathlib.Path(config.export_dir) / "runs" / str(version)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.write(run_dir / "config.json")
+
+    query_tower, retrieval_history = _train_retrieval(config, catalog, users, retrieval_train, ranking_targets, run_dir)
+    ranking_model, ranking_history = _train_ranking(config, catalog, users, query_tower, retrieval_train,
+                                                    ranking_targets, run_dir)
+    metrics = {"version": version, "training": {"retrieval": retrieval_history, "ranking": ranking_history}}
+    if test_targets is not None:
+        with stage("evaluate on the full catalog"):
+            metrics["evaluation"] = _evaluate(config, catalog, users, query_tower, ranking_model, kept,
+                                              test_targets, retrieval_train)
+    with stage("build and check the ScaNN index"):
+        top_k_layers, metrics["index"] = _build_indexes(config, catalog, users, query_tower, kept)
+    with stage(f"export version {version}"):
+        _export(config, version, catalog, users, kept, query_tower, ranking_model, top_k_layers)
+    _write_json_atomically(run_dir / "metrics.json", metrics)
+    _write_json_atomically(pathlib.Path(config.export_dir) / "metrics.json", metrics)
+    if "evaluation" in metrics:
+        print(format_metrics_table(metrics["evaluation"]))
+    return metrics
+
+
+def _examples_as_tensors(examples: dict) -> dict:
+    return {name: (values.astype(str) if values.dtype == object else values) for name, values in examples.items()}
+
+
+def _training_dataset(examples: dict, batch_size: int, seed: int) -> tf.data.Dataset:
+    examples = _examples_as_tensors(examples)
+    rng = np.random.default_rng(seed)
+    signature = {
+        name: tf.TensorSpec([None] * values.ndim, tf.string if values.dtype.kind in "US" else tf.as_dtype(values.dtype))
+        for name, values in examples.items()
+    }
+    return tf.data.Dataset.from_generator(
+        lambda: length_bucketed_batches(examples, batch_size, rng), output_signature=signature).prefetch(2)
+
+
+def _train_retrieval(config: RunConfig, catalog: Catalog, users: pd.DataFrame, train: UserSequences,
+                     validation_targets: np.ndarray, run_dir: pathlib.Path) -> tuple[QueryTower, dict]:
+    with stage("build retrieval model"):
+        item_tower = ItemTower(list(catalog.item_ids), list(catalog.movies["movie_title"]),
+                               list(catalog.movies["movie_genres"]), len(GENRE_NAMES), config.embedding_dim)
+        query_tower = QueryTower(item_tower, config.max_length, config.embedding_dim,
+                                 user_ids=list(train.user_ids) if config.user_id_embedding else None,
+                                 num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout)
+        model = RetrievalModel(query_tower, item_tower, catalog.popularity(train), config.num_negatives)
+        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+        examples = with_user_features(training_windows(train.user_ids, train.item_ids, config.max_length), users)
+        validation = with_user_features(
+            next_item_examples(train.user_ids, train.item_ids, validation_targets, config.max_length), users)
+    with stage(f"train retrieval ({len(examples['user_id'])} windows, {config.epochs} epochs)"):
+        history = model.fit(
+            _training_dataset(examples, config.batch_size, config.seed),
+            validation_data=tf.data.Dataset.from_tensor_slices(_examples_as_tensors(validation)).batch(EVALUATION_BATCH),
+            epochs=config.epochs, verbose=config.verbose,
+            callbacks=[tf.keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / "retrieval"))],
+        )
+    return query_tower, _history(history)
+
+
+def _history(history: tf.keras.callbacks.History) -> dict:
+    return {name: [float(value) for value in values] for name, values in history.history.items()}
+
+
+def query_embeddings(query_tower: QueryTower, users: pd.DataFrame, sequences: UserSequences) -> np.ndarray:
+    """[U, dim] queries after each user's full history in ``sequences``."""
+    empty = np.full(len(sequences), "", dtype=object)
+    examples = with_user_features(
+        next_item_examples(sequences.user_ids, sequences.item_ids, empty, query_tower.max_length), users)
+    examples.pop("target_item_ids")
+    tensors = _examples_as_tensors(examples)
+    return np.concatenate([
+        query_tower({name: values[start:start + EVALUATION_BATCH] for name, values in tensors.items()}).numpy()
+        for start in range(0, len(sequences), EVALUATION_BATCH)
+    ])
+
+
+def _catalog_scores(query_tower: QueryTower, users: pd.DataFrame, sequences: UserSequences) -> np.ndarray:
+    scores = query_embeddings(query_tower, users, sequences) @ query_tower.item_tower.embed_catalog().numpy().T
+    scores[:, 0] = -np.inf  # the unknown item is never recommended
+    return scores
+
+
+def _candidate_lists(config: RunConfig, catalog: Catalog, scores: np.ndarray, sequences: UserSequences) -> np.ndarray:
+    """[U, C] catalog indices of each user's retrieved candidates (already-rated items removed)."""
+    rated = [catalog.indices(items) for items in sequences.item_ids]
+    return evaluation.top_k_excluding(scores, rated, min(config.ranking_candidates, len(catalog) - 1))
+
+
+def _ranking_features(catalog: Catalog, users: pd.DataFrame, sequences: UserSequences, candidates: np.ndarray,
+                      max_length: int) -> dict:
+    empty = np.full(len(sequences), "", dtype=object)
+    examples = with_user_features(next_item_examples(sequences.user_ids, sequences.item_ids, empty, max_length), users)
+    examples.pop("target_item_ids")
+    examples["candidate_item_ids"] = catalog.item_ids[candidates - 1]
+    return _examples_as_tensors(examples)
+
+
+def _train_ranking(config: RunConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
+                   train: UserSequences, targets: np.ndarray, run_dir: pathlib.Path) -> tuple[RankingModel, dict]:
+    with stage("retrieve candidates for ranking"):
+        candidates = _candidate_lists(config, catalog, _catalog_scores(query_tower, users, train), train)
+        target_indices = catalog.indices(targets)
+        found = (candidates == target_indices[:, np.newaxis]).any(axis=1)
+        candidates[~found, -1] = target_indices[~found]  # every list must hold its positive to learn from
+        features = _ranking_features(catalog, users, train, candidates, config.max_length)
+        features["labels"] = (candidates == target_indices[:, np.newaxis]).astype(np.float32)
+    ranking_model = RankingModel(query_tower, catalog.popularity(train), catalog.genres)
+    ranking_model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate / 2))
+    with stage(f"train ranking ({len(targets)} lists of {candidates.shape[1]}, {config.ranking_epochs} epochs)"):
+        dataset = tf.data.Dataset.from_tensor_slices(features).shuffle(len(targets), seed=config.seed)
+        history = ranking_model.fit(
+            dataset.batch(config.ranking_batch_size), epochs=config.ranking_epochs, verbose=config.verbose,
+            callbacks=[tf.keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / "ranking"))],
+        )
+    return ranking_model, _history(history)
+
+
+def rerank(ranking_model: RankingModel, features: dict, candidates: np.ndarray) -> np.ndarray:
+    """The candidate lists in the ranking model's order."""
+    scores = np.concatenate([
+        ranking_model({name: values[start:start + EVALUATION_BATCH] for name, values in features.items()}).numpy()
+        for start in range(0, len(candidates), EVALUATION_BATCH)
+    ])
+    return np.take_along_axis(candidates, np.argsort(-scores, axis=1, kind="stable"), axis=1)
+
+
+def _evaluate(config: RunConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
+              ranking_model: RankingModel, history: UserSequences, targets: np.ndarray,
+              retrieval_train: UserSequences) -> dict:
+    """Retrieval alone, retrieve-then-rank, and popularity, on the held-out items, whole catalog."""
+    rated = [catalog.indices(items) for items in history.item_ids]
+    target_indices = catalog.indices(targets)
+    scores = _catalog_scores(query_tower, users, history)
+    retrieval_ranks = evaluation.rank_of_targets(scores, target_indices, rated)
+    candidates = _candidate_lists(config, catalog, scores, history)
+    reranked = rerank(ranking_model, _ranking_features(catalog, users, history, candidates, config.max_length),
+                      candidates)
+    in_list = reranked == target_indices[:, np.newaxis]
+    two_stage_ranks = np.where(in_list.any(axis=1), in_list.argmax(axis=1) + 1, retrieval_ranks)
+    popularity = catalog.popularity(retrieval_train)
+    popularity_scores = np.tile(popularity, (len(history), 1))
+    popularity_scores[:, 0] = -np.inf
+    popularity_ranks = evaluation.rank_of_targets(popularity_scores, target_indices, rated)
+
+    def report(ranks: np.ndarray, top_lists: np.ndarray) -> dict:
+        return {**evaluation.accuracy_metrics(ranks),
+                **evaluation.beyond_accuracy_metrics(top_lists[:, :10], popularity, catalog.genres)}
+
+    return {
+        "users": len(targets),
+        "catalog_items": len(catalog),
+        "retrieval": report(retrieval_ranks, candidates),
+        "two_stage": report(two_stage_ranks, reranked),
+        "popularity": report(popularity_ranks, evaluation.top_k_excluding(popularity_scores, rated, 10)),
+    }
+
+
+def format_metrics_table(evaluation_metrics: dict) -> str:
+    """The evaluation as a fixed-width table, one row per system."""
+    columns = list(evaluation_metrics["retrieval"])
+    widths = [max(12, len(name) + 1) for name in columns]
+    lines = ["system      " + "".join(f"{name:>{width}}" for name, width in zip(columns, widths))]
+    for system in ("retrieval", "two_stage", "popularity"):
+        values = evaluation_metrics[system]
+        lines.append(f"{system:<12}" + "".join(f"{values[name]:>{width}.4f}" for name, width in zip(columns, widths)))
+    return "\n".join(lines)
+
+
+def _build_indexes(config: RunConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
+                   history: UserSequences) -> tuple[dict, dict]:
+    """Brute-force and ScaNN top-k layers over the catalog; ScaNN tuned to agree with exact top-10."""
+    candidate_embeddings = query_tower.item_tower.embed_catalog()[1:]
+    queries = tf.constant(query_embeddings(query_tower, users, history), tf.float32)
+    k = min(config.top_k, len(catalog))
+    params = index.tune_scann(candidate_embeddings, queries, k=min(10, len(catalog)),
+                              target_recall=config.scann_target_recall)
+    layers = {kind: index.build_top_k(kind, tf.constant(catalog.item_ids.astype(str)), candidate_embeddings, k,
+                                      params=params) for kind in index.TOP_K_KINDS}
+    _, exact = layers["brute_force"](queries, k=10)
+    _, approximate = layers["scann"](queries, k=10)
+    sample = queries[:LATENCY_QUERIES]
+    latency = {kind: _latency_ms(layer, sample) for kind, layer in layers.items()}
+    return layers, {
+        "scann_params": {name: int(value) for name, value in vars(params).items()},
+        "top10_agreement": index.top_k_agreement(exact.numpy(), approximate.numpy()),
+        "recall_at_10": index.recall_at_k(exact.numpy(), approximate.numpy()),
+        "latency_ms": latency,
+        "scann_speedup_single_query": latency["brute_force"]["single_query"] / latency["scann"]["single_query"],
+    }
+
+
+def _latency_ms(layer: tf.keras.Model, queries: tf.Tensor) -> dict:
+    """Median milliseconds per single query and per batch of all ``queries`` (after a warm-up)."""
+    layer(queries[:1], k=10)
+    single = []
+    for row in range(len(queries)):
+        start = time.perf_counter()
+        layer(queries[row:row + 1], k=10)
+        single.append(time.perf_counter() - start)
+    batch = []
+    for _ in range(5):
+        start = time.perf_counter()
+        layer(queries, k=10)
+        batch.append(time.perf_counter() - start)
+    return {"single_query": 1e3 * float(np.median(single)), "batch": 1e3 * float(np.median(batch)),
+            "batch_size": int(len(queries))}
+
+
+def _export(config: RunConfig, version: int, catalog: Catalog, users: pd.DataFrame, history: UserSequences,
+            query_tower: QueryTower, ranking_model: RankingModel, top_k_layers: dict) -> None:
+    """Writes every model as ``<export_dir>/<name>/<version>/`` atomically and registers it for serving."""
+    user_features = with_user_features({"user_id": history.user_ids}, users)
+    snapshot = savedmodels.UserSnapshot(history.user_ids, user_features, history.item_ids, config.max_length)
+    export_dir = pathlib.Path(config.export_dir)
+    writers = {
+        "retrieval": lambda path: savedmodels.save_retrieval(
+            savedmodels.RetrievalExport(query_tower, top_k_layers["scann"], snapshot, config.top_k), path, True),
+        "retrieval_brute_force": lambda path: savedmodels.save_retrieval(
+            savedmodels.RetrievalExport(query_tower, top_k_layers["brute_force"], snapshot, config.top_k), path,
+            False),
+        "ranking": lambda path: savedmodels.save_ranking(savedmodels.RankingExport(ranking_model, snapshot), path),
+    }
+    for name, write in writers.items():
+        versioning.write_version(export_dir / name, write, version)
+        serving_config.upsert_model(config.serving_config_path, serving_config.ModelEntry(
+            name=name, base_path=os.path.abspath(export_dir / name)))
+    items = catalog.movies[["movie_id", "movie_title"]]
+    temporary = export_dir / ".items.tsv.tmp"
+    items.to_csv(temporary, sep="\t", index=False)
+    os.replace(temporary, export_dir / "items.tsv")
+
+
+def _write_json_atomically(path: pathlib.Path, value: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(temporary, path)

@@ -1,0 +1,67 @@
+"""The command: ``python -m tfrs_pipeline.train --data_dir=PATH --export_dir=PATH``.
+
+Trains, evaluates and exports the models of one task with good defaults; every flag is a field
+of ``RunConfig``, which is written next to the run's outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Sequence
+
+import tfrs_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow builds anything)
+from tfrs_pipeline.config import HOLDOUTS, TASKS, RunConfig
+from tfrs_pipeline.data.errors import DataError
+
+_HELP = {
+    "task": "two_stage: MovieLens retrieval + ranking; session: next item in anonymous sessions",
+    "data_dir": "data folder or zip (default: $TFRS_PIPELINE_DATA_DIR); 'tfds' downloads through TFDS",
+    "export_dir": "receives <model>/<version>/ SavedModels, metrics.json and runs/<version>/",
+    "serving_config": "TF Serving ModelServerConfig to update (default: <export_dir>/models.config)",
+    "holdout": "test: each user's last item is held out and evaluated; none: train on everything",
+    "max_users": "use only the users with the smallest ids (quick runs)",
+    "num_negatives": "negatives per batch of the sampled softmax; 0 scores the whole catalog",
+    "user_id_embedding": "give the query tower a per-user embedding table",
+    "top_k": "items returned by the retrieval export",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tfrs_pipeline.train", description=__doc__.splitlines()[0])
+    for field in dataclasses.fields(RunConfig):
+        name = f"--{field.name}"
+        help_text = _HELP.get(field.name, "") + f" (default: {field.default})"
+        if field.type == "bool":
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
+            continue
+        kind = {"int": int, "float": float, "int | None": int}.get(field.type, str)
+        choices = {"task": TASKS, "holdout": HOLDOUTS}.get(field.name)
+        parser.add_argument(name, type=kind, default=field.default, choices=choices, help=help_text)
+    return parser
+
+
+def parse_config(argv: Sequence[str]) -> RunConfig:
+    """The run's configuration from command-line flags."""
+    values = vars(_parser().parse_args(argv))
+    if values["num_negatives"] == 0:
+        values["num_negatives"] = None
+    return RunConfig(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(sys.argv[1:] if argv is None else argv)
+    try:
+        if config.task == "session":
+            from tfrs_pipeline.pipelines import session as pipeline
+        else:
+            from tfrs_pipeline.pipelines import two_stage as pipeline
+        pipeline.run(config)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
