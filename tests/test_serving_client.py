@@ -1,0 +1,138 @@
+"""The two-stage client and ``python -m tfrs_pipeline.recommend`` against a real server on loopback."""
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tfrs_pipeline import recommend
+from tfrs_pipeline.export.serving_config import ModelEntry, build_config, write_config
+from tfrs_pipeline.serving.client import (CANARY, LATEST, STABLE, Catalog, GrpcTransport, PredictError,
+                                          RestTransport, TwoStageClient, ab_arm)
+from test_serving_server import RunningServer, free_port
+from test_serving_toy_models import ITEM_IDS, ToyRanking, export_toy, toy_exports  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def labelled_server(toy_exports, tmp_path_factory):
+    """retrieval and ranking at versions 1 (stable) and 2 (canary); toy scores are offset by 1000 * version."""
+    root = tmp_path_factory.mktemp("client")
+    shutil.copytree(toy_exports, root / "exports")
+    export_toy(root / "exports" / "ranking", ToyRanking, 2)
+    labels = {STABLE: 1, CANARY: 2}
+    config = build_config([ModelEntry(name, str(root / "exports" / name), num_versions=2, version_labels=labels)
+                           for name in ("retrieval", "ranking")])
+    running = RunningServer(write_config(config, root / "models.config"))
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def items_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("items") / "items.tsv"
+    path.write_text("movie_id\tmovie_title\n" + "".join(f"{item}\tItem number {item}\n" for item in ITEM_IDS))
+    return path
+
+
+def grpc_client(server, **options) -> TwoStageClient:
+    return TwoStageClient(GrpcTransport(f"127.0.0.1:{server.server.grpc_port}"), **options)
+
+
+def test_two_stage_recommendations_over_grpc_and_rest_agree(labelled_server, items_file):
+    catalog = Catalog.read(items_file)
+    over_grpc = grpc_client(labelled_server, catalog=catalog).recommend("3", k=5)
+    over_rest = TwoStageClient(RestTransport(labelled_server.rest_url), catalog).recommend("3", k=5)
+    assert over_grpc.source == "two_stage" and over_grpc.arm == STABLE and over_grpc.error == ""
+    assert len(over_grpc.items) == 5
+    assert [item.title for item in over_grpc.items] == [f"Item number {item.item_id}" for item in over_grpc.items]
+    scores = [item.score for item in over_grpc.items]
+    assert scores == sorted(scores, reverse=True) and all(round(score / 1000) == 1 for score in scores)
+    assert [(item.item_id, item.title) for item in over_rest.items] == [
+        (item.item_id, item.title) for item in over_grpc.items]
+    assert [item.score for item in over_rest.items] == pytest.approx(scores)
+
+
+def test_ab_routing_sends_a_stable_fraction_of_users_to_the_canary_label(labelled_server):
+    users = [str(user) for user in range(1, 201)]
+    arms = {user: ab_arm(user, 0.3) for user in users}
+    assert arms == {user: ab_arm(user, 0.3) for user in users}  # stable across calls
+    assert 0.2 < sum(arm == CANARY for arm in arms.values()) / len(users) < 0.4
+    assert all(ab_arm(user, 0.0) == STABLE for user in users) and all(ab_arm(user, 1.0) == CANARY for user in users)
+
+    answers = grpc_client(labelled_server, canary_fraction=0.3).recommend_many(users[:40], k=3)
+    assert [answer.user_id for answer in answers] == users[:40]
+    for answer in answers:
+        assert answer.arm == arms[answer.user_id]
+        served_version = round(answer.items[0].score / 1000)  # the ranking version that scored it
+        assert served_version == {STABLE: 1, CANARY: 2}[answer.arm]
+
+
+def test_ranking_failure_keeps_the_retrieval_order(labelled_server):
+    answer = grpc_client(labelled_server, ranking_model="missing_ranker").recommend("2", k=4)
+    assert answer.source == "retrieval_only" and "missing_ranker" in answer.error
+    assert len(answer.items) == 4
+
+
+def test_unreachable_retrieval_falls_back_to_popular_items_after_retries(items_file):
+    catalog = Catalog.read(items_file)
+    client = TwoStageClient(GrpcTransport(f"127.0.0.1:{free_port()}"), catalog, timeout_s=0.5, retries=2,
+                            backoff_s=0.01)
+    answer = client.recommend("5", k=3)
+    assert answer.source == "popular_fallback" and "UNAVAILABLE" in answer.error
+    assert [item.item_id for item in answer.items] == ITEM_IDS[:3]
+    with pytest.raises(PredictError):
+        TwoStageClient(client.transport, None, timeout_s=0.5, retries=0).recommend("5")
+
+
+def test_a_server_that_comes_up_late_is_reached_by_retrying(toy_exports, tmp_path):
+    port = free_port()
+    config = write_config(build_config([ModelEntry(name, str(toy_exports / name))
+                                        for name in ("retrieval", "ranking")]), tmp_path / "models.config")
+    servers = []
+    starter = threading.Timer(0.5, lambda: servers.append(RunningServer(config, f"--port={port}")))
+    starter.start()
+    try:
+        client = TwoStageClient(GrpcTransport(f"127.0.0.1:{port}"), None, timeout_s=2, retries=8, backoff_s=0.1)
+        answer = client.recommend("1", k=3)
+    finally:
+        starter.join()
+        servers[0].close()
+    assert answer.source == "two_stage" and answer.arm == LATEST  # this config defines no labels
+
+
+def test_recommend_command_prints_a_readable_list(labelled_server, items_file, capsys):
+    code = recommend.main([f"--server=127.0.0.1:{labelled_server.server.grpc_port}", "--user_id=4", "--k=3",
+                           f"--items={items_file}", "--canary_fraction=0"])
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert printed[0] == "Top 3 for user 4 (arm: stable, two_stage)"
+    assert len(printed) == 4 and all("Item number" in line and "score" in line for line in printed[1:])
+
+
+def test_recommend_batch_mode_writes_json_lines(labelled_server, items_file, tmp_path):
+    users_file = tmp_path / "users.txt"
+    users_file.write_text("1\n2\n\n3\n")
+    output = tmp_path / "recommendations.jsonl"
+    code = recommend.main([f"--server={labelled_server.rest_url}", "--transport=rest", f"--user_ids_file={users_file}",
+                           f"--output={output}", "--k=2", f"--items={items_file}", "--batch_size=2"])
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert code == 0
+    assert [line["user_id"] for line in lines] == ["1", "2", "3"]
+    assert all(len(line["items"]) == 2 and line["source"] == "two_stage" for line in lines)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["recommendations.jsonl", "users.txt"]
+
+
+def test_recommend_command_reports_a_missing_items_file(tmp_path, capsys):
+    assert recommend.main(["--user_id=1", f"--items={tmp_path / 'absent.tsv'}"]) == 2
+    assert "cannot read the items file" in capsys.readouterr().err
+
+
+def test_serving_never_imports_training_code():
+    check = ("import sys, tfrs_pipeline.serving.server, tfrs_pipeline.recommend; "
+             "bad = [m for m in sys.modules if m.startswith(('tfrs_pipeline.models', 'tfrs_pipeline.train', "
+             "'tfrs_pipeline.pipelines', 'tensorflow_recommenders'))]; print(bad); sys.exit(1 if bad else 0)")
+    finished = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stdout + finished.stderr

@@ -1,0 +1,101 @@
+"""``python -m tfrs_pipeline.recommend``: recommendations for one user (readable) or many (JSON lines).
+
+    python -m tfrs_pipeline.recommend --server=localhost:8500 --user_id=42 --k=10 --items=export/items.tsv
+    python -m tfrs_pipeline.recommend --server=localhost:8500 --user_ids_file=users.txt --output=recs.jsonl
+
+It asks a TF Serving endpoint (``tfrs-model-server`` or TensorFlow Serving) for two-stage
+recommendations; ``--transport=rest`` uses the REST API (give the REST port in ``--server``).
+"""
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+from tfrs_pipeline.serving.client import (Catalog, GrpcTransport, PredictError, Recommendations, RestTransport,
+                                          TwoStageClient)
+
+
+def build_flag_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tfrs_pipeline.recommend", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    flag = parser.add_argument
+    flag("--server", default="localhost:8500", help="host:port of the gRPC (or, with --transport=rest, REST) API")
+    flag("--transport", choices=["grpc", "rest"], default="grpc")
+    flag("--user_id", action="append", default=[], help="a user id; repeat for several")
+    flag("--user_ids_file", help="a file with one user id per line (batch mode)")
+    flag("--output", help="write JSON lines here (batch mode; default: standard output)")
+    flag("--k", type=int, default=10, help="how many items to recommend")
+    flag("--items", help="items.tsv (movie_id, movie_title; most popular first) for titles and the fallback")
+    flag("--canary_fraction", type=float, default=0.1, help="share of users routed to the 'canary' label")
+    flag("--timeout_s", type=float, default=1.0, help="deadline of each Predict call")
+    flag("--retries", type=int, default=2, help="retries of a call that answers UNAVAILABLE")
+    flag("--batch_size", type=int, default=256, help="users per Predict call in batch mode")
+    flag("--retrieval_model", default="retrieval")
+    flag("--ranking_model", default="ranking")
+    return parser
+
+
+def read_user_ids(flags: argparse.Namespace) -> list[str]:
+    user_ids = list(flags.user_id)
+    if flags.user_ids_file:
+        lines = pathlib.Path(flags.user_ids_file).read_text().splitlines()
+        user_ids += [line.strip() for line in lines if line.strip()]
+    return user_ids
+
+
+def format_readable(answer: Recommendations) -> str:
+    lines = [f"Top {len(answer.items)} for user {answer.user_id} (arm: {answer.arm}, {answer.source})"]
+    if answer.error:
+        lines.append(f"  note: {answer.error}")
+    for rank, item in enumerate(answer.items, start=1):
+        score = "" if item.score is None else f"  score {item.score:.3f}"
+        lines.append(f"{rank:>3}. {item.title or '(no title)'}  [{item.item_id}]{score}")
+    return "\n".join(lines)
+
+
+def write_json_lines(answers: list[Recommendations], output: str | None) -> None:
+    text = "".join(json.dumps(answer.to_json()) + "\n" for answer in answers)
+    if not output:
+        sys.stdout.write(text)
+        return
+    target = pathlib.Path(output)
+    file_descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    with os.fdopen(file_descriptor, "w") as file:
+        file.write(text)
+    os.replace(temporary, target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    flags = build_flag_parser().parse_args(argv)
+    user_ids = read_user_ids(flags)
+    if not user_ids:
+        print("recommend: give --user_id or --user_ids_file", file=sys.stderr)
+        return 2
+    try:
+        catalog = Catalog.read(flags.items) if flags.items else None
+    except (OSError, ValueError) as error:
+        print(f"recommend: cannot read the items file: {error}", file=sys.stderr)
+        return 2
+    transport = GrpcTransport(flags.server) if flags.transport == "grpc" else RestTransport(flags.server)
+    client = TwoStageClient(transport, catalog, flags.canary_fraction,
+                            flags.retrieval_model, flags.ranking_model, flags.timeout_s, flags.retries)
+    batch_mode = bool(flags.user_ids_file or flags.output or len(user_ids) > 1)
+    try:
+        answers = [answer for start in range(0, len(user_ids), flags.batch_size)
+                   for answer in client.recommend_many(user_ids[start:start + flags.batch_size], flags.k)]
+    except PredictError as error:
+        print(f"recommend: the server at {flags.server} failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        transport.close()
+    if batch_mode:
+        write_json_lines(answers, flags.output)
+    else:
+        print(format_readable(answers[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
