@@ -20,3 +20,23 @@ def shared_data_dir() -> pathlib.Path:
     if not (path / "ml-1m" / "ratings.dat").is_file():
         pytest.fail(f"test data not found at {path}: set TFRS_PIPELINE_TEST_DATA to the shared data folder")
     return path
+
+
+SMALL_RUN = dict(max_users=150, epochs=2, ranking_epochs=1, max_length=50, embedding_dim=32, batch_size=64,
+                 ranking_candidates=100, top_k=100, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def small_export(shared_data_dir, tmp_path_factory):
+    """A real two-stage run on the first 150 MovieLens users: (export_dir, metrics).
+
+    Trained once per test session and shared: the serving, client and export tests all query the
+    same real SavedModels a user would get from ``python -m tfrs_pipeline.train``.
+    """
+    from tfrs_pipeline.config import RunConfig
+    from tfrs_pipeline.pipelines import two_stage
+
+    export_dir = tmp_path_factory.mktemp("export")
+    config = RunConfig(data_dir=str(shared_data_dir / "ml-1m"), export_dir=str(export_dir), **SMALL_RUN)
+    metrics = two_stage.run(config)
+    return export_dir, metrics

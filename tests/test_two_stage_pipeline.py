@@ -1,0 +1,120 @@
+"""The two-stage pipeline end to end: train on a real MovieLens slice, export, reload, recommend."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from tfrs_pipeline.data.movielens import load_movielens
+from tfrs_pipeline.export.serving_config import read_config
+
+MODELS = ("retrieval", "retrieval_brute_force", "ranking")
+
+
+def _run_in_fresh_process(code: str) -> dict:
+    """Runs ``code`` in a new interpreter (nothing of this process's TensorFlow state) and parses its JSON."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_export_layout_and_serving_config(small_export):
+    export_dir, metrics = small_export
+    for name in MODELS:
+        assert (export_dir / name / "1" / "saved_model.pb").is_file()
+    assert not [path for path in export_dir.rglob(".tmp*")], "no temporary folder may remain"
+    config = read_config(export_dir / "models.config")
+    assert sorted(model.name for model in config.model_config_list.config) == sorted(MODELS)
+    assert json.loads((export_dir / "metrics.json").read_text()) == json.loads(
+        (export_dir / "runs" / "1" / "metrics.json").read_text())
+    assert json.loads((export_dir / "runs" / "1" / "config.json").read_text())["holdout"] == "test"
+    assert (export_dir / "items.tsv").read_text().startswith("movie_id\tmovie_title\n")
+
+
+def test_metrics_cover_every_system_on_the_full_catalog(small_export, shared_data_dir):
+    _, metrics = small_export
+    evaluation = metrics["evaluation"]
+    assert evaluation["users"] == 150
+    rated_movies = load_movielens(shared_data_dir / "ml-1m", max_users=150).ratings.movie_id.nunique()
+    assert evaluation["catalog_items"] == rated_movies  # every movie of the catalog, never a sample
+    for system in ("retrieval", "two_stage", "popularity"):
+        values = evaluation[system]
+        for name in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr", "coverage",
+                     "popularity_percentile", "genre_diversity"):
+            assert 0.0 <= values[name] <= 1.0, (system, name)
+        assert values["hr@10"] <= values["hr@50"] <= values["hr@200"]
+    # Retrieving 100 candidates, the two stages can only reorder them: they agree at cut-off 100 and beyond.
+    assert evaluation["two_stage"]["hr@200"] == evaluation["retrieval"]["hr@200"]
+    loss = metrics["training"]["retrieval"]["loss"]
+    assert loss[-1] < loss[0], "retrieval training must reduce its loss"
+
+
+def test_retrieval_export_serves_unseen_items_in_a_fresh_process(small_export, shared_data_dir):
+    export_dir, _ = small_export
+    served = _run_in_fresh_process(f"""
+        import json, tfrs_pipeline, tensorflow as tf
+        from scann import scann_ops
+        out = {{}}
+        for name in ("retrieval", "retrieval_brute_force"):
+            model = tf.saved_model.load("{export_dir}/" + name + "/1")
+            result = model.signatures["serving_default"](user_id=tf.constant(["1", "2", "no-such-user"]))
+            out[name] = {{"item_ids": result["item_ids"].numpy().astype(str).tolist(),
+                          "scores": result["scores"].numpy().tolist()}}
+        print(json.dumps(out))
+    """)
+    ratings = load_movielens(shared_data_dir / "ml-1m", max_users=2).ratings
+    for name, result in served.items():
+        item_ids, scores = np.array(result["item_ids"]), np.array(result["scores"])
+        assert item_ids.shape == (3, 100) and scores.shape == (3, 100)
+        assert (np.diff(scores, axis=1) <= 1e-6).all(), "best first"
+        for row, user_id in enumerate(["1", "2"]):
+            rated = ratings[ratings.user_id == user_id].sort_values("timestamp", kind="stable").movie_id.to_numpy()
+            already_known = set(rated[:-1])  # the held-out last rating is fair game
+            assert not already_known & set(item_ids[row]), f"{name} recommended an item user {user_id} rated"
+            assert len(set(item_ids[row])) == 100
+        assert len(set(item_ids[2])) == 100  # an unknown user gets recommendations, not an error
+    exact, approximate = np.array(served["retrieval_brute_force"]["item_ids"]), np.array(served["retrieval"]["item_ids"])
+    overlap = np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(exact, approximate)])
+    assert overlap >= 0.9
+
+
+def test_query_features_signature_excludes_the_given_history(small_export):
+    export_dir, _ = small_export
+    served = _run_in_fresh_process(f"""
+        import json, tfrs_pipeline, tensorflow as tf
+        model = tf.saved_model.load("{export_dir}/retrieval_brute_force/1")
+        result = model.signatures["query_features"](
+            user_gender=tf.constant([True, False]), bucketized_user_age=tf.constant([25.0, 35.0]),
+            user_occupation_label=tf.constant([4, 7], tf.int64), user_zip_code=tf.constant(["55455", ""]),
+            history_item_ids=tf.constant([["1", "2", "260", "not-a-movie", ""], ["", "", "", "", ""]]))
+        print(json.dumps(result["item_ids"].numpy().astype(str).tolist()))
+    """)
+    assert not {"1", "2", "260", "not-a-movie"} & set(served[0])
+    assert len(served[1]) == 100  # no history at all: still a full list
+
+
+def test_ranking_export_scores_the_candidates_it_is_given(small_export):
+    export_dir, _ = small_export
+    scores = _run_in_fresh_process(f"""
+        import json, tfrs_pipeline, tensorflow as tf
+        model = tf.saved_model.load("{export_dir}/ranking/1")
+        result = model.signatures["serving_default"](
+            user_id=tf.constant(["1", "3"]), item_ids=tf.constant([["1", "2", "3"], ["3", "2", "1"]]))
+        print(json.dumps(result["scores"].numpy().tolist()))
+    """)
+    scores = np.array(scores)
+    assert scores.shape == (2, 3) and np.isfinite(scores).all()
+    assert not np.allclose(scores[0], scores[0, 0]), "a ranker must tell candidates apart"
+
+
+def test_bad_data_dir_gives_a_clear_error_and_no_export(tmp_path):
+    (tmp_path / "ratings.dat").write_text("1,2,3,4\n")
+    (tmp_path / "movies.dat").write_text("1::Toy Story (1995)::Animation\n")
+    (tmp_path / "users.dat").write_text("1::F::1::10::48067\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tfrs_pipeline.train", f"--data_dir={tmp_path}", f"--export_dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "ratings.dat:1" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
