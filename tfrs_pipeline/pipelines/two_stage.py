@@ -32,6 +32,8 @@ from tfrs_pipeline.models.retrieval import RetrievalModel
 from tfrs_pipeline.pipelines.progress import stage
 
 EVALUATION_BATCH = 512
+EVALUATION_DETAILS = "evaluation_details.npz"  # per-user ranks and lists, for the report's plots
+INDEX_EMBEDDINGS = "index_embeddings.npz"  # the catalog and query vectors the index was built on
 LATENCY_QUERIES = 200
 
 
@@ -82,10 +84,11 @@ def run(config: RunConfig) -> dict:
     metrics = {"version": version, "training": {"retrieval": retrieval_history, "ranking": ranking_history}}
     if test_targets is not None:
         with stage("evaluate on the full catalog"):
-            metrics["evaluation"] = _evaluate(config, catalog, users, query_tower, ranking_model, kept,
-                                              test_targets, retrieval_train)
+            metrics["evaluation"], details = _evaluate(config, catalog, users, query_tower, ranking_model, kept,
+                                                       test_targets, retrieval_train)
+            np.savez_compressed(run_dir / EVALUATION_DETAILS, **details)
     with stage("build and check the ScaNN index"):
-        top_k_layers, metrics["index"] = _build_indexes(config, catalog, users, query_tower, kept)
+        top_k_layers, metrics["index"] = _build_indexes(config, catalog, users, query_tower, kept, run_dir)
     with stage(f"export version {version}"):
         _export(config, version, catalog, users, kept, query_tower, ranking_model, top_k_layers)
     _write_json_atomically(run_dir / "metrics.json", metrics)
@@ -202,8 +205,11 @@ def rerank(ranking_model: RankingModel, features: dict, candidates: np.ndarray) 
 
 def _evaluate(config: RunConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
               ranking_model: RankingModel, history: UserSequences, targets: np.ndarray,
-              retrieval_train: UserSequences) -> dict:
-    """Retrieval alone, retrieve-then-rank, and popularity, on the held-out items, whole catalog."""
+              retrieval_train: UserSequences) -> tuple[dict, dict]:
+    """Retrieval alone, retrieve-then-rank, and popularity, on the held-out items, whole catalog.
+
+    Returns the metrics and the per-user details behind them (ranks, lists, segments).
+    """
     rated = [catalog.indices(items) for items in history.item_ids]
     target_indices = catalog.indices(targets)
     scores = _catalog_scores(query_tower, users, history)
@@ -222,13 +228,20 @@ def _evaluate(config: RunConfig, catalog: Catalog, users: pd.DataFrame, query_to
         return {**evaluation.accuracy_metrics(ranks),
                 **evaluation.beyond_accuracy_metrics(top_lists[:, :10], popularity, catalog.genres)}
 
+    popularity_lists = evaluation.top_k_excluding(popularity_scores, rated, 10)
+    details = {
+        "retrieval_ranks": retrieval_ranks, "two_stage_ranks": two_stage_ranks, "popularity_ranks": popularity_ranks,
+        "user_history_lengths": history.lengths(), "target_popularity": popularity[target_indices],
+        "item_popularity": popularity, "retrieval_top10": candidates[:, :10], "two_stage_top10": reranked[:, :10],
+        "popularity_top10": popularity_lists,
+    }
     return {
         "users": len(targets),
         "catalog_items": len(catalog),
         "retrieval": report(retrieval_ranks, candidates),
         "two_stage": report(two_stage_ranks, reranked),
-        "popularity": report(popularity_ranks, evaluation.top_k_excluding(popularity_scores, rated, 10)),
-    }
+        "popularity": report(popularity_ranks, popularity_lists),
+    }, details
 
 
 def format_metrics_table(evaluation_metrics: dict) -> str:
@@ -243,10 +256,16 @@ def format_metrics_table(evaluation_metrics: dict) -> str:
 
 
 def _build_indexes(config: RunConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
-                   history: UserSequences) -> tuple[dict, dict]:
-    """Brute-force and ScaNN top-k layers over the catalog; ScaNN tuned to agree with exact top-10."""
+                   history: UserSequences, run_dir: pathlib.Path) -> tuple[dict, dict]:
+    """Brute-force and ScaNN top-k layers over the catalog; ScaNN tuned to agree with exact top-10.
+
+    The embeddings are kept in the run folder (``INDEX_EMBEDDINGS``) so the report can sweep ScaNN
+    settings on exactly the vectors this index serves.
+    """
     candidate_embeddings = query_tower.item_tower.embed_catalog()[1:]
     queries = tf.constant(query_embeddings(query_tower, users, history), tf.float32)
+    np.savez_compressed(run_dir / INDEX_EMBEDDINGS, candidate_embeddings=candidate_embeddings.numpy(),
+                        query_embeddings=queries.numpy())
     k = min(config.top_k, len(catalog))
     params = index.tune_scann(candidate_embeddings, queries, k=min(10, len(catalog)),
                               target_recall=config.scann_target_recall)
