@@ -21,13 +21,24 @@ setup(
         "grpcio>=1.60",
         "numpy>=1.26",
         "pandas>=2.0",
+        "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # Scale-out paths: Beam preprocessing (DirectRunner here; Dataflow/Flink/Spark by flag) and
+        # the Faiss peers of the ANN benchmark. Both install beside TF 2.20 (protobuf resolves to 6.x).
+        "scale": ["apache-beam==2.77.*", "faiss-cpu>=1.8", "pyyaml>=6", "jsonschema>=4"],
+        "notebooks": ["nbformat>=5", "nbclient>=0.10", "ipykernel>=6"],
+        "test": [
+            "pytest>=8",
+            "apache-beam==2.77.*", "faiss-cpu>=1.8", "pyyaml>=6", "jsonschema>=4",
+            "nbformat>=5", "nbclient>=0.10", "ipykernel>=6",
+        ],
     },
     entry_points={
         "console_scripts": [
             "tfrs-pipeline-train=tfrs_pipeline.train:main",
+            "tfrs-model-server=tfrs_pipeline.serving.server:main",
+            "tfrs-pipeline-recommend=tfrs_pipeline.recommend:main",
         ],
     },
 )

@@ -1,0 +1,66 @@
+"""Benchmark: the full two-stage run on MovieLens-1M, and variants of it, measured in one process.
+
+    python bench/movielens_two_stage.py --data_dir=../shared/data/ml-1m --out=/tmp/bench_two_stage \
+        --variant default= --variant user_id_embedding=--user_id_embedding
+
+Each variant is a label and the extra `train` flags it adds to the defaults (space separated).
+Prints a markdown table (quality of retrieval, two-stage and popularity; training wall time) and
+writes it with the raw metrics to ``<out>/results.json``. The figures in docs/benchmarks.md come
+from this script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import shlex
+import time
+
+import tfrs_pipeline  # noqa: F401
+from tfrs_pipeline import train
+
+
+def run_variant(data_dir: str, out: pathlib.Path, label: str, extra_flags: str) -> dict:
+    export_dir = out / label
+    flags = [f"--data_dir={data_dir}", f"--export_dir={export_dir}", "--verbose=2", *shlex.split(extra_flags)]
+    start = time.perf_counter()
+    exit_code = train.main(flags)
+    wall_seconds = time.perf_counter() - start
+    if exit_code:
+        raise SystemExit(f"variant {label} failed with exit code {exit_code}")
+    metrics = json.loads((export_dir / "metrics.json").read_text())
+    return {"label": label, "flags": flags, "wall_seconds": wall_seconds, "metrics": metrics}
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| variant | system | HR@10 | NDCG@10 | HR@50 | MRR | coverage | pop. pct. | wall (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for result in results:
+        for system in ("retrieval", "two_stage", "popularity"):
+            values = result["metrics"]["evaluation"][system]
+            lines.append(f"| {result['label']} | {system} | {values['hr@10']:.4f} | {values['ndcg@10']:.4f} | "
+                         f"{values['hr@50']:.4f} | {values['mrr']:.4f} | {values['coverage']:.3f} | "
+                         f"{values['popularity_percentile']:.3f} | {result['wall_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=os.environ.get("TFRS_PIPELINE_DATA_DIR"))
+    parser.add_argument("--out", default="/tmp/bench_two_stage")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="label=extra train flags (repeatable); default: one run with the defaults")
+    args = parser.parse_args()
+    out = pathlib.Path(args.out)
+    variants = [variant.split("=", 1) for variant in (args.variant or ["default="])]
+    results = [run_variant(args.data_dir, out, label, flags) for label, flags in variants]
+    table = markdown(results)
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()}
+    (out / "results.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
