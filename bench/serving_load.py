@@ -1,0 +1,197 @@
+"""Two-stage recommendations under load: through the model server versus the SavedModels in-process.
+
+Each of ``--clients`` concurrent clients repeatedly asks for one user's recommendations the way
+production does: retrieval Predict (the export's top 100) -> ranking Predict on those 100
+candidates -> top 10. The same run measures three ways of answering:
+
+- ``in_process``: the two SavedModels loaded in this process and called directly (the floor: model
+  compute only);
+- ``server``: ``tfrs-model-server`` in its own process, called over gRPC on loopback by
+  ``TwoStageClient`` (what a production caller pays: serialization, gRPC, the server's checks);
+- ``server_batching``: the same with ``--enable_batching`` and ``serving_config/batching.config``.
+
+The difference between ``server`` and ``in_process`` is the server's own overhead. Reports p50, p90,
+p99 and mean latency, throughput and errors (any answer that is not a two-stage answer counts).
+
+    python bench/serving_load.py --export_dir=export --clients=16 --duration_s=20 --out=bench_serving.json
+"""
+import argparse
+import concurrent.futures
+import itertools
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+import tfrs_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
+import tensorflow as tf
+from scann import scann_ops  # noqa: F401  (the ScaNN retrieval export needs its ops)
+
+from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODES = ("in_process", "server", "server_batching")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class InProcessTwoStage:
+    """The floor: both SavedModels called directly, no serialization, no network."""
+
+    def __init__(self, export_dir: pathlib.Path):
+        self._retrieval = _latest_signature(export_dir / "retrieval")
+        self._ranking = _latest_signature(export_dir / "ranking")
+
+    def recommend(self, user_id: str, k: int) -> list[str]:
+        users = tf.constant([user_id])
+        candidates = self._retrieval(user_id=users)["item_ids"]
+        scores = self._ranking(user_id=users, item_ids=candidates)["scores"].numpy()[0]
+        return [candidates[0, index].numpy().decode() for index in np.argsort(-scores)[:k]]
+
+
+def _latest_signature(base_path: pathlib.Path):
+    version = max(int(entry.name) for entry in base_path.iterdir() if entry.name.isdigit())
+    return tf.saved_model.load(str(base_path / str(version))).signatures["serving_default"]
+
+
+class ServerProcess:
+    """``python -m tfrs_pipeline.serving.server`` on free loopback ports, until ``stop``."""
+
+    def __init__(self, export_dir: pathlib.Path, batching: bool):
+        self.port = free_port()
+        self._log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        flags = [f"--port={self.port}", f"--model_config_file={export_dir / 'models.config'}",
+                 "--file_system_poll_wait_seconds=0"]
+        if batching:
+            flags += ["--enable_batching", f"--batching_parameters_file={REPO_ROOT / 'serving_config/batching.config'}"]
+        self._process = subprocess.Popen([sys.executable, "-m", "tfrs_pipeline.serving.server", *flags],
+                                         stdout=self._log, stderr=self._log, cwd=REPO_ROOT)
+        deadline = time.monotonic() + 300
+        while "Running gRPC ModelServer" not in pathlib.Path(self._log.name).read_text():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start:\n" + pathlib.Path(self._log.name).read_text())
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=60)
+        os.unlink(self._log.name)
+
+
+def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, warmup_s: float,
+             rate: float | None = None) -> dict:
+    """``clients`` threads call ``recommend(user_id)``; latencies of calls started after the warm-up count.
+
+    Without ``rate`` each client sends its next request as soon as the previous one returns (closed
+    loop: the maximum throughput, where latency is mostly queueing: 16 clients / throughput). With
+    ``rate`` (requests per second, all clients together) requests go out on a fixed schedule and a
+    request's latency runs from its scheduled time (open loop, no coordinated omission): the latency
+    a service sees at that traffic.
+    """
+    latencies, errors, lock = [], [], threading.Lock()
+    recommend(user_ids[0])  # first calls initialize lazily (graph functions, ScaNN searcher): not under load
+    started = time.perf_counter()
+    measure_from, stop_at = started + warmup_s, started + warmup_s + duration_s
+
+    def client(index: int) -> None:
+        rng = np.random.default_rng(index)
+        for request_number in itertools.count():
+            now = time.perf_counter()
+            if rate:
+                now = started + (request_number * clients + index) / rate
+                time.sleep(max(0.0, now - time.perf_counter()))
+            if now >= stop_at:
+                return
+            user_id = user_ids[rng.integers(len(user_ids))]
+            try:
+                recommend(user_id)
+                problem = None
+            except Exception as error:  # counted, reported, and the load goes on
+                problem = f"{type(error).__name__}: {error}"
+            finished = time.perf_counter()
+            if now >= measure_from:
+                with lock:
+                    latencies.append(finished - now)
+                    if problem:
+                        errors.append(problem)
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    if not latencies:
+        raise RuntimeError(f"no request finished within {duration_s} s after the warm-up")
+    latencies_ms = 1e3 * np.array(latencies)
+    return {"requests": len(latencies), "errors": len(errors), "first_errors": errors[:3],
+            "throughput_rps": len(latencies) / duration_s,
+            "p50_ms": float(np.percentile(latencies_ms, 50)), "p90_ms": float(np.percentile(latencies_ms, 90)),
+            "p99_ms": float(np.percentile(latencies_ms, 99)), "mean_ms": float(latencies_ms.mean())}
+
+
+def server_recommender(port: int, clients: int, k: int):
+    """One ``TwoStageClient`` (own gRPC channel) per client thread, as 16 separate callers would have."""
+    local = threading.local()
+
+    def recommend(user_id: str):
+        if not hasattr(local, "client"):
+            local.client = TwoStageClient(GrpcTransport(f"127.0.0.1:{port}"), timeout_s=5, retries=0)
+        answer = local.client.recommend(user_id, k)
+        if answer.source != "two_stage" or len(answer.items) != k:
+            raise RuntimeError(f"not a two-stage answer: {answer.source} {answer.error}")
+    return recommend
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--export_dir", default="export", help="a train export (retrieval/, ranking/, models.config)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--duration_s", type=float, default=20)
+    parser.add_argument("--warmup_s", type=float, default=3)
+    parser.add_argument("--rate", type=float, help="open loop: requests per second (all clients); default closed loop")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--num_users", type=int, default=6040, help="user ids 1..N are sampled uniformly")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    flags = parser.parse_args()
+    export_dir = pathlib.Path(flags.export_dir).resolve()
+    user_ids = [str(user) for user in range(1, flags.num_users + 1)]
+    results = {}
+    for mode in flags.modes.split(","):
+        if mode == "in_process":
+            model = InProcessTwoStage(export_dir)
+            results[mode] = run_load(lambda user_id: model.recommend(user_id, flags.k), user_ids, flags.clients,
+                                     flags.duration_s, flags.warmup_s, flags.rate)
+        else:
+            server = ServerProcess(export_dir, batching=mode == "server_batching")
+            try:
+                results[mode] = run_load(server_recommender(server.port, flags.clients, flags.k), user_ids,
+                                         flags.clients, flags.duration_s, flags.warmup_s, flags.rate)
+            finally:
+                server.stop()
+        print(f"{mode}: {json.dumps(results[mode])}", flush=True)
+    report = {"clients": flags.clients, "rate": flags.rate, "duration_s": flags.duration_s,
+              "export_dir": str(export_dir),
+              "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "results": results}
+    traffic = f"open loop at {flags.rate:g} req/s" if flags.rate else "closed loop"
+    print(f"\n{flags.clients} concurrent clients ({traffic}), two-stage (retrieve 100, rank, top {flags.k}), "
+          f"{flags.duration_s:.0f} s per mode, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    print("| mode | requests | errors | throughput (req/s) | p50 ms | p90 ms | p99 ms | mean ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for mode, figures in results.items():
+        print(f"| {mode} | {figures['requests']} | {figures['errors']} | {figures['throughput_rps']:.1f} | "
+              f"{figures['p50_ms']:.1f} | {figures['p90_ms']:.1f} | {figures['p99_ms']:.1f} | {figures['mean_ms']:.1f} |")
+    if flags.out:
+        pathlib.Path(flags.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
