@@ -39,9 +39,9 @@ def test_scann_params_follow_catalog_size():
     assert large.num_leaves == 1_000 and movielens.num_leaves == round(math.sqrt(3_706))
     for params in (small, movielens, large):
         assert 1 <= params.num_leaves_to_search <= params.num_leaves
-        assert params.num_reordering_candidates >= 100
+        assert params.num_reordering_candidates >= 300
     assert large.num_leaves_to_search / large.num_leaves == pytest.approx(0.1)
-    assert index.scann_params_for(1_000_000, k=100).num_reordering_candidates == 1_000
+    assert index.scann_params_for(1_000_000, k=100).num_reordering_candidates == 3_000
 
 
 def test_scann_matches_brute_force_once_tuned(factorization):
@@ -61,7 +61,10 @@ def test_scann_matches_brute_force_once_tuned(factorization):
     exact_scores, exact_ids = brute_force(queries)
     assert scann_ids.shape == (NUM_USERS, K) and scann_ids.dtype == tf.string
     assert index.top_k_agreement(exact_ids.numpy(), scann_ids.numpy()) >= 0.99
-    np.testing.assert_allclose(np.sort(scann_scores, axis=1), np.sort(exact_scores, axis=1), rtol=1e-3, atol=1e-3)
+    same_set = (np.sort(scann_ids, axis=1) == np.sort(exact_ids, axis=1)).all(axis=1)
+    np.testing.assert_allclose(  # reordering re-scores exactly: where the sets agree, so do the scores
+        np.sort(scann_scores.numpy()[same_set], axis=1), np.sort(exact_scores.numpy()[same_set], axis=1), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_tiny_catalog_scann_falls_back_to_exact_search(factorization):
