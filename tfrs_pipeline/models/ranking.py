@@ -7,7 +7,9 @@ and how old it is, how close it is to the last item watched. A deep & cross netw
 2020) learns those crosses explicitly.
 
 It is trained for what the two-stage pipeline needs: each training list is the candidates retrieval
-returned for a held-out next item, and a listwise softmax puts the true item at the top.
+returned for a held-out next item, and a listwise softmax puts the true item at the top. The network
+learns a correction on top of the retrieval score rather than a score from scratch: untrained, the
+ranker keeps retrieval's order, so a few thousand lists can only move it where they have evidence.
 """
 from __future__ import annotations
 
@@ -63,9 +65,10 @@ class RankingModel(tfrs.models.Model):
         def per_candidate(user_vector: tf.Tensor) -> tf.Tensor:
             return tf.repeat(user_vector[:, tf.newaxis, :], num_candidates, axis=1)
 
+        retrieval_scores = tf.einsum("bd,bnd->bn", query, candidate_embeddings)
         crossed = tf.concat(
             [
-                tf.einsum("bd,bnd->bn", query, candidate_embeddings)[..., tf.newaxis],
+                retrieval_scores[..., tf.newaxis],
                 tf.einsum("bd,bnd->bn", last_item, candidate_embeddings)[..., tf.newaxis],
                 tf.einsum("bg,bng->bn", history_genres, candidate_genres)[..., tf.newaxis],
                 tf.gather(self._log_popularity, candidates)[..., tf.newaxis],
@@ -77,7 +80,7 @@ class RankingModel(tfrs.models.Model):
             ],
             axis=-1,
         )
-        return tf.squeeze(self._deep(self._cross(crossed), training=training), -1)
+        return retrieval_scores + tf.squeeze(self._deep(self._cross(crossed), training=training), -1)
 
     def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
         """Listwise softmax: ``labels`` [batch, N] is one-hot on the true next item."""

@@ -35,6 +35,7 @@ EVALUATION_BATCH = 512
 EVALUATION_DETAILS = "evaluation_details.npz"  # per-user ranks and lists, for the report's plots
 INDEX_EMBEDDINGS = "index_embeddings.npz"  # the catalog and query vectors the index was built on
 LATENCY_QUERIES = 200
+RANKING_VALIDATION_SHARE = 0.1
 
 
 class Catalog:
@@ -131,9 +132,32 @@ def _train_retrieval(config: RunConfig, catalog: Catalog, users: pd.DataFrame, t
             _training_dataset(examples, config.batch_size, config.seed),
             validation_data=tf.data.Dataset.from_tensor_slices(_examples_as_tensors(validation)).batch(EVALUATION_BATCH),
             epochs=config.epochs, verbose=config.verbose,
-            callbacks=[tf.keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / "retrieval"))],
+            callbacks=[ValidationRanking(catalog, users, query_tower, train, validation_targets),
+                       tf.keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / "retrieval"))],
         )
     return query_tower, _history(history)
+
+
+class ValidationRanking(tf.keras.callbacks.Callback):
+    """Adds full-catalog ``val_hr@10`` and ``val_ndcg@10`` of the validation items to each epoch's logs.
+
+    The validation loss of a sampled softmax says little about ranking quality; this is the metric
+    the run is judged by, so progress bars, TensorBoard and the report show it per epoch.
+    """
+
+    def __init__(self, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower, history: UserSequences,
+                 targets: np.ndarray):
+        super().__init__()
+        self._catalog, self._users, self._query_tower, self._history = catalog, users, query_tower, history
+        self._rated = [catalog.indices(items) for items in history.item_ids]
+        self._target_indices = catalog.indices(targets)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        scores = _catalog_scores(self._query_tower, self._users, self._history)
+        ranks = evaluation.rank_of_targets(scores, self._target_indices, self._rated)
+        metrics = evaluation.accuracy_metrics(ranks, cutoffs=(10,))
+        if logs is not None:
+            logs["val_hr@10"], logs["val_ndcg@10"] = metrics["hr@10"], metrics["ndcg@10"]
 
 
 def _history(history: tf.keras.callbacks.History) -> dict:
@@ -186,10 +210,17 @@ def _train_ranking(config: RunConfig, catalog: Catalog, users: pd.DataFrame, que
     ranking_model = RankingModel(query_tower, catalog.popularity(train), catalog.genres)
     ranking_model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate / 2))
     with stage(f"train ranking ({len(targets)} lists of {candidates.shape[1]}, {config.ranking_epochs} epochs)"):
-        dataset = tf.data.Dataset.from_tensor_slices(features).shuffle(len(targets), seed=config.seed)
+        # A tenth of the lists is held back to stop training before the correction overfits.
+        is_validation = np.random.default_rng(config.seed).random(len(targets)) < RANKING_VALIDATION_SHARE
+        train_lists, validation_lists = ({name: values[keep] for name, values in features.items()}
+                                         for keep in (~is_validation, is_validation))
         history = ranking_model.fit(
-            dataset.batch(config.ranking_batch_size), epochs=config.ranking_epochs, verbose=config.verbose,
-            callbacks=[tf.keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / "ranking"))],
+            tf.data.Dataset.from_tensor_slices(train_lists).shuffle(len(targets), seed=config.seed)
+            .batch(config.ranking_batch_size),
+            validation_data=tf.data.Dataset.from_tensor_slices(validation_lists).batch(EVALUATION_BATCH),
+            epochs=config.ranking_epochs, verbose=config.verbose,
+            callbacks=[tf.keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True),
+                       tf.keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / "ranking"))],
         )
     return ranking_model, _history(history)
 
