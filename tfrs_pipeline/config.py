@@ -19,6 +19,8 @@ class RunConfig:
     export_dir: str = "export"
     serving_config: str | None = None
     holdout: str = "test"
+    session_format: str = "auto"
+    session_test_days: float = 7.0
     max_users: int | None = None
     max_length: int = 200
     embedding_dim: int = 64
@@ -35,6 +37,9 @@ class RunConfig:
     ranking_batch_size: int = 32
     top_k: int = 100
     scann_target_recall: float = 0.99
+    scann_num_leaves: int | None = None
+    scann_leaves_to_search: int | None = None
+    scann_reordering_candidates: int | None = None
     seed: int = 0
     verbose: int = 1
 
@@ -48,6 +53,13 @@ class RunConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.embedding_dim % self.num_heads:
             raise ValueError(f"embedding_dim ({self.embedding_dim}) must be a multiple of num_heads ({self.num_heads})")
+
+    @property
+    def scann_overrides(self) -> dict:
+        """The ScaNN settings given explicitly; the others are tuned from the data."""
+        given = {"num_leaves": self.scann_num_leaves, "num_leaves_to_search": self.scann_leaves_to_search,
+                 "num_reordering_candidates": self.scann_reordering_candidates}
+        return {name: value for name, value in given.items() if value is not None}
 
     @property
     def serving_config_path(self) -> pathlib.Path:

@@ -20,10 +20,17 @@ _HELP = {
     "export_dir": "receives <model>/<version>/ SavedModels, metrics.json and runs/<version>/",
     "serving_config": "TF Serving ModelServerConfig to update (default: <export_dir>/models.config)",
     "holdout": "test: each user's last item is held out and evaluated; none: train on everything",
+    "session_format": "session task: auto, srgnn (train_sessions.txt + test.tsv) or events (CSV: session id, item id, "
+                      "timestamp; see tfrs_pipeline/data/sessions.py)",
+    "session_test_days": "session task, events form: sessions starting in the last this many days are the test set",
     "max_users": "use only the users with the smallest ids (quick runs)",
     "num_negatives": "negatives per batch of the sampled softmax; 0 scores the whole catalog",
     "user_id_embedding": "give the query tower a per-user embedding table",
     "top_k": "items returned by the retrieval export",
+    "scann_target_recall": "tune ScaNN until its top-10 equals exact search for this share of users",
+    "scann_num_leaves": "ScaNN partitions (default: tuned from the catalog size and the data)",
+    "scann_leaves_to_search": "ScaNN partitions searched per query (default: tuned)",
+    "scann_reordering_candidates": "ScaNN candidates re-scored exactly (default: tuned)",
 }
 
 
@@ -31,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tfrs_pipeline.train", description=__doc__.splitlines()[0])
     for field in dataclasses.fields(RunConfig):
         name = f"--{field.name}"
-        help_text = _HELP.get(field.name, "") + f" (default: {field.default})"
+        help_text = _HELP.get(field.name, "") + (f" (default: {field.default})" if field.default is not None else "")
         if field.type == "bool":
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
             continue

@@ -9,6 +9,7 @@ Which interactions each stage may see (h = 1 with ``--holdout=test``, 0 with ``-
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -298,8 +299,11 @@ def _build_indexes(config: RunConfig, catalog: Catalog, users: pd.DataFrame, que
     np.savez_compressed(run_dir / INDEX_EMBEDDINGS, candidate_embeddings=candidate_embeddings.numpy(),
                         query_embeddings=queries.numpy())
     k = min(config.top_k, len(catalog))
-    params = index.tune_scann(candidate_embeddings, queries, k=min(10, len(catalog)),
-                              target_recall=config.scann_target_recall)
+    if config.scann_overrides:
+        params = dataclasses.replace(index.scann_params_for(len(catalog), 10), **config.scann_overrides)
+    else:
+        params = index.tune_scann(candidate_embeddings, queries, k=min(10, len(catalog)),
+                                  target_recall=config.scann_target_recall)
     layers = {kind: index.build_top_k(kind, tf.constant(catalog.item_ids.astype(str)), candidate_embeddings, k,
                                       params=params) for kind in index.TOP_K_KINDS}
     _, exact = layers["brute_force"](queries, k=10)
