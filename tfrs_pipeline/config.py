@@ -8,6 +8,7 @@ import pathlib
 
 HOLDOUTS = ("test", "none")
 TASKS = ("two_stage", "session")
+DISTRIBUTIONS = ("default", "mirrored", "multi_worker")  # tfrs_pipeline/distribute.py
 
 
 @dataclasses.dataclass
@@ -42,12 +43,17 @@ class RunConfig:
     scann_reordering_candidates: int | None = None
     seed: int = 0
     verbose: int = 1
+    # Scale-out: preprocessed examples (tfrs_pipeline/data/beam_pipeline.py) and tf.distribute.
+    examples_dir: str | None = None
+    distribution: str = "default"
 
     def __post_init__(self) -> None:
         if self.holdout not in HOLDOUTS:
             raise ValueError(f"holdout must be one of {HOLDOUTS}, got {self.holdout!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
         for name in ("max_length", "embedding_dim", "batch_size", "epochs", "ranking_candidates", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

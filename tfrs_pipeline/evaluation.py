@@ -41,14 +41,21 @@ def top_k_excluding(scores: np.ndarray, excluded: Sequence[np.ndarray], k: int) 
     return np.take_along_axis(best, order, axis=1)
 
 
-def accuracy_metrics(ranks: np.ndarray, cutoffs: Iterable[int] = CUTOFFS) -> dict[str, float]:
-    """HR@k, NDCG@k (one relevant item, so IDCG = 1) and MRR from 1-based ranks."""
+def accuracy_metrics(ranks: np.ndarray, cutoffs: Iterable[int] = CUTOFFS,
+                     mrr_cutoffs: Iterable[int] = ()) -> dict[str, float]:
+    """HR@k, NDCG@k (one relevant item, so IDCG = 1) and MRR from 1-based ranks.
+
+    ``mrr_cutoffs`` adds MRR@k (reciprocal rank, 0 beyond rank k), the session-based literature's
+    measure next to P@k (which equals HR@k with one relevant item).
+    """
     ranks = np.asarray(ranks, dtype=np.float64)
     metrics = {}
     for k in cutoffs:
         hit = ranks <= k
         metrics[f"hr@{k}"] = float(hit.mean())
         metrics[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
+    for k in mrr_cutoffs:
+        metrics[f"mrr@{k}"] = float(np.where(ranks <= k, 1.0 / ranks, 0.0).mean())
     metrics["mrr"] = float((1.0 / ranks).mean())
     return metrics
 

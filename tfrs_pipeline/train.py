@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 import tfrs_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow builds anything)
-from tfrs_pipeline.config import HOLDOUTS, TASKS, RunConfig
+from tfrs_pipeline.config import DISTRIBUTIONS, HOLDOUTS, TASKS, RunConfig
 from tfrs_pipeline.data.errors import DataError
 
 _HELP = {
@@ -31,6 +31,9 @@ _HELP = {
     "scann_num_leaves": "ScaNN partitions (default: tuned from the catalog size and the data)",
     "scann_leaves_to_search": "ScaNN partitions searched per query (default: tuned)",
     "scann_reordering_candidates": "ScaNN candidates re-scored exactly (default: tuned)",
+    "examples_dir": "train retrieval on the TFRecords of python -m tfrs_pipeline.data.beam_pipeline "
+                    "(made with this run's data, max_length, holdout, max_users)",
+    "distribution": "tf.distribute strategy: mirrored over local devices; multi_worker reads $TF_CONFIG",
 }
 
 
@@ -43,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
             continue
         kind = {"int": int, "float": float, "int | None": int}.get(field.type, str)
-        choices = {"task": TASKS, "holdout": HOLDOUTS}.get(field.name)
+        choices = {"task": TASKS, "holdout": HOLDOUTS, "distribution": DISTRIBUTIONS}.get(field.name)
         parser.add_argument(name, type=kind, default=field.default, choices=choices, help=help_text)
     return parser
 

@@ -1,13 +1,8 @@
 """Two-tower retrieval trained on every prefix of every history (prefix -> next item).
 
-The loss is a sampled softmax over a fixed budget of negatives shared by the whole batch: some are
-drawn from the batch's own positives (in-batch negatives, which follow popularity and so are hard)
-and some uniformly from the catalog, so rare items are pushed down too ("mixed negative sampling",
-Yang et al. 2020). In-batch draws would teach the model to demote popular items; every logit is
-therefore corrected by the log of the item's probability of being drawn (logQ correction, Yi et al.
-2019). A negative that happens to equal a row's positive is masked out (no accidental hits). The
-cost grows with the negative budget, not the catalog, which is what lets the same loss train on a
-catalog of millions; ``num_negatives=None`` instead scores the whole catalog (exact softmax).
+The loss is the mixed-negative sampled softmax with logQ correction of ``sampled_softmax``
+(in-batch and uniform negatives, accidental hits masked); ``num_negatives=None`` scores the whole
+catalog (exact softmax).
 """
 from __future__ import annotations
 
@@ -17,6 +12,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
+from tfrs_pipeline.models.sampled_softmax import MixedNegativeSoftmax
 
 
 class RetrievalModel(tfrs.models.Model):
@@ -35,9 +31,7 @@ class RetrievalModel(tfrs.models.Model):
         self.query_tower = query_tower
         self.item_tower = item_tower
         self.num_negatives = num_negatives
-        self._num_items = len(target_counts) - 1
-        frequencies = target_counts / max(1, target_counts.sum())
-        self._log_one_minus_frequency = tf.constant(np.log1p(-np.minimum(frequencies, 1 - 1e-7)), tf.float32)
+        self._softmax = MixedNegativeSoftmax(target_counts, num_negatives)
 
     def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
         targets = features["target_item_ids"]
@@ -46,33 +40,4 @@ class RetrievalModel(tfrs.models.Model):
         sequence_queries = self.query_tower.sequence_embeddings(features, training, catalog_embeddings)
         queries = tf.boolean_mask(sequence_queries, has_target)
         positives = tf.boolean_mask(self.item_tower.indices(targets), has_target)
-        if self.num_negatives is None:
-            logits = tf.matmul(queries, catalog_embeddings[1:], transpose_b=True)
-            labels = positives - 1
-        else:
-            logits, labels = self._sampled_logits(queries, positives, catalog_embeddings)
-        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        return tf.reduce_mean(loss)
-
-    def _sampled_logits(self, queries: tf.Tensor, positives: tf.Tensor,
-                        catalog_embeddings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Logits [P, 1 + S] with the positive in column 0, all corrected by log P(drawn)."""
-        num_in_batch = self.num_negatives // 2
-        num_uniform = self.num_negatives - num_in_batch
-        in_batch = tf.gather(positives, tf.random.uniform([num_in_batch], 0, tf.size(positives), tf.int32))
-        uniform = tf.random.uniform([num_uniform], 1, self._num_items + 1, dtype=tf.int64)
-        negatives, _ = tf.unique(tf.concat([in_batch, uniform], axis=0))
-        log_missed_by_uniform = num_uniform * float(np.log1p(-1.0 / self._num_items))
-
-        def log_draw_probability(indices: tf.Tensor) -> tf.Tensor:
-            log_missed = num_in_batch * tf.gather(self._log_one_minus_frequency, indices) + log_missed_by_uniform
-            return tf.math.log(-tf.math.expm1(log_missed) + 1e-10)
-
-        positive_logits = tf.reduce_sum(queries * tf.gather(catalog_embeddings, positives), axis=-1)
-        positive_logits -= log_draw_probability(positives)
-        negative_logits = tf.matmul(queries, tf.gather(catalog_embeddings, negatives), transpose_b=True)
-        negative_logits -= log_draw_probability(negatives)[tf.newaxis, :]
-        accidental_hit = tf.equal(positives[:, tf.newaxis], negatives[tf.newaxis, :])
-        negative_logits = tf.where(accidental_hit, tf.float32.min, negative_logits)
-        logits = tf.concat([positive_logits[:, tf.newaxis], negative_logits], axis=1)
-        return logits, tf.zeros_like(positives)
+        return self._softmax.loss(queries, positives, catalog_embeddings)

@@ -1,0 +1,114 @@
+"""The session model end to end on a real slice of DIGINETICA: train, evaluate, export, reload, serve."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrs_pipeline.config import RunConfig
+from tfrs_pipeline.export.serving_config import read_config
+from tfrs_pipeline.pipelines import session
+from test_serving_server import RunningServer, retrieval_request
+
+SLICE_SESSIONS = 2500
+SLICE_TEST_LINES = 15000
+SMALL_SESSION_RUN = dict(epochs=2, max_length=20, embedding_dim=32, batch_size=64, num_negatives=512, top_k=50,
+                         verbose=0)
+
+
+@pytest.fixture(scope="module")
+def session_export(shared_data_dir, tmp_path_factory):
+    """(export_dir, metrics, data folder) of a real session run on the first sessions of DIGINETICA."""
+    folder = tmp_path_factory.mktemp("diginetica_slice")
+    source = shared_data_dir / "diginetica"
+    for name, lines in (("train_sessions.txt", SLICE_SESSIONS), ("test.tsv", SLICE_TEST_LINES)):
+        with open(source / name) as file:
+            (folder / name).write_text("".join(line for _, line in zip(range(lines), file)))
+    export_dir = tmp_path_factory.mktemp("session_export")
+    config = RunConfig(task="session", data_dir=str(folder), export_dir=str(export_dir), **SMALL_SESSION_RUN)
+    return export_dir, session.run(config), folder
+
+
+def predict_in_fresh_process(export_path, sessions: list[list[str]]) -> dict:
+    """Loads the export in a new Python process (nothing of the training process) and calls serving_default."""
+    width = max(1, max(len(row) for row in sessions))
+    padded = [row + [""] * (width - len(row)) for row in sessions]
+    script = (
+        "import json, sys, tfrs_pipeline, tensorflow as tf\n"
+        "from tfrs_pipeline.index import load_top_k\n"
+        "serve = load_top_k(sys.argv[1]).signatures['serving_default']\n"
+        "out = serve(session_item_ids=tf.constant(json.loads(sys.argv[2])))\n"
+        "print(json.dumps({'item_ids': out['item_ids'].numpy().astype(str).tolist(),"
+        " 'scores': out['scores'].numpy().tolist()}))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script, str(export_path), json.dumps(padded)],
+                               capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_the_transformer_beats_popularity_and_reports_the_session_metrics(session_export):
+    export_dir, metrics, _ = session_export
+    evaluation = metrics["evaluation"]
+    assert evaluation["test_cases"] > 1000
+    for system in ("transformer", "sequential_rules", "popularity"):
+        assert {"p@20", "mrr@20", "hr@10"} <= set(evaluation[system])
+        assert evaluation[system]["p@20"] == evaluation[system]["hr@20"]
+    assert evaluation["transformer"]["p@20"] > 3 * evaluation["popularity"]["p@20"]
+    assert evaluation["transformer"]["mrr@20"] > evaluation["popularity"]["mrr@20"]
+    written = json.loads((export_dir / "runs" / "session" / "1" / "metrics.json").read_text())
+    assert written["evaluation"] == evaluation
+    assert json.loads((export_dir / "session_metrics.json").read_text())["version"] == 1
+
+
+def test_export_is_versioned_and_registered_next_to_the_other_models(session_export):
+    export_dir, _, _ = session_export
+    assert (export_dir / "session" / "1" / "saved_model.pb").is_file()
+    models = {model.name: model for model in read_config(export_dir / "models.config").model_config_list.config}
+    assert models["session"].base_path == str((export_dir / "session").resolve())
+
+
+def test_reloaded_export_ignores_padding_and_unknown_items_and_keeps_the_most_recent(session_export):
+    export_dir, _, folder = session_export
+    sessions = [line.split() for line in (folder / "train_sessions.txt").read_text().splitlines()]
+    session_items = next(items for items in sessions if len(items) >= 4)[:4]
+    longest = max(sessions, key=len)
+    assert len(longest) > SMALL_SESSION_RUN["max_length"]
+    rows = [
+        session_items,
+        ["no-such-item", session_items[0], "", session_items[1], "unknown", *session_items[2:]],
+        [],
+        ["never-seen"],
+        longest,
+        longest[-SMALL_SESSION_RUN["max_length"]:],
+    ]
+    out = predict_in_fresh_process(export_dir / "session" / "1", rows)
+    item_ids, scores = np.asarray(out["item_ids"]), np.asarray(out["scores"])
+    assert item_ids.shape == scores.shape == (len(rows), SMALL_SESSION_RUN["top_k"])
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    assert (item_ids[0] == item_ids[1]).all() and np.allclose(scores[0], scores[1], atol=1e-5)
+    clicks = np.unique(np.concatenate([np.asarray(items) for items in sessions]), return_counts=True)
+    most_popular = clicks[0][np.argsort(-clicks[1], kind="stable")][:5]
+    for empty_row in (2, 3):
+        assert set(item_ids[empty_row, :3]) <= set(most_popular)
+        assert (item_ids[empty_row] == item_ids[2]).all()
+    assert (item_ids[4] == item_ids[5]).all()
+    assert not (item_ids[0] == item_ids[2]).all()
+
+
+def test_served_through_the_model_server_with_the_grpc_stubs(session_export):
+    export_dir, _, folder = session_export
+    sessions = [line.split() for line in (folder / "train_sessions.txt").read_text().splitlines()[:8]]
+    width = max(len(items) for items in sessions)
+    batch = np.asarray([items + [""] * (width - len(items)) for items in sessions])
+    running = RunningServer(export_dir / "models.config")
+    try:
+        response = running.predictions.Predict(retrieval_request(
+            None, model="session", session_item_ids=tf.make_tensor_proto(batch, dtype=tf.string)), timeout=60)
+    finally:
+        running.close()
+    in_process = tf.saved_model.load(str(export_dir / "session" / "1")).signatures["serving_default"]
+    expected = in_process(session_item_ids=tf.constant(batch))
+    assert np.array_equal(tf.make_ndarray(response.outputs["item_ids"]), expected["item_ids"].numpy())
+    assert np.allclose(tf.make_ndarray(response.outputs["scores"]), expected["scores"].numpy(), atol=1e-5)

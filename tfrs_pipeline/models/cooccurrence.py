@@ -1,0 +1,53 @@
+"""The baseline the session model must beat: sequential rules over item-to-item transitions.
+
+"Sequential rules" (Ludewig & Jannach 2018) counts, in the training sessions, how often item j
+follows item i within a few clicks, weighting a pair by 1 / (clicks between them); a session is
+scored from its last item alone. It is a strong, transparent baseline on session data (close to
+SR-GNN on some data sets at a fraction of the cost), so a transformer that does not beat it is not
+worth serving. Items with no rule fall back to popularity (a tiny tie-break term).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+DEFAULT_MAX_GAP = 10
+_POPULARITY_TIE_BREAK = 1e-3  # below the weakest rule (1 / DEFAULT_MAX_GAP)
+
+
+class SequentialRules:
+    """Weighted i -> j rules from sessions of catalog indices (1..N; 0 is never scored).
+
+    Args:
+      sessions: per session, catalog indices in click order.
+      num_items: N.
+      max_gap: the farthest pair counted (j at most ``max_gap`` clicks after i).
+    """
+
+    def __init__(self, sessions: Sequence[np.ndarray], num_items: int, max_gap: int = DEFAULT_MAX_GAP):
+        self.num_items = num_items
+        items = np.concatenate(sessions).astype(np.int64)
+        session_of_click = np.repeat(np.arange(len(sessions)), [len(session) for session in sessions])
+        sources, targets, weights = [], [], []
+        for gap in range(1, max_gap + 1):
+            same_session = session_of_click[:-gap] == session_of_click[gap:]
+            sources.append(items[:-gap][same_session])
+            targets.append(items[gap:][same_session])
+            weights.append(np.full(same_session.sum(), 1.0 / gap))
+        pair_keys, pair_positions = np.unique(np.concatenate(sources) * (num_items + 1) + np.concatenate(targets),
+                                              return_inverse=True)
+        self._rule_weights = np.bincount(pair_positions, weights=np.concatenate(weights)).astype(np.float32)
+        self._rule_targets = pair_keys % (num_items + 1)
+        self._rule_starts = np.searchsorted(pair_keys // (num_items + 1), np.arange(num_items + 2))
+        popularity = np.bincount(items, minlength=num_items + 1).astype(np.float32)
+        self._tie_break = _POPULARITY_TIE_BREAK * popularity / max(1.0, popularity.max())
+
+    def scores(self, last_items: np.ndarray) -> np.ndarray:
+        """[batch, N + 1] scores of every item after sessions ending with ``last_items`` ([batch] indices)."""
+        scores = np.tile(self._tie_break, (len(last_items), 1))
+        for row, item in enumerate(last_items):
+            rules = slice(self._rule_starts[item], self._rule_starts[item + 1])
+            scores[row, self._rule_targets[rules]] += self._rule_weights[rules]
+        scores[:, 0] = -np.inf
+        return scores

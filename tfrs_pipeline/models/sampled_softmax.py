@@ -1,0 +1,72 @@
+"""The retrieval loss shared by every "predict the next item" model: mixed-negative sampled softmax.
+
+The loss is a sampled softmax over a fixed budget of negatives shared by the whole batch: some are
+drawn from the batch's own positives (in-batch negatives, which follow popularity and so are hard)
+and some uniformly from the catalog, so rare items are pushed down too ("mixed negative sampling",
+Yang et al. 2020). In-batch draws would teach the model to demote popular items; every logit is
+therefore corrected by the log of the item's probability of being drawn (logQ correction, Yi et al.
+2019). A negative that happens to equal a row's positive is masked out (no accidental hits). The
+cost grows with the negative budget, not the catalog, which is what lets the same loss train on a
+catalog of millions; ``num_negatives=None`` instead scores the whole catalog (exact softmax).
+
+It works on plain tensors (queries, positive indices, catalog embeddings), so the two-tower
+retrieval model and the session model share it whatever their towers look like.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+class MixedNegativeSoftmax:
+    """Softmax cross-entropy of each query's positive item against sampled (or all) catalog items.
+
+    Args:
+      target_counts: [N + 1] how often each catalog index is a training target (index 0, the
+        unknown item, is never a target); sets the in-batch draw probabilities of the logQ term.
+      num_negatives: negatives per batch, half in-batch and half uniform; None for the full catalog.
+    """
+
+    def __init__(self, target_counts: np.ndarray, num_negatives: int | None = 1024):
+        self.num_negatives = num_negatives
+        self._num_items = len(target_counts) - 1
+        frequencies = target_counts / max(1, target_counts.sum())
+        self._log_one_minus_frequency = tf.constant(np.log1p(-np.minimum(frequencies, 1 - 1e-7)), tf.float32)
+
+    def loss(self, queries: tf.Tensor, positives: tf.Tensor, catalog_embeddings: tf.Tensor) -> tf.Tensor:
+        """Mean cross-entropy over the P rows.
+
+        Args:
+          queries: [P, dim] one query per target.
+          positives: [P] int64 catalog indices (1..N) of the targets.
+          catalog_embeddings: [N + 1, dim]; row 0 (unknown item) never competes.
+        """
+        if self.num_negatives is None:
+            logits = tf.matmul(queries, catalog_embeddings[1:], transpose_b=True)
+            labels = positives - 1
+        else:
+            logits, labels = self.sampled_logits(queries, positives, catalog_embeddings)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+    def sampled_logits(self, queries: tf.Tensor, positives: tf.Tensor,
+                       catalog_embeddings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Logits [P, 1 + S] with the positive in column 0, all corrected by log P(drawn); labels [P] (zeros)."""
+        num_in_batch = self.num_negatives // 2
+        num_uniform = self.num_negatives - num_in_batch
+        in_batch = tf.gather(positives, tf.random.uniform([num_in_batch], 0, tf.size(positives), tf.int32))
+        uniform = tf.random.uniform([num_uniform], 1, self._num_items + 1, dtype=tf.int64)
+        negatives, _ = tf.unique(tf.concat([in_batch, uniform], axis=0))
+        log_missed_by_uniform = num_uniform * float(np.log1p(-1.0 / self._num_items))
+
+        def log_draw_probability(indices: tf.Tensor) -> tf.Tensor:
+            log_missed = num_in_batch * tf.gather(self._log_one_minus_frequency, indices) + log_missed_by_uniform
+            return tf.math.log(-tf.math.expm1(log_missed) + 1e-10)
+
+        positive_logits = tf.reduce_sum(queries * tf.gather(catalog_embeddings, positives), axis=-1)
+        positive_logits -= log_draw_probability(positives)
+        negative_logits = tf.matmul(queries, tf.gather(catalog_embeddings, negatives), transpose_b=True)
+        negative_logits -= log_draw_probability(negatives)[tf.newaxis, :]
+        accidental_hit = tf.equal(positives[:, tf.newaxis], negatives[tf.newaxis, :])
+        negative_logits = tf.where(accidental_hit, tf.float32.min, negative_logits)
+        logits = tf.concat([positive_logits[:, tf.newaxis], negative_logits], axis=1)
+        return logits, tf.zeros_like(positives)

@@ -1,0 +1,220 @@
+"""The session run: read sessions, train the transformer, compare it with baselines, index, export.
+
+Training uses every prefix of every training session (prefix -> next item). The test cases (the
+benchmark's ``test.tsv``, or the prefixes of the last days' sessions of raw events) are ranked
+against the whole catalog, nothing excluded, for the transformer, the sequential-rules baseline and
+popularity; P@20 (= HR@20) and MRR@20 are the session literature's figures. The export
+``session/<version>/`` serves ``session_item_ids`` -> top-K ``item_ids`` and ``scores``.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfrs_pipeline import evaluation, index
+from tfrs_pipeline.config import RunConfig
+from tfrs_pipeline.data.sequence_examples import next_item_examples, training_windows
+from tfrs_pipeline.data.sessions import SessionData, load_sessions
+from tfrs_pipeline.export import serving_config, versioning
+from tfrs_pipeline.export.savedmodels import SERVING_SIGNATURE
+from tfrs_pipeline.models.cooccurrence import SequentialRules
+from tfrs_pipeline.models.session import SessionExport, SessionModel
+from tfrs_pipeline.pipelines.common import history, training_dataset, write_json_atomically
+from tfrs_pipeline.pipelines.progress import stage
+
+MODEL_NAME = "session"
+CUTOFFS = (10, 20)
+EVALUATION_BATCH = 1024
+MONITORED_CASES = 5000  # test cases ranked after every epoch, to watch convergence (never used to choose)
+INDEX_SAMPLE_QUERIES = 2000
+
+
+class SessionCatalog:
+    """The items that can be recommended (every item of a training session), indexed 1..N by popularity."""
+
+    def __init__(self, train_sessions: list[np.ndarray]):
+        clicks = pd.Series(np.concatenate(train_sessions)).value_counts(sort=True)
+        self.item_ids = clicks.index.to_numpy(dtype=object)
+        self.index_of = {item_id: position + 1 for position, item_id in enumerate(self.item_ids)}
+        self.click_counts = np.concatenate([[0.0], clicks.to_numpy(np.float64)])
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def indices(self, item_ids) -> np.ndarray:
+        return np.fromiter((self.index_of.get(item_id, 0) for item_id in item_ids), np.int64, len(item_ids))
+
+    def target_counts(self, train_sessions: list[np.ndarray]) -> np.ndarray:
+        """[N + 1] how often each item is a training target (every click but a session's first)."""
+        targets = np.concatenate([session[1:] for session in train_sessions])
+        return np.bincount(self.indices(targets), minlength=len(self) + 1).astype(np.float64)
+
+
+def run(config: RunConfig) -> dict:
+    """Trains, evaluates and exports the session model; returns the metrics (also in metrics.json)."""
+    tf.keras.utils.set_random_seed(config.seed)
+    with stage("load sessions"):
+        data = load_sessions(config.data_dir, config.session_format, config.session_test_days)
+        catalog = SessionCatalog(data.train_sessions)
+    export_dir = pathlib.Path(config.export_dir)
+    version = versioning.next_version(export_dir / MODEL_NAME)
+    run_dir = export_dir / "runs" / MODEL_NAME / str(version)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.write(run_dir / "config.json")
+
+    model, metrics = train(config, data, catalog)
+    metrics = {"version": version, "data": data.source, "catalog_items": len(catalog), **metrics}
+    if config.holdout == "test" and len(data.test_targets):
+        with stage(f"evaluate {len(data.test_targets)} test cases on the full catalog"):
+            metrics["evaluation"] = evaluate(model, catalog, data)
+    with stage("build and check the ScaNN index"):
+        top_k_layer, metrics["index"] = build_index(config, model, catalog, data)
+    with stage(f"export {MODEL_NAME} version {version}"):
+        export(config, version, model, catalog, top_k_layer)
+    write_json_atomically(run_dir / "metrics.json", metrics)
+    write_json_atomically(export_dir / f"{MODEL_NAME}_metrics.json", metrics)
+    if "evaluation" in metrics:
+        print(format_metrics_table(metrics["evaluation"]))
+    return metrics
+
+
+def train(config: RunConfig, data: SessionData, catalog: SessionCatalog) -> tuple[SessionModel, dict]:
+    """The trained model and its record (per-epoch logs, examples, seconds)."""
+    with stage("build session model"):
+        model = SessionModel(catalog.item_ids, catalog.target_counts(data.train_sessions), config.max_length,
+                             config.embedding_dim, config.num_blocks, config.num_heads, config.dropout,
+                             config.num_negatives)
+        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+        examples = training_windows(data.session_ids, data.train_sessions, config.max_length)
+        examples.pop("user_id")  # sessions are anonymous: the model sees their items only
+        callbacks = []
+        if len(data.test_targets):
+            callbacks.append(MonitoredRanking(model, catalog, data.test_prefixes[:MONITORED_CASES],
+                                              data.test_targets[:MONITORED_CASES]))
+    started = time.perf_counter()
+    with stage(f"train session model ({len(examples['history_item_ids'])} windows, {config.epochs} epochs)"):
+        keras_history = model.fit(training_dataset(examples, config.batch_size, config.seed), epochs=config.epochs,
+                                  verbose=config.verbose, callbacks=callbacks)
+    return model, {"training": history(keras_history), "training_seconds": time.perf_counter() - started,
+                   "training_windows": int(len(examples["history_item_ids"]))}
+
+
+class MonitoredRanking(tf.keras.callbacks.Callback):
+    """Adds ``monitored_p@20`` / ``monitored_mrr@20`` on a fixed sample of test cases to each epoch's logs.
+
+    The sampled-softmax loss says little about ranking quality; this shows convergence in the
+    progress bar and the run's record. It never chooses anything (no early stopping on test data).
+    """
+
+    def __init__(self, model: SessionModel, catalog: SessionCatalog, prefixes: list[np.ndarray], targets: np.ndarray):
+        super().__init__()
+        self._session_model, self._catalog, self._prefixes, self._targets = model, catalog, prefixes, targets
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        ranks = model_ranks(self._session_model, self._catalog, self._prefixes, self._targets)
+        metrics = evaluation.accuracy_metrics(ranks, cutoffs=(), mrr_cutoffs=(20,))
+        if logs is not None:
+            logs["monitored_p@20"] = float((ranks <= 20).mean())
+            logs["monitored_mrr@20"] = metrics["mrr@20"]
+
+
+def session_queries(model: SessionModel, prefixes: list[np.ndarray]) -> np.ndarray:
+    """[cases, dim] the model's query after each prefix (its most recent ``max_length`` items)."""
+    empty = np.full(len(prefixes), "", dtype=object)
+    histories = next_item_examples(empty, prefixes, empty, model.max_length)["history_item_ids"].astype(str)
+    return np.concatenate([model(tf.constant(histories[start:start + EVALUATION_BATCH])).numpy()
+                           for start in range(0, len(prefixes), EVALUATION_BATCH)])
+
+
+def model_ranks(model: SessionModel, catalog: SessionCatalog, prefixes: list[np.ndarray], targets: np.ndarray,
+                excluded: list[np.ndarray] | None = None) -> np.ndarray:
+    """1-based rank of each target among all catalog items after its prefix (``excluded`` items removed)."""
+    catalog_embeddings = model.catalog_embeddings().numpy()
+    queries = session_queries(model, prefixes)
+
+    def scores(rows: slice) -> np.ndarray:
+        batch_scores = queries[rows] @ catalog_embeddings.T
+        batch_scores[:, 0] = -np.inf
+        return batch_scores
+
+    return _ranks_in_batches(scores, catalog.indices(targets), excluded)
+
+
+def _ranks_in_batches(scores, target_indices: np.ndarray, excluded: list[np.ndarray] | None) -> np.ndarray:
+    """Ranks from ``scores(rows)`` [rows, N + 1], a batch at a time (the full matrix would not fit in memory)."""
+    ranks = []
+    for start in range(0, len(target_indices), EVALUATION_BATCH):
+        rows = slice(start, start + EVALUATION_BATCH)
+        batch_excluded = excluded[rows] if excluded is not None else [[]] * len(target_indices[rows])
+        ranks.append(evaluation.rank_of_targets(scores(rows), target_indices[rows], batch_excluded))
+    return np.concatenate(ranks)
+
+
+def evaluate(model: SessionModel, catalog: SessionCatalog, data: SessionData,
+             excluded: list[np.ndarray] | None = None) -> dict:
+    """P@k (= HR@k), MRR@k and NDCG@k of the transformer, sequential rules and popularity."""
+    target_indices = catalog.indices(data.test_targets)
+    rules = SequentialRules([catalog.indices(session) for session in data.train_sessions], len(catalog))
+    last_items = np.asarray([catalog.indices(prefix[-1:])[0] for prefix in data.test_prefixes])
+    popularity = catalog.click_counts.copy()
+    popularity[0] = -np.inf
+    ranks = {
+        "transformer": model_ranks(model, catalog, data.test_prefixes, data.test_targets, excluded),
+        "sequential_rules": _ranks_in_batches(lambda rows: rules.scores(last_items[rows]), target_indices, excluded),
+        "popularity": _ranks_in_batches(lambda rows: np.tile(popularity, (len(last_items[rows]), 1)),
+                                        target_indices, excluded),
+    }
+    report = {"test_cases": int(len(target_indices))}
+    for system, system_ranks in ranks.items():
+        metrics = evaluation.accuracy_metrics(system_ranks, cutoffs=CUTOFFS, mrr_cutoffs=CUTOFFS)
+        report[system] = {"p@20": metrics["hr@20"], **metrics}
+    return report
+
+
+def format_metrics_table(evaluation_metrics: dict) -> str:
+    """The evaluation as a fixed-width table, one row per system."""
+    systems = [name for name, values in evaluation_metrics.items() if isinstance(values, dict)]
+    columns = list(evaluation_metrics[systems[0]])
+    lines = ["system            " + "".join(f"{name:>10}" for name in columns)]
+    for system in systems:
+        lines.append(f"{system:<18}" + "".join(f"{evaluation_metrics[system][name]:>10.4f}" for name in columns))
+    return "\n".join(lines)
+
+
+def build_index(config: RunConfig, model: SessionModel, catalog: SessionCatalog, data: SessionData):
+    """A ScaNN top-k layer over the catalog, tuned so its top-10 agrees with exact search on sample sessions."""
+    candidate_embeddings = model.catalog_embeddings()[1:]
+    sample = (data.test_prefixes or data.train_sessions)[:INDEX_SAMPLE_QUERIES]
+    queries = tf.constant(session_queries(model, sample), tf.float32)
+    k = min(config.top_k, len(catalog))
+    params = index.tune_scann(candidate_embeddings, queries, k=min(10, len(catalog)),
+                              target_recall=config.scann_target_recall)
+    item_ids = tf.constant(catalog.item_ids.astype(str))
+    scann = index.build_top_k("scann", item_ids, candidate_embeddings, k, params=params)
+    _, exact = index.build_top_k("brute_force", item_ids, candidate_embeddings, k)(queries, k=min(10, k))
+    _, approximate = scann(queries, k=min(10, k))
+    return scann, {"scann_params": {name: int(value) for name, value in vars(params).items()},
+                   "uses_scann": len(catalog) >= index.MIN_SCANN_CANDIDATES,
+                   "top10_agreement": index.top_k_agreement(exact.numpy(), approximate.numpy())}
+
+
+def export(config: RunConfig, version: int, model: SessionModel, catalog: SessionCatalog, top_k_layer) -> None:
+    """Writes ``<export_dir>/session/<version>/`` atomically and registers it in the serving config."""
+    k = min(config.top_k, len(catalog))
+    popular = catalog.click_counts[1:k + 1]  # the catalog is indexed by popularity
+    module = SessionExport(model, top_k_layer, catalog.item_ids[:k], popular / catalog.click_counts.sum(), k)
+    uses_scann = len(catalog) >= index.MIN_SCANN_CANDIDATES
+
+    def write(path: str) -> None:
+        tf.saved_model.save(module, path, signatures={SERVING_SIGNATURE: module.serve},
+                            options=index.SCANN_SAVE_OPTIONS if uses_scann else None)
+
+    base_path = pathlib.Path(config.export_dir) / MODEL_NAME
+    versioning.write_version(base_path, write, version)
+    serving_config.upsert_model(config.serving_config_path,
+                                serving_config.ModelEntry(name=MODEL_NAME, base_path=os.path.abspath(base_path)))
