@@ -7,7 +7,8 @@ with their titles. Around that sit the things a production caller needs:
 - A/B testing: each user id is hashed to a number in [0, 1); users below ``canary_fraction`` go to
   the ``canary`` version label, the rest to ``stable``. The hash is stable across calls and
   machines, so a user always sees the same arm, and each answer says which arm served it. Where
-  the server defines no such labels, the latest versions serve and the arm reads ``latest``.
+  the server defines no such labels, the latest versions serve and the arm reads ``latest`` (the
+  label is asked for again a minute later, so labels added to a running server are picked up).
 - Deadlines on every call, retries with backoff on UNAVAILABLE (a replica restarting).
 - Fallbacks: if ranking fails the retrieval order is kept; if retrieval fails, the most popular
   items are returned, so a page never comes back empty.
@@ -29,6 +30,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 STABLE, CANARY, LATEST = "stable", "canary", "latest"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+LABEL_RECHECK_S = 60.0  # how long a label the server lacked is not asked for again
 GRPC_CODE_OF_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
                      501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE,
                      504: grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -202,6 +204,7 @@ class TwoStageClient:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self._label_missing_since: dict[tuple[str, str], float] = {}  # (model, label) -> when the server lacked it
 
     def recommend(self, user_id: str, k: int = 10) -> Recommendations:
         return self.recommend_many([user_id], k)[0]
@@ -233,11 +236,14 @@ class TwoStageClient:
 
     def _predict(self, model: str, arm: str, inputs: Mapping[str, np.ndarray]) -> tuple[dict, str]:
         """Predict at the arm's label; where the server has no such label, at the latest version."""
-        label = None if arm == LATEST else arm
+        missing_since = self._label_missing_since.get((model, arm))
+        if arm == LATEST or (missing_since is not None and time.monotonic() - missing_since < LABEL_RECHECK_S):
+            return self._predict_with_retries(model, None, inputs), LATEST
         try:
-            return self._predict_with_retries(model, label, inputs), arm
+            return self._predict_with_retries(model, arm, inputs), arm
         except PredictError as error:
-            if label and error.code == grpc.StatusCode.INVALID_ARGUMENT and "version label" in error.message:
+            if error.code == grpc.StatusCode.INVALID_ARGUMENT and "version label" in error.message:
+                self._label_missing_since[(model, arm)] = time.monotonic()  # skip the failing round trip a while
                 return self._predict_with_retries(model, None, inputs), LATEST
             raise
 

@@ -14,6 +14,7 @@ Errors answer ``{"error": "..."}`` with the HTTP status TF Serving maps the gRPC
 import http.server
 import json
 import re
+import socket
 
 import grpc
 import numpy as np
@@ -76,6 +77,12 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "tfrs-model-server"
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out in two writes; without TCP_NODELAY, Nagle's algorithm holds the body
+        # until the client's delayed ACK (up to 200 ms on Linux).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format, *args):  # noqa: A002  (the base class's signature)
         pass  # request logs would drown the server's own log; metrics count requests instead
