@@ -61,8 +61,14 @@ class PredictionBackend:
 
     def forget(self, servable: Servable) -> None:
         """Stops the batching threads of a servable that was taken out of service."""
+        self._stop_batchers(lambda key: key[0] == id(servable))
+
+    def close(self) -> None:
+        """Stops every batching thread (the server is shutting down)."""
+        self._stop_batchers(lambda key: True)
+
+    def _stop_batchers(self, selected) -> None:
         with self._batchers_lock:
-            keys = [key for key in self._batchers if key[0] == id(servable)]
-            batchers = [self._batchers.pop(key) for key in keys]
+            batchers = [self._batchers.pop(key) for key in list(self._batchers) if selected(key)]
         for batcher in batchers:
             batcher.stop()

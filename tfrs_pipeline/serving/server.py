@@ -139,6 +139,7 @@ class ModelServer:
             self.rest_server.shutdown()
             self.rest_server.server_close()
         self.grpc_server.stop(grace=1).wait()
+        self.backend.close()
 
 
 def main(argv: list[str] | None = None) -> int:
