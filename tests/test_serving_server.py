@@ -331,3 +331,25 @@ def test_the_command_line_server_names_a_bad_config_and_exits(tmp_path):
                                f"--model_config_file={bad}"], capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2
     assert f"{bad}: model 'retrieval': base_path is missing" in finished.stderr
+
+
+def test_moving_the_canary_label_in_the_config_file_is_applied_while_serving(exports, tmp_path):
+    def config_with_canary_at(version):
+        return build_config([ModelEntry("retrieval", str(exports / "retrieval"), num_versions=2,
+                                        version_labels={"stable": 1, "canary": version})])
+
+    path = write_config(config_with_canary_at(1), tmp_path / "models.config")
+    running = RunningServer(path, "--model_config_file_poll_wait_seconds=0.2")
+    try:
+        assert served_version(running.predictions.Predict(retrieval_request(["1"], label="canary"), timeout=10)) == 1
+        write_config(config_with_canary_at(2), path)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            canary = served_version(running.predictions.Predict(retrieval_request(["1"], label="canary"), timeout=10))
+            if canary == 2:
+                break
+            time.sleep(0.1)
+        assert canary == 2
+        assert served_version(running.predictions.Predict(retrieval_request(["1"], label="stable"), timeout=10)) == 1
+    finally:
+        running.close()
