@@ -146,8 +146,8 @@ def test_rest_api_row_and_columnar_formats_status_and_metadata(server):
 
     status, model_status = server.rest("/v1/models/retrieval")
     assert status == 200
-    assert [(entry["version"], entry["state"]) for entry in model_status["model_version_status"]] == [
-        ("1", "AVAILABLE"), ("2", "AVAILABLE")]
+    assert [(entry["version"], entry["state"], entry["status"]["error_code"])
+            for entry in model_status["model_version_status"]] == [("1", "AVAILABLE", "OK"), ("2", "AVAILABLE", "OK")]
     status, metadata = server.rest("/v1/models/retrieval/versions/1/metadata")
     assert status == 200 and metadata["model_spec"]["version"] == "1"
     assert "user_id" in metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]

@@ -128,6 +128,7 @@ def model_status_response(manager: ModelManager, name: str, version: int | None,
     response = get_model_status_pb2.GetModelStatusResponse()
     for version_number, status in manager.statuses(name, version, label).items():
         entry = response.model_version_status.add(version=version_number, state=STATE_NUMBERS.Value(status.state))
+        entry.status.SetInParent()  # TF Serving always reports a status, OK included
         if status.error_message:
             entry.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
             entry.status.error_message = status.error_message
