@@ -30,6 +30,7 @@ from tfrs_pipeline.pipelines.progress import stage
 MODEL_NAME = "session"
 CUTOFFS = (10, 20)
 EVALUATION_BATCH = 1024
+SESSION_WIDTH_STEP = 4  # sessions are a few clicks long: batch widths in steps of 4 slots, not 32
 MONITORED_CASES = 5000  # test cases ranked after every epoch, to watch convergence (never used to choose)
 INDEX_SAMPLE_QUERIES = 2000
 
@@ -96,11 +97,12 @@ def train(config: RunConfig, data: SessionData, catalog: SessionCatalog) -> tupl
         if len(data.test_targets):
             callbacks.append(MonitoredRanking(model, catalog, data.test_prefixes[:MONITORED_CASES],
                                               data.test_targets[:MONITORED_CASES]))
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with stage(f"train session model ({len(examples['history_item_ids'])} windows, {config.epochs} epochs)"):
-        keras_history = model.fit(training_dataset(examples, config.batch_size, config.seed), epochs=config.epochs,
-                                  verbose=config.verbose, callbacks=callbacks)
+        dataset = training_dataset(examples, config.batch_size, config.seed, SESSION_WIDTH_STEP)
+        keras_history = model.fit(dataset, epochs=config.epochs, verbose=config.verbose, callbacks=callbacks)
     return model, {"training": history(keras_history), "training_seconds": time.perf_counter() - started,
+                   "training_cpu_seconds": time.process_time() - cpu_started,
                    "training_windows": int(len(examples["history_item_ids"]))}
 
 
