@@ -135,3 +135,14 @@ def test_serving_never_imports_training_code():
              "'tfrs_pipeline.pipelines', 'tensorflow_recommenders'))]; print(bad); sys.exit(1 if bad else 0)")
     finished = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stdout + finished.stderr
+
+
+def test_a_label_whose_version_is_not_loaded_falls_back_to_the_latest_versions(toy_exports, tmp_path):
+    config = write_config(build_config([ModelEntry(name, str(toy_exports / name), version_labels={CANARY: 9})
+                                        for name in ("retrieval", "ranking")]), tmp_path / "models.config")
+    running = RunningServer(config, "--allow_version_labels_for_unavailable_models")
+    try:
+        answer = grpc_client(running, canary_fraction=1.0).recommend("2", k=3)
+    finally:
+        running.close()
+    assert answer.arm == LATEST and answer.source == "two_stage" and len(answer.items) == 3

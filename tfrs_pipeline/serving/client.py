@@ -7,8 +7,9 @@ with their titles. Around that sit the things a production caller needs:
 - A/B testing: each user id is hashed to a number in [0, 1); users below ``canary_fraction`` go to
   the ``canary`` version label, the rest to ``stable``. The hash is stable across calls and
   machines, so a user always sees the same arm, and each answer says which arm served it. Where
-  the server defines no such labels, the latest versions serve and the arm reads ``latest`` (the
-  label is asked for again a minute later, so labels added to a running server are picked up).
+  the server defines no such labels (or a label's version is not loaded), the latest versions serve
+  and the arm reads ``latest``; the label is asked for again a minute later, so labels added to a
+  running server are picked up.
 - Deadlines on every call, retries with backoff on UNAVAILABLE (a replica restarting).
 - Fallbacks: if ranking fails the retrieval order is kept; if retrieval fails, the most popular
   items are returned, so a page never comes back empty.
@@ -242,7 +243,8 @@ class TwoStageClient:
         try:
             return self._predict_with_retries(model, arm, inputs), arm
         except PredictError as error:
-            if error.code == grpc.StatusCode.INVALID_ARGUMENT and "version label" in error.message:
+            label_undefined = error.code == grpc.StatusCode.INVALID_ARGUMENT and "version label" in error.message
+            if label_undefined or error.code == grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: its version was unloaded
                 self._label_missing_since[(model, arm)] = time.monotonic()  # skip the failing round trip a while
                 return self._predict_with_retries(model, None, inputs), LATEST
             raise
