@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfrs_pipeline import evaluation, index
+from tfrs_pipeline import distribute, evaluation, index
 from tfrs_pipeline.config import RunConfig
+from tfrs_pipeline.data import tfrecords
 from tfrs_pipeline.data.movielens import GENRE_NAMES, MovieLens, load_movielens
 from tfrs_pipeline.data.sequence_examples import (length_bucketed_batches, next_item_examples,
                                                   training_windows, with_user_features)
@@ -80,7 +81,11 @@ def run(config: RunConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     config.write(run_dir / "config.json")
 
-    query_tower, retrieval_history = _train_retrieval(config, catalog, users, retrieval_train, ranking_targets, run_dir)
+    # Retrieval is built (its variables made), compiled and trained on the strategy's replicas. Ranking
+    # (a few thousand lists) trains on one device: its Keras loss reduction is one tf.distribute refuses.
+    with distribute.strategy_for(config.distribution).scope():
+        query_tower, retrieval_history = _train_retrieval(config, catalog, users, retrieval_train, ranking_targets,
+                                                          run_dir)
     ranking_model, ranking_history = _train_ranking(config, catalog, users, query_tower, retrieval_train,
                                                     ranking_targets, run_dir)
     metrics = {"version": version, "training": {"retrieval": retrieval_history, "ranking": ranking_history}}
@@ -125,7 +130,11 @@ def _train_retrieval(config: RunConfig, catalog: Catalog, users: pd.DataFrame, t
                                  num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout)
         model = RetrievalModel(query_tower, item_tower, catalog.popularity(train), config.num_negatives)
         model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-        examples = with_user_features(training_windows(train.user_ids, train.item_ids, config.max_length), users)
+        if config.examples_dir:  # preprocessed by the Beam pipeline: the same windows, read from TFRecords
+            examples = tfrecords.read_training_examples(
+                config.examples_dir, {name: getattr(config, name) for name in tfrecords.SPLIT_SETTINGS})
+        else:
+            examples = with_user_features(training_windows(train.user_ids, train.item_ids, config.max_length), users)
         validation = with_user_features(
             next_item_examples(train.user_ids, train.item_ids, validation_targets, config.max_length), users)
     with stage(f"train retrieval ({len(examples['user_id'])} windows, {config.epochs} epochs)"):

@@ -1,0 +1,100 @@
+"""Mirrored training on two (logical CPU) devices matches training on one, from the same seed and batches.
+
+TensorFlow fixes its devices when it first touches them, so the two logical CPUs are configured in a
+fresh interpreter: this file runs itself as a script, trains the same tiny retrieval model under the
+``default`` and the ``mirrored`` strategy, and prints what the test compares.
+
+The comparison is exact up to float error when both runs compute the same gradients: the full
+softmax (sampled negatives would be drawn per replica), no dropout, and batches of full windows that
+split into halves with equally many targets (each replica averages its half; the halves' gradients
+are summed, which Adam's step does not see).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfrs_pipeline.distribute import strategy_for
+
+MAX_USERS = 40
+MAX_LENGTH = 16
+BATCH_SIZE = 32
+EPOCHS = 2
+
+
+def test_mirrored_training_on_two_devices_matches_one_device(shared_data_dir):
+    child = subprocess.run([sys.executable, __file__, str(shared_data_dir / "ml-1m")], capture_output=True,
+                           text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert child.returncode == 0, child.stderr[-4000:]
+    runs = json.loads(child.stdout.splitlines()[-1])
+    default, mirrored = runs["default"], runs["mirrored"]
+
+    assert (default["replicas"], mirrored["replicas"]) == (1, 2)
+    np.testing.assert_array_equal(mirrored["initial_embeddings"], default["initial_embeddings"])
+    losses = np.array([default["losses"], mirrored["losses"]])
+    assert losses[0, -1] < 0.95 * losses[0, 0]  # it trained: the comparison is not between two no-ops
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
+    np.testing.assert_allclose(mirrored["embeddings"], default["embeddings"], atol=0.03)  # Adam: rare items amplify float error
+    moved = np.abs(np.subtract(default["embeddings"], default["initial_embeddings"])).mean()
+    drift = np.abs(np.subtract(mirrored["embeddings"], default["embeddings"])).mean()
+    assert drift < 0.01 * moved
+
+
+def test_multi_worker_needs_a_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match=r"needs \$TF_CONFIG"):
+        strategy_for("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                "task": {"type": "worker", "index": 2}}))
+    with pytest.raises(ValueError, match="task.index 2 is not one of the 2 workers"):
+        strategy_for("multi_worker")
+
+
+def _train(distribution: str, data_dir: str) -> dict:
+    """Trains the tiny retrieval model under ``distribution``; returns what the test compares."""
+    import tensorflow as tf
+
+    from tfrs_pipeline.data.movielens import GENRE_NAMES, load_movielens
+    from tfrs_pipeline.data.sequence_examples import training_windows, with_user_features
+    from tfrs_pipeline.data.split import leave_last_out, user_sequences
+    from tfrs_pipeline.models.item_tower import ItemTower
+    from tfrs_pipeline.models.query_tower import QueryTower
+    from tfrs_pipeline.models.retrieval import RetrievalModel
+    from tfrs_pipeline.pipelines import two_stage
+
+    movielens = load_movielens(data_dir, max_users=MAX_USERS)
+    catalog = two_stage.Catalog(movielens)
+    train, _ = leave_last_out(user_sequences(movielens.ratings))
+    examples = with_user_features(training_windows(train.user_ids, train.item_ids, MAX_LENGTH), movielens.users)
+    full_windows = np.flatnonzero((examples["target_item_ids"] != "").all(axis=1))
+    full_windows = full_windows[:len(full_windows) // BATCH_SIZE * BATCH_SIZE]
+    examples = {name: values[full_windows] for name, values in examples.items()}
+
+    tf.keras.utils.set_random_seed(0)
+    strategy = strategy_for(distribution)
+    with strategy.scope():  # variables are made on first use: that must happen in the scope too
+        item_tower = ItemTower(list(catalog.item_ids), list(catalog.movies["movie_title"]),
+                               list(catalog.movies["movie_genres"]), len(GENRE_NAMES), 16)
+        query_tower = QueryTower(item_tower, MAX_LENGTH, 16, num_blocks=1, num_heads=2, dropout=0.0)
+        model = RetrievalModel(query_tower, item_tower, catalog.popularity(train), num_negatives=None)
+        model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+        initial_embeddings = item_tower.embed_catalog().numpy()
+        all_examples = two_stage._examples_as_tensors(examples)
+        losses = [float(model.compute_loss(all_examples))]
+        for _ in range(EPOCHS):
+            model.fit(two_stage._training_dataset(examples, BATCH_SIZE, seed=0), epochs=1, verbose=0)
+            losses.append(float(model.compute_loss(all_examples)))
+    return {"replicas": strategy.num_replicas_in_sync, "losses": losses,
+            "initial_embeddings": initial_embeddings.tolist(), "embeddings": item_tower.embed_catalog().numpy().tolist()}
+
+
+if __name__ == "__main__":
+    import tfrs_pipeline  # noqa: F401  (Keras 2)
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    print(json.dumps({distribution: _train(distribution, sys.argv[1]) for distribution in ("default", "mirrored")}))
