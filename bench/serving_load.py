@@ -83,14 +83,24 @@ class ServerProcess:
                 raise RuntimeError("the server did not start:\n" + pathlib.Path(self._log.name).read_text())
             time.sleep(0.2)
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def stop(self) -> None:
         self._process.terminate()
         self._process.wait(timeout=60)
         os.unlink(self._log.name)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, warmup_s: float,
-             rate: float | None = None) -> dict:
+             rate: float | None = None, server_pid: int | None = None) -> dict:
     """``clients`` threads call ``recommend(user_id)``; latencies of calls started after the warm-up count.
 
     Without ``rate`` each client sends its next request as soon as the previous one returns (closed
@@ -98,9 +108,15 @@ def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, wa
     ``rate`` (requests per second, all clients together) requests go out on a fixed schedule and a
     request's latency runs from its scheduled time (open loop, no coordinated omission): the latency
     a service sees at that traffic.
+
+    CPU milliseconds per request (this process, and the server's) do not depend on what else the
+    machine runs, unlike latencies: ``2000 / cpu_ms`` is the throughput two idle cores could reach.
     """
     latencies, errors, lock = [], [], threading.Lock()
     recommend(user_ids[0])  # first calls initialize lazily (graph functions, ScaNN searcher): not under load
+    cpu_before = {"client": process_cpu_seconds(os.getpid()),
+                  "server": process_cpu_seconds(server_pid) if server_pid else 0.0}
+    calls = itertools.count()
     started = time.perf_counter()
     measure_from, stop_at = started + warmup_s, started + warmup_s + duration_s
 
@@ -114,6 +130,7 @@ def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, wa
             if now >= stop_at:
                 return
             user_id = user_ids[rng.integers(len(user_ids))]
+            next(calls)
             try:
                 recommend(user_id)
                 problem = None
@@ -128,13 +145,16 @@ def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, wa
 
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
+    total_calls = next(calls)
+    cpu_ms = {f"{name}_cpu_ms_per_request": 1e3 * (process_cpu_seconds(pid) - cpu_before[name]) / total_calls
+              for name, pid in (("client", os.getpid()), ("server", server_pid)) if pid}
     if not latencies:
         raise RuntimeError(f"no request finished within {duration_s} s after the warm-up")
     latencies_ms = 1e3 * np.array(latencies)
     return {"requests": len(latencies), "errors": len(errors), "first_errors": errors[:3],
             "throughput_rps": len(latencies) / duration_s,
             "p50_ms": float(np.percentile(latencies_ms, 50)), "p90_ms": float(np.percentile(latencies_ms, 90)),
-            "p99_ms": float(np.percentile(latencies_ms, 99)), "mean_ms": float(latencies_ms.mean())}
+            "p99_ms": float(np.percentile(latencies_ms, 99)), "mean_ms": float(latencies_ms.mean()), **cpu_ms}
 
 
 def server_recommender(port: int, clients: int, k: int):
@@ -174,7 +194,7 @@ def main() -> None:
             server = ServerProcess(export_dir, batching=mode == "server_batching")
             try:
                 results[mode] = run_load(server_recommender(server.port, flags.clients, flags.k), user_ids,
-                                         flags.clients, flags.duration_s, flags.warmup_s, flags.rate)
+                                         flags.clients, flags.duration_s, flags.warmup_s, flags.rate, server.pid)
             finally:
                 server.stop()
         print(f"{mode}: {json.dumps(results[mode])}", flush=True)
@@ -184,11 +204,14 @@ def main() -> None:
     traffic = f"open loop at {flags.rate:g} req/s" if flags.rate else "closed loop"
     print(f"\n{flags.clients} concurrent clients ({traffic}), two-stage (retrieve 100, rank, top {flags.k}), "
           f"{flags.duration_s:.0f} s per mode, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
-    print("| mode | requests | errors | throughput (req/s) | p50 ms | p90 ms | p99 ms | mean ms |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| mode | requests | errors | throughput (req/s) | p50 ms | p90 ms | p99 ms | mean ms "
+          "| CPU ms/request (client + server) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for mode, figures in results.items():
+        cpu = f"{figures['client_cpu_ms_per_request']:.1f} + {figures.get('server_cpu_ms_per_request', 0):.1f}"
         print(f"| {mode} | {figures['requests']} | {figures['errors']} | {figures['throughput_rps']:.1f} | "
-              f"{figures['p50_ms']:.1f} | {figures['p90_ms']:.1f} | {figures['p99_ms']:.1f} | {figures['mean_ms']:.1f} |")
+              f"{figures['p50_ms']:.1f} | {figures['p90_ms']:.1f} | {figures['p99_ms']:.1f} | {figures['mean_ms']:.1f} "
+              f"| {cpu} |")
     if flags.out:
         pathlib.Path(flags.out).write_text(json.dumps(report, indent=2) + "\n")
 
