@@ -109,17 +109,20 @@ def _path(folder: str, name: str) -> str:
     return FileSystems.join(folder, name)
 
 
-def _read_file(path: str) -> bytes:
+def _require_file(path: str) -> None:
     if not FileSystems.exists(path):
         raise DataError(path, None, None, "file not found: an ML-1M folder holds ratings.dat, movies.dat, users.dat")
+
+
+def _read_file(path: str) -> bytes:
+    _require_file(path)
     with FileSystems.open(path) as file:
         return file.read()
 
 
 def _line_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
     """(first line number, whole lines) chunks of a file, read sequentially so line numbers are exact."""
-    if not FileSystems.exists(path):
-        raise DataError(path, None, None, "file not found: an ML-1M folder holds ratings.dat, movies.dat, users.dat")
+    _require_file(path)
     next_line, carry = 1, b""
     with FileSystems.open(path) as file:
         while block := file.read(chunk_bytes):
@@ -154,9 +157,9 @@ def _user_training_examples(user_ratings: tuple[str, Iterable[tuple[int, str, fl
                             holdout: str, users: pd.DataFrame) -> Iterator[bytes]:
     """One user's training windows, built by the in-memory path's functions, as serialized examples."""
     user_id, ratings = user_ratings
-    lines, movie_ids, user_ratings_, timestamps = zip(*sorted(ratings))  # file order, before the stable sort
+    _, movie_ids, rating_values, timestamps = zip(*sorted(ratings))  # file order, before the stable sort
     table = pd.DataFrame({"user_id": user_id, "movie_id": list(movie_ids),
-                          "user_rating": np.asarray(user_ratings_, np.float32),
+                          "user_rating": np.asarray(rating_values, np.float32),
                           "timestamp": np.asarray(timestamps, np.int64)})
     train = retrieval_training_sequences(user_sequences(table), holdout)
     examples = with_user_features(training_windows(train.user_ids, train.item_ids, max_length), users)
