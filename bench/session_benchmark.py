@@ -33,8 +33,8 @@ from tfrs_pipeline.pipelines import session
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = ("diginetica", "tmall", "ml1m")
 SESSION_SETTINGS = dict(max_length=50, embedding_dim=64, num_blocks=2, num_heads=2, dropout=0.2,
-                        num_negatives=2048, batch_size=256, learning_rate=2e-3, epochs=5)
-ML1M_SETTINGS = dict(SESSION_SETTINGS, max_length=200, dropout=0.2, batch_size=128, epochs=20)
+                        num_negatives=2048, batch_size=256, learning_rate=2e-3, epochs=10)
+ML1M_SETTINGS = dict(SESSION_SETTINGS, max_length=200, batch_size=128, epochs=10)
 
 
 def sasrec_movielens(path: pathlib.Path) -> tuple[SessionData, list[np.ndarray]]:

@@ -90,9 +90,13 @@ def train(config: RunConfig, data: SessionData, catalog: SessionCatalog) -> tupl
         model = SessionModel(catalog.item_ids, catalog.target_counts(data.train_sessions), config.max_length,
                              config.embedding_dim, config.num_blocks, config.num_heads, config.dropout,
                              config.num_negatives)
-        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
         examples = training_windows(data.session_ids, data.train_sessions, config.max_length)
         examples.pop("user_id")  # sessions are anonymous: the model sees their items only
+        # A few epochs is all a full data set gets on CPU: decaying the rate to a twentieth over the
+        # run lets the last epochs settle instead of bouncing around the optimum.
+        steps = config.epochs * -(-len(examples["history_item_ids"]) // config.batch_size)
+        learning_rate = tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.05)
+        model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
         callbacks = []
         if len(data.test_targets):
             callbacks.append(MonitoredRanking(model, catalog, data.test_prefixes[:MONITORED_CASES],
@@ -126,11 +130,21 @@ class MonitoredRanking(tf.keras.callbacks.Callback):
 
 
 def session_queries(model: SessionModel, prefixes: list[np.ndarray]) -> np.ndarray:
-    """[cases, dim] the model's query after each prefix (its most recent ``max_length`` items)."""
+    """[cases, dim] the model's query after each prefix (its most recent ``max_length`` items).
+
+    Prefixes are encoded shortest first, each batch only as wide as its longest prefix (left
+    padding keeps the most recent item in the last slot), then put back in their order.
+    """
     empty = np.full(len(prefixes), "", dtype=object)
     histories = next_item_examples(empty, prefixes, empty, model.max_length)["history_item_ids"].astype(str)
-    return np.concatenate([model(tf.constant(histories[start:start + EVALUATION_BATCH])).numpy()
-                           for start in range(0, len(prefixes), EVALUATION_BATCH)])
+    lengths = np.asarray([min(len(prefix), model.max_length) for prefix in prefixes])
+    order = np.argsort(lengths, kind="stable")
+    queries = np.zeros((len(prefixes), model.catalog_embeddings().shape[1]), np.float32)
+    for start in range(0, len(prefixes), EVALUATION_BATCH):
+        rows = order[start:start + EVALUATION_BATCH]
+        width = max(1, int(lengths[rows].max()))
+        queries[rows] = model(tf.constant(histories[rows, -width:])).numpy()
+    return queries
 
 
 def model_ranks(model: SessionModel, catalog: SessionCatalog, prefixes: list[np.ndarray], targets: np.ndarray,
@@ -163,19 +177,30 @@ def evaluate(model: SessionModel, catalog: SessionCatalog, data: SessionData,
     target_indices = catalog.indices(data.test_targets)
     rules = SequentialRules([catalog.indices(session) for session in data.train_sessions], len(catalog))
     last_items = np.asarray([catalog.indices(prefix[-1:])[0] for prefix in data.test_prefixes])
-    popularity = catalog.click_counts.copy()
-    popularity[0] = -np.inf
+    popularity_scores = np.where(np.arange(len(catalog) + 1) > 0, catalog.click_counts, -np.inf)
     ranks = {
         "transformer": model_ranks(model, catalog, data.test_prefixes, data.test_targets, excluded),
         "sequential_rules": _ranks_in_batches(lambda rows: rules.scores(last_items[rows]), target_indices, excluded),
-        "popularity": _ranks_in_batches(lambda rows: np.tile(popularity, (len(last_items[rows]), 1)),
-                                        target_indices, excluded),
     }
+    if excluded is None:
+        ranks["popularity"] = _popularity_ranks(catalog.click_counts, target_indices)
+    else:
+        ranks["popularity"] = _ranks_in_batches(lambda rows: np.tile(popularity_scores, (len(last_items[rows]), 1)),
+                                                target_indices, excluded)
     report = {"test_cases": int(len(target_indices))}
     for system, system_ranks in ranks.items():
         metrics = evaluation.accuracy_metrics(system_ranks, cutoffs=CUTOFFS, mrr_cutoffs=CUTOFFS)
         report[system] = {"p@20": metrics["hr@20"], **metrics}
     return report
+
+
+def _popularity_ranks(click_counts: np.ndarray, target_indices: np.ndarray) -> np.ndarray:
+    """Ranks under "most clicked first" with nothing excluded: the same list for every case, so no score matrix.
+
+    As ``evaluation.rank_of_targets``: 1 + the items (index 0 aside) clicked more than the target.
+    """
+    sorted_counts = np.sort(click_counts[1:])
+    return len(sorted_counts) - np.searchsorted(sorted_counts, click_counts[target_indices], side="right") + 1
 
 
 def format_metrics_table(evaluation_metrics: dict) -> str:
