@@ -37,13 +37,14 @@ def items_file(tmp_path_factory):
 
 
 def grpc_client(server, **options) -> TwoStageClient:
-    return TwoStageClient(GrpcTransport(f"127.0.0.1:{server.server.grpc_port}"), **options)
+    """A client with a deadline generous enough for a machine busy with other tests."""
+    return TwoStageClient(GrpcTransport(f"127.0.0.1:{server.server.grpc_port}"), **{"timeout_s": 10, **options})
 
 
 def test_two_stage_recommendations_over_grpc_and_rest_agree(labelled_server, items_file):
     catalog = Catalog.read(items_file)
     over_grpc = grpc_client(labelled_server, catalog=catalog).recommend("3", k=5)
-    over_rest = TwoStageClient(RestTransport(labelled_server.rest_url), catalog).recommend("3", k=5)
+    over_rest = TwoStageClient(RestTransport(labelled_server.rest_url), catalog, timeout_s=10).recommend("3", k=5)
     assert over_grpc.source == "two_stage" and over_grpc.arm == STABLE and over_grpc.error == ""
     assert len(over_grpc.items) == 5
     assert [item.title for item in over_grpc.items] == [f"Item number {item.item_id}" for item in over_grpc.items]
@@ -94,7 +95,7 @@ def test_a_server_that_comes_up_late_is_reached_by_retrying(toy_exports, tmp_pat
     starter = threading.Timer(0.5, lambda: servers.append(RunningServer(config, f"--port={port}")))
     starter.start()
     try:
-        client = TwoStageClient(GrpcTransport(f"127.0.0.1:{port}"), None, timeout_s=2, retries=8, backoff_s=0.1)
+        client = TwoStageClient(GrpcTransport(f"127.0.0.1:{port}"), None, timeout_s=10, retries=8, backoff_s=0.1)
         answer = client.recommend("1", k=3)
     finally:
         starter.join()
@@ -104,7 +105,7 @@ def test_a_server_that_comes_up_late_is_reached_by_retrying(toy_exports, tmp_pat
 
 def test_recommend_command_prints_a_readable_list(labelled_server, items_file, capsys):
     code = recommend.main([f"--server=127.0.0.1:{labelled_server.server.grpc_port}", "--user_id=4", "--k=3",
-                           f"--items={items_file}", "--canary_fraction=0"])
+                           f"--items={items_file}", "--canary_fraction=0", "--timeout_s=10"])
     printed = capsys.readouterr().out.splitlines()
     assert code == 0
     assert printed[0] == "Top 3 for user 4 (arm: stable, two_stage)"
@@ -116,7 +117,8 @@ def test_recommend_batch_mode_writes_json_lines(labelled_server, items_file, tmp
     users_file.write_text("1\n2\n\n3\n")
     output = tmp_path / "recommendations.jsonl"
     code = recommend.main([f"--server={labelled_server.rest_url}", "--transport=rest", f"--user_ids_file={users_file}",
-                           f"--output={output}", "--k=2", f"--items={items_file}", "--batch_size=2"])
+                           f"--output={output}", "--k=2", f"--items={items_file}", "--batch_size=2",
+                           "--timeout_s=10"])
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert code == 0
     assert [line["user_id"] for line in lines] == ["1", "2", "3"]
