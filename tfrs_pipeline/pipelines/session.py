@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pathlib
 import time
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -123,10 +124,9 @@ class MonitoredRanking(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         ranks = model_ranks(self._session_model, self._catalog, self._prefixes, self._targets)
-        metrics = evaluation.accuracy_metrics(ranks, cutoffs=(), mrr_cutoffs=(20,))
+        metrics = evaluation.accuracy_metrics(ranks, cutoffs=(20,), mrr_cutoffs=(20,))
         if logs is not None:
-            logs["monitored_p@20"] = float((ranks <= 20).mean())
-            logs["monitored_mrr@20"] = metrics["mrr@20"]
+            logs["monitored_p@20"], logs["monitored_mrr@20"] = metrics["hr@20"], metrics["mrr@20"]
 
 
 def session_queries(model: SessionModel, prefixes: list[np.ndarray]) -> np.ndarray:
@@ -161,7 +161,7 @@ def model_ranks(model: SessionModel, catalog: SessionCatalog, prefixes: list[np.
     return _ranks_in_batches(scores, catalog.indices(targets), excluded)
 
 
-def _ranks_in_batches(scores, target_indices: np.ndarray, excluded: list[np.ndarray] | None) -> np.ndarray:
+def _ranks_in_batches(scores: Callable[[slice], np.ndarray], target_indices: np.ndarray, excluded: list[np.ndarray] | None) -> np.ndarray:
     """Ranks from ``scores(rows)`` [rows, N + 1], a batch at a time (the full matrix would not fit in memory)."""
     ranks = []
     for start in range(0, len(target_indices), EVALUATION_BATCH):
@@ -177,7 +177,6 @@ def evaluate(model: SessionModel, catalog: SessionCatalog, data: SessionData,
     target_indices = catalog.indices(data.test_targets)
     rules = SequentialRules([catalog.indices(session) for session in data.train_sessions], len(catalog))
     last_items = np.asarray([catalog.indices(prefix[-1:])[0] for prefix in data.test_prefixes])
-    popularity_scores = np.where(np.arange(len(catalog) + 1) > 0, catalog.click_counts, -np.inf)
     ranks = {
         "transformer": model_ranks(model, catalog, data.test_prefixes, data.test_targets, excluded),
         "sequential_rules": _ranks_in_batches(lambda rows: rules.scores(last_items[rows]), target_indices, excluded),
@@ -185,7 +184,8 @@ def evaluate(model: SessionModel, catalog: SessionCatalog, data: SessionData,
     if excluded is None:
         ranks["popularity"] = _popularity_ranks(catalog.click_counts, target_indices)
     else:
-        ranks["popularity"] = _ranks_in_batches(lambda rows: np.tile(popularity_scores, (len(last_items[rows]), 1)),
+        popularity = np.where(np.arange(len(catalog) + 1) > 0, catalog.click_counts, -np.inf)
+        ranks["popularity"] = _ranks_in_batches(lambda rows: np.tile(popularity, (len(last_items[rows]), 1)),
                                                 target_indices, excluded)
     report = {"test_cases": int(len(target_indices))}
     for system, system_ranks in ranks.items():
