@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfrs_pipeline import distribute, evaluation, index
+from tfrs_pipeline import distribute, evaluation, index, report
 from tfrs_pipeline.config import RunConfig
 from tfrs_pipeline.data import tfrecords
 from tfrs_pipeline.data.movielens import GENRE_NAMES, MovieLens, load_movielens
@@ -100,6 +100,8 @@ def run(config: RunConfig) -> dict:
         _export(config, version, catalog, users, kept, query_tower, ranking_model, top_k_layers)
     _write_json_atomically(run_dir / "metrics.json", metrics)
     _write_json_atomically(pathlib.Path(config.export_dir) / "metrics.json", metrics)
+    with stage("write report"):
+        report.write_report(run_dir)
     if "evaluation" in metrics:
         print(format_metrics_table(metrics["evaluation"]))
     return metrics
