@@ -26,11 +26,11 @@ setup(
     extras_require={
         # Scale-out paths: Beam preprocessing (DirectRunner here; Dataflow/Flink/Spark by flag) and
         # the Faiss peers of the ANN benchmark. Both install beside TF 2.20 (protobuf resolves to 6.x).
-        "scale": ["apache-beam==2.77.*", "faiss-cpu>=1.8", "pyyaml>=6", "jsonschema>=4"],
+        "scale": ["apache-beam==2.77.*", "google-crc32c>=1.5", "faiss-cpu>=1.8", "pyyaml>=6", "jsonschema>=4"],
         "notebooks": ["nbformat>=5", "nbclient>=0.10", "ipykernel>=6"],
         "test": [
             "pytest>=8",
-            "apache-beam==2.77.*", "faiss-cpu>=1.8", "pyyaml>=6", "jsonschema>=4",
+            "apache-beam==2.77.*", "google-crc32c>=1.5", "faiss-cpu>=1.8", "pyyaml>=6", "jsonschema>=4",
             "nbformat>=5", "nbclient>=0.10", "ipykernel>=6",
         ],
     },

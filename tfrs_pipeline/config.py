@@ -29,10 +29,10 @@ class RunConfig:
     num_heads: int = 2
     dropout: float = 0.2
     user_id_embedding: bool = False
-    num_negatives: int | None = 1024
+    num_negatives: int | None = None
     batch_size: int = 128
     learning_rate: float = 2e-3
-    epochs: int = 15
+    epochs: int = 20
     ranking_candidates: int = 200
     ranking_epochs: int = 5
     ranking_batch_size: int = 32

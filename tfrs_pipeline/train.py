@@ -24,7 +24,7 @@ _HELP = {
                       "timestamp; see tfrs_pipeline/data/sessions.py)",
     "session_test_days": "session task, events form: sessions starting in the last this many days are the test set",
     "max_users": "use only the users with the smallest ids (quick runs)",
-    "num_negatives": "negatives per batch of the sampled softmax; 0 scores the whole catalog",
+    "num_negatives": "sampled-softmax negatives per batch (in-batch + uniform, logQ-corrected); unset or 0: the whole catalog (exact, the default)",
     "user_id_embedding": "give the query tower a per-user embedding table",
     "top_k": "items returned by the retrieval export",
     "scann_target_recall": "tune ScaNN until its top-10 equals exact search for this share of users",

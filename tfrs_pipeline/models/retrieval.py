@@ -40,4 +40,7 @@ class RetrievalModel(tfrs.models.Model):
         sequence_queries = self.query_tower.sequence_embeddings(features, training, catalog_embeddings)
         queries = tf.boolean_mask(sequence_queries, has_target)
         positives = tf.boolean_mask(self.item_tower.indices(targets), has_target)
-        return self._softmax.loss(queries, positives, catalog_embeddings)
+        # Keras sums the replicas' losses under tf.distribute; dividing keeps the loss (and its
+        # gradient) the same as on one device.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return self._softmax.loss(queries, positives, catalog_embeddings) / replicas
