@@ -40,7 +40,8 @@ class RetrievalModel(tfrs.models.Model):
         sequence_queries = self.query_tower.sequence_embeddings(features, training, catalog_embeddings)
         queries = tf.boolean_mask(sequence_queries, has_target)
         positives = tf.boolean_mask(self.item_tower.indices(targets), has_target)
-        # Keras sums the replicas' losses under tf.distribute; dividing keeps the loss (and its
-        # gradient) the same as on one device.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        # Inside a distributed train step Keras sums the replicas' losses; dividing keeps the loss
+        # (and its gradient) the same as on one device. Outside one, there is nothing to divide.
+        replica_context = tf.distribute.get_replica_context()
+        replicas = replica_context.num_replicas_in_sync if replica_context is not None else 1
         return self._softmax.loss(queries, positives, catalog_embeddings) / replicas
