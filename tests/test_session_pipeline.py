@@ -1,4 +1,6 @@
 """The session model end to end on a real slice of DIGINETICA: train, evaluate, export, reload, serve."""
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -7,9 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfrs_pipeline import recommend
 from tfrs_pipeline.config import RunConfig
 from tfrs_pipeline.export.serving_config import read_config
 from tfrs_pipeline.pipelines import session
+from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
 from test_serving_server import RunningServer, retrieval_request
 
 SLICE_SESSIONS = 2500
@@ -106,9 +110,19 @@ def test_served_through_the_model_server_with_the_grpc_stubs(session_export):
     try:
         response = running.predictions.Predict(retrieval_request(
             None, model="session", session_item_ids=tf.make_tensor_proto(batch, dtype=tf.string)), timeout=60)
+        client = TwoStageClient(GrpcTransport(f"127.0.0.1:{running.server.grpc_port}"), timeout_s=60)
+        next_items = client.recommend_next(sessions[0], k=5)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exit_code = recommend.main([f"--server=127.0.0.1:{running.server.grpc_port}", "--timeout_s=60",
+                                        "--k=3", "--session", *sessions[0]])
     finally:
         running.close()
     in_process = tf.saved_model.load(str(export_dir / "session" / "1")).signatures["serving_default"]
     expected = in_process(session_item_ids=tf.constant(batch))
     assert np.array_equal(tf.make_ndarray(response.outputs["item_ids"]), expected["item_ids"].numpy())
     assert np.allclose(tf.make_ndarray(response.outputs["scores"]), expected["scores"].numpy(), atol=1e-5)
+    assert next_items.source == "session"
+    assert [item.item_id for item in next_items.items] == [
+        item_id.decode() for item_id in expected["item_ids"].numpy()[0][:5]]
+    assert exit_code == 0 and "Top 3 for this session" in printed.getvalue()

@@ -25,6 +25,9 @@ def build_flag_parser() -> argparse.ArgumentParser:
     flag("--transport", choices=["grpc", "rest"], default="grpc")
     flag("--user_id", action="append", default=[], help="a user id; repeat for several")
     flag("--user_ids_file", help="a file with one user id per line (batch mode)")
+    flag("--session", nargs="+", metavar="ITEM_ID",
+         help="an anonymous session's item ids, oldest first: recommends its next items with the session model")
+    flag("--session_model", default="session")
     flag("--output", help="write JSON lines here (batch mode; default: standard output)")
     flag("--k", type=int, default=10, help="how many items to recommend")
     flag("--items", help="items.tsv (movie_id, movie_title; most popular first) for titles and the fallback")
@@ -46,7 +49,8 @@ def read_user_ids(flags: argparse.Namespace) -> list[str]:
 
 
 def format_readable(answer: Recommendations) -> str:
-    lines = [f"Top {len(answer.items)} for user {answer.user_id} (arm: {answer.arm}, {answer.source})"]
+    who = f"user {answer.user_id}" if answer.user_id else "this session"
+    lines = [f"Top {len(answer.items)} for {who} (arm: {answer.arm}, {answer.source})"]
     if answer.error:
         lines.append(f"  note: {answer.error}")
     for rank, item in enumerate(answer.items, start=1):
@@ -70,8 +74,8 @@ def write_json_lines(answers: list[Recommendations], output: str | None) -> None
 def main(argv: list[str] | None = None) -> int:
     flags = build_flag_parser().parse_args(argv)
     user_ids = read_user_ids(flags)
-    if not user_ids:
-        print("recommend: give --user_id or --user_ids_file", file=sys.stderr)
+    if not user_ids and not flags.session:
+        print("recommend: give --user_id, --user_ids_file or --session", file=sys.stderr)
         return 2
     try:
         catalog = Catalog.read(flags.items) if flags.items else None
@@ -83,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                             flags.retrieval_model, flags.ranking_model, flags.timeout_s, flags.retries)
     batch_mode = bool(flags.user_ids_file or flags.output or len(user_ids) > 1)
     try:
+        if flags.session:
+            print(format_readable(client.recommend_next(flags.session, flags.k, flags.session_model)))
+            return 0
         answers = [answer for start in range(0, len(user_ids), flags.batch_size)
                    for answer in client.recommend_many(user_ids[start:start + flags.batch_size], flags.k)]
     except PredictError as error:

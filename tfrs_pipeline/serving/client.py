@@ -220,6 +220,20 @@ class TwoStageClient:
                 answers.update({answer.user_id: answer for answer in self._recommend_arm(arm_users, arm, k)})
         return [answers[user_id] for user_id in user_ids]
 
+    def recommend_next(self, session_item_ids: Sequence[str], k: int = 10,
+                       session_model: str = "session") -> Recommendations:
+        """Next items for an anonymous session (its item ids, oldest first), from the session model.
+
+        The session has no user id, so it is served by the ``stable`` label; when the session model
+        cannot answer, popular items are returned, as for users.
+        """
+        inputs = {"session_item_ids": np.array([list(session_item_ids) or [""]], dtype=object)}
+        try:
+            predicted, arm = self._predict(session_model, STABLE, inputs)
+        except PredictError as error:
+            return self._popular("", STABLE, k, error)
+        return Recommendations("", arm, "session", self._top_k(predicted["item_ids"][0], predicted["scores"][0], k))
+
     def _recommend_arm(self, user_ids: list[str], arm: str, k: int) -> list[Recommendations]:
         users = np.array(user_ids, dtype=object)
         try:
