@@ -16,7 +16,6 @@ time, the load of the (shared) machine and every setting are written with the fi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib

@@ -63,7 +63,7 @@ def _train(distribution: str, data_dir: str) -> dict:
     from tfrs_pipeline.models.item_tower import ItemTower
     from tfrs_pipeline.models.query_tower import QueryTower
     from tfrs_pipeline.models.retrieval import RetrievalModel
-    from tfrs_pipeline.pipelines import two_stage
+    from tfrs_pipeline.pipelines import common, two_stage
 
     movielens = load_movielens(data_dir, max_users=MAX_USERS)
     catalog = two_stage.Catalog(movielens)
@@ -82,10 +82,10 @@ def _train(distribution: str, data_dir: str) -> dict:
         model = RetrievalModel(query_tower, item_tower, catalog.popularity(train), num_negatives=None)
         model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
         initial_embeddings = item_tower.embed_catalog().numpy()
-        all_examples = two_stage._examples_as_tensors(examples)
+        all_examples = common.examples_as_tensors(examples)
         losses = [float(model.compute_loss(all_examples))]
         for _ in range(EPOCHS):
-            model.fit(two_stage._training_dataset(examples, BATCH_SIZE, seed=0), epochs=1, verbose=0)
+            model.fit(common.training_dataset(examples, BATCH_SIZE, seed=0), epochs=1, verbose=0)
             losses.append(float(model.compute_loss(all_examples)))
     return {"replicas": strategy.num_replicas_in_sync, "losses": losses,
             "initial_embeddings": initial_embeddings.tolist(), "embeddings": item_tower.embed_catalog().numpy().tolist()}

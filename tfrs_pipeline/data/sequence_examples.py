@@ -62,14 +62,14 @@ def with_user_features(examples: dict, users: pd.DataFrame) -> dict:
     return {**examples, **{name: rows[name].to_numpy() for name in USER_FEATURES}}
 
 
-def length_bucketed_batches(examples: dict, batch_size: int, rng: np.random.Generator):
+def length_bucketed_batches(examples: dict, batch_size: int, rng: np.random.Generator, width_step: int = WIDTH_STEP):
     """Yields shuffled batches of similar history length, trimmed of the slots all of them pad.
 
     Most histories are far shorter than the window, so batching by length and trimming the leading
     padding (left padding keeps the most recent item in the last slot, so trimming is safe) spares
     the transformer most of its work on padding. Widths are rounded up to a multiple of
-    ``WIDTH_STEP`` so that only a few distinct shapes reach TensorFlow (each new shape costs kernel
-    set-up). The order is reshuffled at every call.
+    ``width_step`` so that only a few distinct shapes reach TensorFlow (each new shape costs kernel
+    set-up); short sequences such as sessions want a small step. The order is reshuffled at every call.
     """
     max_length = examples["history_item_ids"].shape[1]
     lengths = (examples["history_item_ids"] != "").sum(axis=1)
@@ -77,5 +77,5 @@ def length_bucketed_batches(examples: dict, batch_size: int, rng: np.random.Gene
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     for batch in rng.permutation(len(batches)):
         rows = batches[batch]
-        width = min(max_length, -(-max(1, int(lengths[rows].max())) // WIDTH_STEP) * WIDTH_STEP)
+        width = min(max_length, -(-max(1, int(lengths[rows].max())) // width_step) * width_step)
         yield {name: (values[rows, -width:] if values.ndim == 2 else values[rows]) for name, values in examples.items()}

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from tfrs_pipeline.data.sequence_examples import length_bucketed_batches
+from tfrs_pipeline.data.sequence_examples import WIDTH_STEP, length_bucketed_batches
 
 
 def examples_as_tensors(examples: dict) -> dict:
@@ -16,32 +16,16 @@ def examples_as_tensors(examples: dict) -> dict:
     return {name: (values.astype(str) if values.dtype == object else values) for name, values in examples.items()}
 
 
-def training_dataset(examples: dict, batch_size: int, seed: int, width_step: int | None = None) -> tf.data.Dataset:
-    """Shuffled, length-bucketed batches of ``examples`` (``length_bucketed_batches``), reshuffled every epoch.
-
-    ``width_step`` trims each batch further, to its longest history rounded up to a multiple of
-    ``width_step``: sessions are a few clicks long, so the default step of 32 slots would spend most
-    of the transformer's work on padding.
-    """
+def training_dataset(examples: dict, batch_size: int, seed: int, width_step: int = WIDTH_STEP) -> tf.data.Dataset:
+    """Shuffled, length-bucketed batches of ``examples`` (``length_bucketed_batches``), reshuffled every epoch."""
     examples = examples_as_tensors(examples)
     rng = np.random.default_rng(seed)
     signature = {
         name: tf.TensorSpec([None] * values.ndim, tf.string if values.dtype.kind in "US" else tf.as_dtype(values.dtype))
         for name, values in examples.items()
     }
-
-    def batches():
-        for batch in length_bucketed_batches(examples, batch_size, rng):
-            yield batch if width_step is None else _trimmed(batch, width_step)
-
-    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
-
-
-def _trimmed(batch: dict, width_step: int) -> dict:
-    """The batch without the leading slots every history pads (left padding: the recent end is kept)."""
-    longest = int((batch["history_item_ids"] != "").sum(axis=1).max())
-    width = min(batch["history_item_ids"].shape[1], max(1, -(-longest // width_step) * width_step))
-    return {name: (values[:, -width:] if values.ndim == 2 else values) for name, values in batch.items()}
+    return tf.data.Dataset.from_generator(
+        lambda: length_bucketed_batches(examples, batch_size, rng, width_step), output_signature=signature).prefetch(2)
 
 
 def history(keras_history: tf.keras.callbacks.History) -> dict:

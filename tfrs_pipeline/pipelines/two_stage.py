@@ -10,7 +10,6 @@ Which interactions each stage may see (h = 1 with ``--holdout=test``, 0 with ``-
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import time
@@ -23,7 +22,7 @@ from tfrs_pipeline import distribute, evaluation, index, report
 from tfrs_pipeline.config import RunConfig
 from tfrs_pipeline.data import tfrecords
 from tfrs_pipeline.data.movielens import GENRE_NAMES, MovieLens, load_movielens
-from tfrs_pipeline.data.sequence_examples import (length_bucketed_batches, next_item_examples,
+from tfrs_pipeline.data.sequence_examples import (next_item_examples,
                                                   training_windows, with_user_features)
 from tfrs_pipeline.data.split import UserSequences, leave_last_out, user_sequences
 from tfrs_pipeline.export import savedmodels, serving_config, versioning
@@ -31,6 +30,7 @@ from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.ranking import RankingModel
 from tfrs_pipeline.models.retrieval import RetrievalModel
+from tfrs_pipeline.pipelines.common import examples_as_tensors, history, training_dataset, write_json_atomically
 from tfrs_pipeline.pipelines.progress import stage
 
 EVALUATION_BATCH = 512
@@ -98,28 +98,13 @@ def run(config: RunConfig) -> dict:
         top_k_layers, metrics["index"] = _build_indexes(config, catalog, users, query_tower, kept, run_dir)
     with stage(f"export version {version}"):
         _export(config, version, catalog, users, kept, query_tower, ranking_model, top_k_layers)
-    _write_json_atomically(run_dir / "metrics.json", metrics)
-    _write_json_atomically(pathlib.Path(config.export_dir) / "metrics.json", metrics)
+    write_json_atomically(run_dir / "metrics.json", metrics)
+    write_json_atomically(pathlib.Path(config.export_dir) / "metrics.json", metrics)
     with stage("write report"):
         report.write_report(run_dir)
     if "evaluation" in metrics:
         print(format_metrics_table(metrics["evaluation"]))
     return metrics
-
-
-def _examples_as_tensors(examples: dict) -> dict:
-    return {name: (values.astype(str) if values.dtype == object else values) for name, values in examples.items()}
-
-
-def _training_dataset(examples: dict, batch_size: int, seed: int) -> tf.data.Dataset:
-    examples = _examples_as_tensors(examples)
-    rng = np.random.default_rng(seed)
-    signature = {
-        name: tf.TensorSpec([None] * values.ndim, tf.string if values.dtype.kind in "US" else tf.as_dtype(values.dtype))
-        for name, values in examples.items()
-    }
-    return tf.data.Dataset.from_generator(
-        lambda: length_bucketed_batches(examples, batch_size, rng), output_signature=signature).prefetch(2)
 
 
 def _train_retrieval(config: RunConfig, catalog: Catalog, users: pd.DataFrame, train: UserSequences,
@@ -140,14 +125,14 @@ def _train_retrieval(config: RunConfig, catalog: Catalog, users: pd.DataFrame, t
         validation = with_user_features(
             next_item_examples(train.user_ids, train.item_ids, validation_targets, config.max_length), users)
     with stage(f"train retrieval ({len(examples['user_id'])} windows, {config.epochs} epochs)"):
-        history = model.fit(
-            _training_dataset(examples, config.batch_size, config.seed),
-            validation_data=tf.data.Dataset.from_tensor_slices(_examples_as_tensors(validation)).batch(EVALUATION_BATCH),
+        fit_history = model.fit(
+            training_dataset(examples, config.batch_size, config.seed),
+            validation_data=tf.data.Dataset.from_tensor_slices(examples_as_tensors(validation)).batch(EVALUATION_BATCH),
             epochs=config.epochs, verbose=config.verbose,
             callbacks=[ValidationRanking(catalog, users, query_tower, train, validation_targets),
                        tf.keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / "retrieval"))],
         )
-    return query_tower, _history(history)
+    return query_tower, history(fit_history)
 
 
 class ValidationRanking(tf.keras.callbacks.Callback):
@@ -172,17 +157,13 @@ class ValidationRanking(tf.keras.callbacks.Callback):
             logs["val_hr@10"], logs["val_ndcg@10"] = metrics["hr@10"], metrics["ndcg@10"]
 
 
-def _history(history: tf.keras.callbacks.History) -> dict:
-    return {name: [float(value) for value in values] for name, values in history.history.items()}
-
-
 def query_embeddings(query_tower: QueryTower, users: pd.DataFrame, sequences: UserSequences) -> np.ndarray:
     """[U, dim] queries after each user's full history in ``sequences``."""
     empty = np.full(len(sequences), "", dtype=object)
     examples = with_user_features(
         next_item_examples(sequences.user_ids, sequences.item_ids, empty, query_tower.max_length), users)
     examples.pop("target_item_ids")
-    tensors = _examples_as_tensors(examples)
+    tensors = examples_as_tensors(examples)
     return np.concatenate([
         query_tower({name: values[start:start + EVALUATION_BATCH] for name, values in tensors.items()}).numpy()
         for start in range(0, len(sequences), EVALUATION_BATCH)
@@ -207,7 +188,7 @@ def _ranking_features(catalog: Catalog, users: pd.DataFrame, sequences: UserSequ
     examples = with_user_features(next_item_examples(sequences.user_ids, sequences.item_ids, empty, max_length), users)
     examples.pop("target_item_ids")
     examples["candidate_item_ids"] = catalog.item_ids[candidates - 1]
-    return _examples_as_tensors(examples)
+    return examples_as_tensors(examples)
 
 
 def _train_ranking(config: RunConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
@@ -226,7 +207,7 @@ def _train_ranking(config: RunConfig, catalog: Catalog, users: pd.DataFrame, que
         is_validation = np.random.default_rng(config.seed).random(len(targets)) < RANKING_VALIDATION_SHARE
         train_lists, validation_lists = ({name: values[keep] for name, values in features.items()}
                                          for keep in (~is_validation, is_validation))
-        history = ranking_model.fit(
+        fit_history = ranking_model.fit(
             tf.data.Dataset.from_tensor_slices(train_lists).shuffle(len(targets), seed=config.seed)
             .batch(config.ranking_batch_size),
             validation_data=tf.data.Dataset.from_tensor_slices(validation_lists).batch(EVALUATION_BATCH),
@@ -234,7 +215,7 @@ def _train_ranking(config: RunConfig, catalog: Catalog, users: pd.DataFrame, que
             callbacks=[tf.keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True),
                        tf.keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / "ranking"))],
         )
-    return ranking_model, _history(history)
+    return ranking_model, history(fit_history)
 
 
 def rerank(ranking_model: RankingModel, features: dict, candidates: np.ndarray) -> np.ndarray:
@@ -369,9 +350,3 @@ def _export(config: RunConfig, version: int, catalog: Catalog, users: pd.DataFra
     temporary = export_dir / ".items.tsv.tmp"
     items.to_csv(temporary, sep="\t", index=False)
     os.replace(temporary, export_dir / "items.tsv")
-
-
-def _write_json_atomically(path: pathlib.Path, value: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(temporary, path)
