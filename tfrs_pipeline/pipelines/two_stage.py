@@ -196,19 +196,23 @@ def _train_ranking(config: RunConfig, catalog: Catalog, users: pd.DataFrame, que
     with stage("retrieve candidates for ranking"):
         candidates = _candidate_lists(config, catalog, _catalog_scores(query_tower, users, train), train)
         target_indices = catalog.indices(targets)
+        # Only lists where retrieval found the next item teach the ranker anything it can use: at
+        # serving time it never sees items retrieval missed, and planting them in the lists would
+        # teach it to promote whatever retrieval scores low.
         found = (candidates == target_indices[:, np.newaxis]).any(axis=1)
-        candidates[~found, -1] = target_indices[~found]  # every list must hold its positive to learn from
-        features = _ranking_features(catalog, users, train, candidates, config.max_length)
+        lists = train.select(found)
+        candidates, target_indices = candidates[found], target_indices[found]
+        features = _ranking_features(catalog, users, lists, candidates, config.max_length)
         features["labels"] = (candidates == target_indices[:, np.newaxis]).astype(np.float32)
     ranking_model = RankingModel(query_tower, catalog.popularity(train), catalog.genres)
     ranking_model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate / 2))
-    with stage(f"train ranking ({len(targets)} lists of {candidates.shape[1]}, {config.ranking_epochs} epochs)"):
+    with stage(f"train ranking ({len(candidates)} lists of {candidates.shape[1]}, {config.ranking_epochs} epochs)"):
         # A tenth of the lists is held back to stop training before the correction overfits.
-        is_validation = np.random.default_rng(config.seed).random(len(targets)) < RANKING_VALIDATION_SHARE
+        is_validation = np.random.default_rng(config.seed).random(len(candidates)) < RANKING_VALIDATION_SHARE
         train_lists, validation_lists = ({name: values[keep] for name, values in features.items()}
                                          for keep in (~is_validation, is_validation))
         fit_history = ranking_model.fit(
-            tf.data.Dataset.from_tensor_slices(train_lists).shuffle(len(targets), seed=config.seed)
+            tf.data.Dataset.from_tensor_slices(train_lists).shuffle(len(candidates), seed=config.seed)
             .batch(config.ranking_batch_size),
             validation_data=tf.data.Dataset.from_tensor_slices(validation_lists).batch(EVALUATION_BATCH),
             epochs=config.ranking_epochs, verbose=config.verbose,
