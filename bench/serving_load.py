@@ -100,7 +100,7 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, warmup_s: float,
-             rate: float | None = None, server_pid: int | None = None) -> dict:
+             rate: float | None = None, server_pids: tuple[int, ...] = ()) -> dict:
     """``clients`` threads call ``recommend(user_id)``; latencies of calls started after the warm-up count.
 
     Without ``rate`` each client sends its next request as soon as the previous one returns (closed
@@ -115,7 +115,7 @@ def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, wa
     latencies, errors, lock = [], [], threading.Lock()
     recommend(user_ids[0])  # first calls initialize lazily (graph functions, ScaNN searcher): not under load
     cpu_before = {"client": process_cpu_seconds(os.getpid()),
-                  "server": process_cpu_seconds(server_pid) if server_pid else 0.0}
+                  "server": sum(process_cpu_seconds(pid) for pid in server_pids)}
     calls = itertools.count()
     started = time.perf_counter()
     measure_from, stop_at = started + warmup_s, started + warmup_s + duration_s
@@ -146,8 +146,10 @@ def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, wa
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
     total_calls = next(calls)
-    cpu_ms = {f"{name}_cpu_ms_per_request": 1e3 * (process_cpu_seconds(pid) - cpu_before[name]) / total_calls
-              for name, pid in (("client", os.getpid()), ("server", server_pid)) if pid}
+    cpu_after = {"client": process_cpu_seconds(os.getpid()),
+                 "server": sum(process_cpu_seconds(pid) for pid in server_pids)}
+    cpu_ms = {f"{name}_cpu_ms_per_request": 1e3 * (cpu_after[name] - cpu_before[name]) / total_calls
+              for name in (("client", "server") if server_pids else ("client",))}
     if not latencies:
         raise RuntimeError(f"no request finished within {duration_s} s after the warm-up")
     latencies_ms = 1e3 * np.array(latencies)
@@ -157,12 +159,20 @@ def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, wa
             "p99_ms": float(np.percentile(latencies_ms, 99)), "mean_ms": float(latencies_ms.mean()), **cpu_ms}
 
 
-def server_recommender(port: int, clients: int, k: int):
-    """One ``TwoStageClient`` (own gRPC channel) per client thread, as 16 separate callers would have."""
+def server_recommender(ports: list[int], k: int):
+    """One ``TwoStageClient`` (own gRPC channel) per client thread, as separate callers would have.
+
+    With several server processes, client threads are spread over them round-robin: the client-side
+    balancing a headless Kubernetes Service gives gRPC callers (deploy/kubernetes/).
+    """
     local = threading.local()
+    next_port = itertools.cycle(ports)
+    lock = threading.Lock()
 
     def recommend(user_id: str):
         if not hasattr(local, "client"):
+            with lock:
+                port = next(next_port)
             local.client = TwoStageClient(GrpcTransport(f"127.0.0.1:{port}"), timeout_s=5, retries=0)
         answer = local.client.recommend(user_id, k)
         if answer.source != "two_stage" or len(answer.items) != k:
@@ -180,6 +190,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--num_users", type=int, default=6040, help="user ids 1..N are sampled uniformly")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
+    parser.add_argument("--server_processes", default="1",
+                        help="comma-separated server process counts to measure the server modes with, e.g. 1,2")
     parser.add_argument("--out", help="write the figures as JSON here")
     flags = parser.parse_args()
     export_dir = pathlib.Path(flags.export_dir).resolve()
@@ -190,14 +202,19 @@ def main() -> None:
             model = InProcessTwoStage(export_dir)
             results[mode] = run_load(lambda user_id: model.recommend(user_id, flags.k), user_ids, flags.clients,
                                      flags.duration_s, flags.warmup_s, flags.rate)
-        else:
-            server = ServerProcess(export_dir, batching=mode == "server_batching")
+            print(f"{mode}: {json.dumps(results[mode])}", flush=True)
+            continue
+        for processes in (int(count) for count in flags.server_processes.split(",")):
+            label = mode if processes == 1 else f"{mode} x{processes} processes"
+            servers = [ServerProcess(export_dir, batching=mode == "server_batching") for _ in range(processes)]
             try:
-                results[mode] = run_load(server_recommender(server.port, flags.clients, flags.k), user_ids,
-                                         flags.clients, flags.duration_s, flags.warmup_s, flags.rate, server.pid)
+                results[label] = run_load(server_recommender([server.port for server in servers], flags.k), user_ids,
+                                          flags.clients, flags.duration_s, flags.warmup_s, flags.rate,
+                                          tuple(server.pid for server in servers))
             finally:
-                server.stop()
-        print(f"{mode}: {json.dumps(results[mode])}", flush=True)
+                for server in servers:
+                    server.stop()
+            print(f"{label}: {json.dumps(results[label])}", flush=True)
     report = {"clients": flags.clients, "rate": flags.rate, "duration_s": flags.duration_s,
               "export_dir": str(export_dir),
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "results": results}
