@@ -9,6 +9,7 @@ import pathlib
 HOLDOUTS = ("test", "none")
 TASKS = ("two_stage", "session")
 DISTRIBUTIONS = ("default", "mirrored", "multi_worker")  # tfrs_pipeline/distribute.py
+LEARNING_RATE_DECAYS = ("cosine", "none")
 
 
 @dataclasses.dataclass
@@ -32,6 +33,7 @@ class RunConfig:
     num_negatives: int | None = None
     batch_size: int = 128
     learning_rate: float = 2e-3
+    learning_rate_decay: str = "cosine"
     epochs: int = 20
     ranking_candidates: int = 200
     ranking_epochs: int = 5
@@ -52,6 +54,8 @@ class RunConfig:
             raise ValueError(f"holdout must be one of {HOLDOUTS}, got {self.holdout!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.learning_rate_decay not in LEARNING_RATE_DECAYS:
+            raise ValueError(f"learning_rate_decay must be one of {LEARNING_RATE_DECAYS}, got {self.learning_rate_decay!r}")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
         for name in ("max_length", "embedding_dim", "batch_size", "epochs", "ranking_candidates", "top_k"):

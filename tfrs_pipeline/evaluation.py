@@ -31,6 +31,14 @@ def rank_of_targets(scores: np.ndarray, target_indices: np.ndarray, excluded: Se
     return (scores > target_scores[:, np.newaxis]).sum(axis=1) + 1
 
 
+def softmax_cross_entropy(scores: np.ndarray, target_columns: np.ndarray) -> float:
+    """Mean cross-entropy of each row's target column under a softmax over the row (numerically stable)."""
+    scores = scores.astype(np.float64)
+    top = scores.max(axis=1)
+    log_normalizers = top + np.log(np.exp(scores - top[:, np.newaxis]).sum(axis=1))
+    return float(np.mean(log_normalizers - scores[np.arange(len(scores)), target_columns]))
+
+
 def top_k_excluding(scores: np.ndarray, excluded: Sequence[np.ndarray], k: int) -> np.ndarray:
     """[users, k] columns of the best scores per row, best first, excluded columns removed."""
     scores = scores.astype(np.float32, copy=True)

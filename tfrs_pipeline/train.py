@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 import tfrs_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow builds anything)
-from tfrs_pipeline.config import DISTRIBUTIONS, HOLDOUTS, TASKS, RunConfig
+from tfrs_pipeline.config import DISTRIBUTIONS, HOLDOUTS, LEARNING_RATE_DECAYS, TASKS, RunConfig
 from tfrs_pipeline.data.errors import DataError
 
 _HELP = {
@@ -25,6 +25,8 @@ _HELP = {
     "session_test_days": "session task, events form: sessions starting in the last this many days are the test set",
     "max_users": "use only the users with the smallest ids (quick runs)",
     "num_negatives": "sampled-softmax negatives per batch (in-batch + uniform, logQ-corrected); unset or 0: the whole catalog (exact, the default)",
+    "learning_rate_decay": "retrieval and session training: cosine decays the learning rate to a twentieth over "
+                           "the run; none keeps it constant",
     "user_id_embedding": "give the query tower a per-user embedding table",
     "top_k": "items returned by the retrieval export",
     "scann_target_recall": "tune ScaNN until its top-10 equals exact search for this share of users",
@@ -46,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
             continue
         kind = {"int": int, "float": float, "int | None": int}.get(field.type, str)
-        choices = {"task": TASKS, "holdout": HOLDOUTS, "distribution": DISTRIBUTIONS}.get(field.name)
+        choices = {"task": TASKS, "holdout": HOLDOUTS, "distribution": DISTRIBUTIONS,
+                   "learning_rate_decay": LEARNING_RATE_DECAYS}.get(field.name)
         parser.add_argument(name, type=kind, default=field.default, choices=choices, help=help_text)
     return parser
 

@@ -71,11 +71,28 @@ def length_bucketed_batches(examples: dict, batch_size: int, rng: np.random.Gene
     ``width_step`` so that only a few distinct shapes reach TensorFlow (each new shape costs kernel
     set-up); short sequences such as sessions want a small step. The order is reshuffled at every call.
     """
-    max_length = examples["history_item_ids"].shape[1]
     lengths = (examples["history_item_ids"] != "").sum(axis=1)
     order = np.lexsort((rng.random(len(lengths)), lengths))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     for batch in rng.permutation(len(batches)):
-        rows = batches[batch]
-        width = min(max_length, -(-max(1, int(lengths[rows].max())) // width_step) * width_step)
-        yield {name: (values[rows, -width:] if values.ndim == 2 else values[rows]) for name, values in examples.items()}
+        yield _trimmed(examples, batches[batch], lengths, width_step)
+
+
+def length_sorted_batches(examples: dict, batch_size: int, width_step: int = WIDTH_STEP):
+    """Yields (rows, batch): every example once, shortest histories first, trimmed as for training.
+
+    For inference over many users (evaluation, export): the same saving, in a fixed order; ``rows``
+    says where each batch's results belong.
+    """
+    lengths = (examples["history_item_ids"] != "").sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        yield rows, _trimmed(examples, rows, lengths, width_step)
+
+
+def _trimmed(examples: dict, rows: np.ndarray, lengths: np.ndarray, width_step: int) -> dict:
+    """``rows`` of every column, sequence columns cut to the batch's longest history (rounded up)."""
+    max_length = examples["history_item_ids"].shape[1]
+    width = min(max_length, -(-max(1, int(lengths[rows].max())) // width_step) * width_step)
+    return {name: (values[rows, -width:] if values.ndim == 2 else values[rows]) for name, values in examples.items()}

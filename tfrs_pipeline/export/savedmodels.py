@@ -4,11 +4,17 @@ A client of the retrieval or ranking model sends only user ids: each export carr
 every user's features, recent history and rated items, taken at export time, and looks them up
 inside the graph. A second retrieval signature takes features and history explicitly, for callers
 with fresher data (a feature store, the session of a user who just rated something).
+
+The towers are frozen at export, so everything that depends only on the snapshot (each known user's
+query embedding and ranking context, the catalog's embeddings) is computed once at export time and
+stored, not recomputed on every request: a user-id request costs a lookup, the top-k search and the
+ranker's crossing of the candidates, not a transformer pass over 200 history slots. Only the
+explicit-features signature runs the query tower per request, as it must.
 """
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +22,7 @@ import tensorflow as tf
 from tfrs_pipeline.index import SCANN_SAVE_OPTIONS
 from tfrs_pipeline.models.encoders import most_recent_left_padded
 from tfrs_pipeline.models.query_tower import QueryTower
+from tfrs_pipeline.models.ranking import RankingModel
 
 SERVING_SIGNATURE = "serving_default"
 QUERY_FEATURES_SIGNATURE = "query_features"
@@ -44,6 +51,7 @@ class UserSnapshot(tf.Module):
                  max_length: int):
         super().__init__()
         self._lookup = tf.keras.layers.StringLookup(vocabulary=list(user_ids), mask_token=None)
+        self._user_ids = tf.constant(["", *map(str, user_ids)])  # row 0 is the unknown user
         self._features = {
             name: tf.constant(np.concatenate([[_NEUTRAL[name]], features[name]]).astype(spec.dtype.as_numpy_dtype))
             for name, spec in USER_FEATURE_SPECS.items()
@@ -58,11 +66,26 @@ class UserSnapshot(tf.Module):
         self._rated = tf.RaggedTensor.from_row_lengths(
             tf.constant(np.concatenate(rated), tf.string), [len(items) for items in rated])
 
-    def features(self, user_id: tf.Tensor) -> dict:
-        """Query features for ``user_id`` [batch]: demographics and ``history_item_ids``."""
-        rows = self._lookup(user_id)
+    def rows(self, user_id: tf.Tensor) -> tf.Tensor:
+        """Snapshot rows of ``user_id`` [batch]; 0 for users the snapshot does not know."""
+        return self._lookup(user_id)
+
+    def _features_of_rows(self, rows: tf.Tensor) -> dict:
         looked_up = {name: tf.gather(values, rows) for name, values in self._features.items()}
-        return {**looked_up, "user_id": user_id, "history_item_ids": tf.gather(self._histories, rows)}
+        return {**looked_up, "user_id": tf.gather(self._user_ids, rows),
+                "history_item_ids": tf.gather(self._histories, rows)}
+
+    def precompute(self, compute: Callable[[dict], dict], batch_size: int = 512) -> dict[str, tf.Variable]:
+        """``compute``(features) for every snapshot row, as per-row tables to ``tf.gather`` with ``rows``.
+
+        Row 0 holds what an unknown user gets, so a lookup of any id is defined. The tables are
+        non-trainable variables: they are saved with the model's other weights, not in its graph.
+        """
+        num_rows = int(tf.shape(self._user_ids)[0])
+        chunks = [compute(self._features_of_rows(tf.range(start, min(start + batch_size, num_rows))))
+                  for start in range(0, num_rows, batch_size)]
+        return {name: tf.Variable(tf.concat([chunk[name] for chunk in chunks], axis=0), trainable=False, name=name)
+                for name in chunks[0]}
 
     def rated_items(self, user_id: tf.Tensor) -> tf.Tensor:
         """[batch, most rated in batch] item ids each user rated, "" padded."""
@@ -88,10 +111,16 @@ class RetrievalExport(tf.Module):
         self.top_k = top_k
         self.users = users
         self.k = k
+        self._catalog_embeddings = tf.Variable(query_tower.item_tower.embed_catalog(), trainable=False)
+        self._user_queries = users.precompute(lambda features: {"query": self._query(features)})["query"]
+
+    def _query(self, features: dict) -> tf.Tensor:
+        return self.query_tower.sequence_embeddings(features, False, self._catalog_embeddings)[:, -1]
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
     def serve(self, user_id: tf.Tensor) -> dict:
-        return self._retrieve(self.users.features(user_id), self.users.rated_items(user_id))
+        queries = tf.gather(self._user_queries, self.users.rows(user_id))
+        return self._retrieve(queries, self.users.rated_items(user_id))
 
     @tf.function(input_signature=[{**USER_FEATURE_SPECS,
                                    "history_item_ids": tf.TensorSpec([None, None], tf.string, name="history_item_ids")}])
@@ -101,15 +130,14 @@ class RetrievalExport(tf.Module):
         recent = most_recent_left_padded(history, self.query_tower.max_length)
         batch = tf.shape(history)[0]
         query_features = {**features, "history_item_ids": recent, "user_id": tf.fill([batch], "")}
-        return self._retrieve(query_features, history)
+        return self._retrieve(self._query(query_features), history)
 
-    def _retrieve(self, features: dict, excluded_item_ids: tf.Tensor) -> dict:
+    def _retrieve(self, queries: tf.Tensor, excluded_item_ids: tf.Tensor) -> dict:
         """Top-k without the excluded ids: over-fetch by the widest exclusion list, then drop them.
 
         Exclusions become a [batch, catalog] mask by catalog index, so the cost grows with the
         catalog plus the list lengths, not with their product (a heavy user rated 2,314 movies).
         """
-        queries = self.query_tower(features)
         scores, item_ids = self.top_k(queries, k=self.k + tf.shape(excluded_item_ids)[1])
         item_tower = self.query_tower.item_tower
         excluded = item_tower.indices(excluded_item_ids)
@@ -125,16 +153,20 @@ class RetrievalExport(tf.Module):
 class RankingExport(tf.Module):
     """Ranking for serving: user id + candidate item ids [batch, N] -> scores [batch, N]."""
 
-    def __init__(self, ranking_model: tf.keras.Model, users: UserSnapshot):
+    def __init__(self, ranking_model: RankingModel, users: UserSnapshot):
         super().__init__()
         self.ranking_model = ranking_model
         self.users = users
+        self._catalog_embeddings = tf.Variable(ranking_model.query_tower.item_tower.embed_catalog(), trainable=False)
+        self._user_context = users.precompute(
+            lambda features: ranking_model.user_context(features, self._catalog_embeddings))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
                                   tf.TensorSpec([None, None], tf.string, name="item_ids")])
     def serve(self, user_id: tf.Tensor, item_ids: tf.Tensor) -> dict:
-        features = {**self.users.features(user_id), "candidate_item_ids": item_ids}
-        return {"scores": self.ranking_model(features, training=False)}
+        rows = self.users.rows(user_id)
+        context = {name: tf.gather(table, rows) for name, table in self._user_context.items()}
+        return {"scores": self.ranking_model.score(context, item_ids, self._catalog_embeddings)}
 
 
 def save_retrieval(module: RetrievalExport, path: str | os.PathLike, uses_scann: bool) -> None:

@@ -51,14 +51,30 @@ class RankingModel(tfrs.models.Model):
 
     def call(self, features: dict, training: bool = False) -> tf.Tensor:
         """Scores [batch, N] for ``candidate_item_ids`` [batch, N] given user features and history."""
-        item_tower = self.query_tower.item_tower
-        catalog_embeddings = item_tower.embed_catalog()
-        query = self.query_tower.sequence_embeddings(features, False, catalog_embeddings)[:, -1]  # [B, d]
-        history = item_tower.indices(features["history_item_ids"])  # [B, L]
-        candidates = item_tower.indices(features["candidate_item_ids"])  # [B, N]
+        catalog_embeddings = self.query_tower.item_tower.embed_catalog()
+        context = self.user_context(features, catalog_embeddings)
+        return self.score(context, features["candidate_item_ids"], catalog_embeddings, training)
+
+    def user_context(self, features: dict, catalog_embeddings: tf.Tensor) -> dict:
+        """What ranking needs of the user, independent of the candidates (and so computable ahead of time).
+
+        Returns ``query`` [B, d] (the retrieval query), ``last_item`` [B, d] (the most recent item's
+        embedding) and ``history_genres`` [B, G] (the genre mix of the history). The towers are frozen,
+        so an export can compute this once per known user instead of once per request.
+        """
+        history = self.query_tower.item_tower.indices(features["history_item_ids"])  # [B, L]
+        return {
+            "query": self.query_tower.sequence_embeddings(features, False, catalog_embeddings)[:, -1],
+            "last_item": tf.gather(catalog_embeddings, history[:, -1]),
+            "history_genres": _mean_over_real_items(tf.gather(self._genres, history), history),
+        }
+
+    def score(self, context: dict, candidate_item_ids: tf.Tensor, catalog_embeddings: tf.Tensor,
+              training: bool = False) -> tf.Tensor:
+        """Scores [batch, N] of ``candidate_item_ids`` [batch, N] for users described by ``user_context``."""
+        query, history_genres = context["query"], context["history_genres"]
+        candidates = self.query_tower.item_tower.indices(candidate_item_ids)  # [B, N]
         candidate_embeddings = tf.gather(catalog_embeddings, candidates)  # [B, N, d]
-        last_item = tf.gather(catalog_embeddings, history[:, -1])  # [B, d]
-        history_genres = _mean_over_real_items(tf.gather(self._genres, history), history)  # [B, G]
         candidate_genres = tf.gather(self._genres, candidates)  # [B, N, G]
         num_candidates = tf.shape(candidates)[1]
 
@@ -69,7 +85,7 @@ class RankingModel(tfrs.models.Model):
         crossed = tf.concat(
             [
                 retrieval_scores[..., tf.newaxis],
-                tf.einsum("bd,bnd->bn", last_item, candidate_embeddings)[..., tf.newaxis],
+                tf.einsum("bd,bnd->bn", context["last_item"], candidate_embeddings)[..., tf.newaxis],
                 tf.einsum("bg,bng->bn", history_genres, candidate_genres)[..., tf.newaxis],
                 tf.gather(self._log_popularity, candidates)[..., tf.newaxis],
                 query[:, tf.newaxis, :] * candidate_embeddings,

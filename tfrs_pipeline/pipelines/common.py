@@ -28,6 +28,18 @@ def training_dataset(examples: dict, batch_size: int, seed: int, width_step: int
         lambda: length_bucketed_batches(examples, batch_size, rng, width_step), output_signature=signature).prefetch(2)
 
 
+def learning_rate(initial: float, decay: str, total_steps: int) -> float | tf.keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's learning rate: constant (``decay="none"``) or cosine-decayed over ``total_steps``.
+
+    A few epochs is all a full data set gets on CPU: decaying the rate to a twentieth over the run
+    lets the last epochs settle into the optimum the early, large steps found, where a constant
+    rate keeps bouncing around it (validation metrics plateau and jitter).
+    """
+    if decay == "none":
+        return initial
+    return tf.keras.optimizers.schedules.CosineDecay(initial, decay_steps=max(1, total_steps), alpha=0.05)
+
+
 def history(keras_history: tf.keras.callbacks.History) -> dict:
     """Per-epoch logs of ``model.fit`` as plain floats (JSON-ready)."""
     return {name: [float(value) for value in values] for name, values in keras_history.history.items()}

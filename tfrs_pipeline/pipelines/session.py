@@ -25,7 +25,7 @@ from tfrs_pipeline.export import serving_config, versioning
 from tfrs_pipeline.export.savedmodels import SERVING_SIGNATURE
 from tfrs_pipeline.models.cooccurrence import SequentialRules
 from tfrs_pipeline.models.session import SessionExport, SessionModel
-from tfrs_pipeline.pipelines.common import history, training_dataset, write_json_atomically
+from tfrs_pipeline.pipelines.common import history, learning_rate, training_dataset, write_json_atomically
 from tfrs_pipeline.pipelines.progress import stage
 
 MODEL_NAME = "session"
@@ -93,11 +93,9 @@ def train(config: RunConfig, data: SessionData, catalog: SessionCatalog) -> tupl
                              config.num_negatives)
         examples = training_windows(data.session_ids, data.train_sessions, config.max_length)
         examples.pop("user_id")  # sessions are anonymous: the model sees their items only
-        # A few epochs is all a full data set gets on CPU: decaying the rate to a twentieth over the
-        # run lets the last epochs settle instead of bouncing around the optimum.
         steps = config.epochs * -(-len(examples["history_item_ids"]) // config.batch_size)
-        learning_rate = tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.05)
-        model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
+        model.compile(optimizer=tf.keras.optimizers.Adam(
+            learning_rate(config.learning_rate, config.learning_rate_decay, steps)))
         callbacks = []
         if len(data.test_targets):
             callbacks.append(MonitoredRanking(model, catalog, data.test_prefixes[:MONITORED_CASES],

@@ -22,15 +22,16 @@ from tfrs_pipeline import distribute, evaluation, index, report
 from tfrs_pipeline.config import RunConfig
 from tfrs_pipeline.data import tfrecords
 from tfrs_pipeline.data.movielens import GENRE_NAMES, MovieLens, load_movielens
-from tfrs_pipeline.data.sequence_examples import (next_item_examples,
-                                                  training_windows, with_user_features)
+from tfrs_pipeline.data.sequence_examples import (length_sorted_batches, next_item_examples, training_windows,
+                                                  with_user_features)
 from tfrs_pipeline.data.split import UserSequences, leave_last_out, user_sequences
 from tfrs_pipeline.export import savedmodels, serving_config, versioning
 from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.ranking import RankingModel
 from tfrs_pipeline.models.retrieval import RetrievalModel
-from tfrs_pipeline.pipelines.common import examples_as_tensors, history, training_dataset, write_json_atomically
+from tfrs_pipeline.pipelines.common import (examples_as_tensors, history, learning_rate, training_dataset,
+                                            write_json_atomically)
 from tfrs_pipeline.pipelines.progress import stage
 
 EVALUATION_BATCH = 512
@@ -116,19 +117,17 @@ def _train_retrieval(config: RunConfig, catalog: Catalog, users: pd.DataFrame, t
                                  user_ids=list(train.user_ids) if config.user_id_embedding else None,
                                  num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout)
         model = RetrievalModel(query_tower, item_tower, catalog.popularity(train), config.num_negatives)
-        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
         if config.examples_dir:  # preprocessed by the Beam pipeline: the same windows, read from TFRecords
             examples = tfrecords.read_training_examples(
                 config.examples_dir, {name: getattr(config, name) for name in tfrecords.SPLIT_SETTINGS})
         else:
             examples = with_user_features(training_windows(train.user_ids, train.item_ids, config.max_length), users)
-        validation = with_user_features(
-            next_item_examples(train.user_ids, train.item_ids, validation_targets, config.max_length), users)
+        steps_per_epoch = -(-len(examples["user_id"]) // config.batch_size)
+        model.compile(optimizer=tf.keras.optimizers.Adam(
+            learning_rate(config.learning_rate, config.learning_rate_decay, config.epochs * steps_per_epoch)))
     with stage(f"train retrieval ({len(examples['user_id'])} windows, {config.epochs} epochs)"):
         fit_history = model.fit(
-            training_dataset(examples, config.batch_size, config.seed),
-            validation_data=tf.data.Dataset.from_tensor_slices(examples_as_tensors(validation)).batch(EVALUATION_BATCH),
-            epochs=config.epochs, verbose=config.verbose,
+            training_dataset(examples, config.batch_size, config.seed), epochs=config.epochs, verbose=config.verbose,
             callbacks=[ValidationRanking(catalog, users, query_tower, train, validation_targets),
                        tf.keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / "retrieval"))],
         )
@@ -136,10 +135,12 @@ def _train_retrieval(config: RunConfig, catalog: Catalog, users: pd.DataFrame, t
 
 
 class ValidationRanking(tf.keras.callbacks.Callback):
-    """Adds full-catalog ``val_hr@10`` and ``val_ndcg@10`` of the validation items to each epoch's logs.
+    """Adds ``val_loss``, ``val_hr@10`` and ``val_ndcg@10`` of the validation items to each epoch's logs.
 
-    The validation loss of a sampled softmax says little about ranking quality; this is the metric
-    the run is judged by, so progress bars, TensorBoard and the report show it per epoch.
+    HR and NDCG on the full catalog are what the run is judged by, so progress bars, TensorBoard and
+    the report show them per epoch. ``val_loss`` is the full-catalog softmax cross-entropy, taken from
+    the same scores: exact even when training samples its negatives, and with no second pass over
+    the validation users.
     """
 
     def __init__(self, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower, history: UserSequences,
@@ -151,10 +152,11 @@ class ValidationRanking(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         scores = _catalog_scores(self._query_tower, self._users, self._history)
+        loss = evaluation.softmax_cross_entropy(scores[:, 1:], self._target_indices - 1)
         ranks = evaluation.rank_of_targets(scores, self._target_indices, self._rated)
         metrics = evaluation.accuracy_metrics(ranks, cutoffs=(10,))
         if logs is not None:
-            logs["val_hr@10"], logs["val_ndcg@10"] = metrics["hr@10"], metrics["ndcg@10"]
+            logs["val_loss"], logs["val_hr@10"], logs["val_ndcg@10"] = loss, metrics["hr@10"], metrics["ndcg@10"]
 
 
 def query_embeddings(query_tower: QueryTower, users: pd.DataFrame, sequences: UserSequences) -> np.ndarray:
@@ -163,11 +165,12 @@ def query_embeddings(query_tower: QueryTower, users: pd.DataFrame, sequences: Us
     examples = with_user_features(
         next_item_examples(sequences.user_ids, sequences.item_ids, empty, query_tower.max_length), users)
     examples.pop("target_item_ids")
-    tensors = examples_as_tensors(examples)
-    return np.concatenate([
-        query_tower({name: values[start:start + EVALUATION_BATCH] for name, values in tensors.items()}).numpy()
-        for start in range(0, len(sequences), EVALUATION_BATCH)
-    ])
+    batches = [(rows, query_tower(batch).numpy())
+               for rows, batch in length_sorted_batches(examples_as_tensors(examples), EVALUATION_BATCH)]
+    queries = np.empty((len(sequences), batches[0][1].shape[1]), np.float32)
+    for rows, values in batches:
+        queries[rows] = values
+    return queries
 
 
 def _catalog_scores(query_tower: QueryTower, users: pd.DataFrame, sequences: UserSequences) -> np.ndarray:
