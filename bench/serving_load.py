@@ -11,7 +11,8 @@ candidates -> top 10. The same run measures three ways of answering:
 - ``server_batching``: the same with ``--enable_batching`` and ``serving_config/batching.config``.
 
 The difference between ``server`` and ``in_process`` is the server's own overhead. Reports p50, p90,
-p99 and mean latency, throughput and errors (any answer that is not a two-stage answer counts).
+p99 and mean latency, throughput and errors (any answer that is not a two-stage answer counts), CPU
+per request, and the server's peak resident memory (what a replica must be given).
 
     python bench/serving_load.py --export_dir=export --clients=16 --duration_s=20 --out=bench_serving.json
 """
@@ -97,6 +98,14 @@ def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux ``/proc``)."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The most resident memory a process has used so far (Linux ``/proc``: VmHWM), in MiB."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
 def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, warmup_s: float,
@@ -211,6 +220,7 @@ def main() -> None:
                 results[label] = run_load(server_recommender([server.port for server in servers], flags.k), user_ids,
                                           flags.clients, flags.duration_s, flags.warmup_s, flags.rate,
                                           tuple(server.pid for server in servers))
+                results[label]["server_peak_rss_mb"] = max(peak_rss_mb(server.pid) for server in servers)
             finally:
                 for server in servers:
                     server.stop()

@@ -32,7 +32,7 @@ class RunConfig:
     user_id_embedding: bool = False
     num_negatives: int | None = None
     batch_size: int = 128
-    learning_rate: float = 2e-3
+    learning_rate: float = 4e-3
     learning_rate_decay: str = "cosine"
     epochs: int = 20
     ranking_candidates: int = 200

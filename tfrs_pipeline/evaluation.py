@@ -28,7 +28,7 @@ def rank_of_targets(scores: np.ndarray, target_indices: np.ndarray, excluded: Se
     for row, columns in enumerate(excluded):
         scores[row, columns] = -np.inf
     target_scores = scores[np.arange(len(target_indices)), target_indices]
-    return (scores > target_scores[:, np.newaxis]).sum(axis=1) + 1
+    return (scores >= target_scores[:, np.newaxis]).sum(axis=1)  # the target itself, and all that tie or beat it
 
 
 def softmax_cross_entropy(scores: np.ndarray, target_columns: np.ndarray) -> float:

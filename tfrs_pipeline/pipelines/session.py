@@ -195,10 +195,11 @@ def evaluate(model: SessionModel, catalog: SessionCatalog, data: SessionData,
 def _popularity_ranks(click_counts: np.ndarray, target_indices: np.ndarray) -> np.ndarray:
     """Ranks under "most clicked first" with nothing excluded: the same list for every case, so no score matrix.
 
-    As ``evaluation.rank_of_targets``: 1 + the items (index 0 aside) clicked more than the target.
+    As ``evaluation.rank_of_targets``: the items (index 0 aside) clicked at least as often as the target,
+    the target included, so ties count against it.
     """
     sorted_counts = np.sort(click_counts[1:])
-    return len(sorted_counts) - np.searchsorted(sorted_counts, click_counts[target_indices], side="right") + 1
+    return len(sorted_counts) - np.searchsorted(sorted_counts, click_counts[target_indices], side="left")
 
 
 def format_metrics_table(evaluation_metrics: dict) -> str:

@@ -1,0 +1,26 @@
+"""The full-catalog metrics, checked against definitions computed another way."""
+import numpy as np
+import tensorflow as tf
+
+from tfrs_pipeline import evaluation
+
+
+def test_rank_ignores_excluded_items_and_counts_ties_against_the_target():
+    scores = np.array([[0.9, 0.5, 0.7, 0.5], [0.1, 0.2, 0.3, 0.4]])
+    ranks = evaluation.rank_of_targets(scores, np.array([1, 0]), [np.array([0]), np.array([], int)])
+    assert ranks.tolist() == [3, 4]  # row 0: item 0 excluded, item 2 beats it and item 3 ties with it
+
+
+def test_metrics_of_known_ranks():
+    metrics = evaluation.accuracy_metrics(np.array([1, 3, 20]), cutoffs=(10,))
+    assert metrics["hr@10"] == 2 / 3
+    assert np.isclose(metrics["ndcg@10"], (1 + 1 / np.log2(4)) / 3)
+    assert np.isclose(metrics["mrr"], (1 + 1 / 3 + 1 / 20) / 3)
+
+
+def test_validation_loss_is_tensorflows_softmax_cross_entropy():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(scale=20.0, size=(50, 300)).astype(np.float32)  # large logits: must stay finite
+    targets = rng.integers(0, 300, 50)
+    expected = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=scores).numpy().mean()
+    assert np.isclose(evaluation.softmax_cross_entropy(scores, targets), expected, rtol=1e-5)
