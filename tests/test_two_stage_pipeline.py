@@ -106,7 +106,8 @@ def test_exports_reproduce_the_evaluated_models(small_export, shared_data_dir, t
     movielens = load_movielens(shared_data_dir / "ml-1m", max_users=150)
     kept, _ = leave_last_out(user_sequences(movielens.ratings))
     users = movielens.users.set_index("user_id").loc[kept.user_ids]
-    features = {"user_id": list(kept.user_ids), "user_gender": users.user_gender.tolist(), "bucketized_user_age": users.bucketized_user_age.tolist(),
+    features = {"user_id": list(kept.user_ids), "user_gender": users.user_gender.tolist(),
+                "bucketized_user_age": users.bucketized_user_age.tolist(),
                 "user_occupation_label": users.user_occupation_label.tolist(),
                 "user_zip_code": users.user_zip_code.tolist(),
                 "history_item_ids": [[*items, *[""] * (max(kept.lengths()) - len(items))] for items in kept.item_ids]}

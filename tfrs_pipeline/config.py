@@ -55,7 +55,8 @@ class RunConfig:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.learning_rate_decay not in LEARNING_RATE_DECAYS:
-            raise ValueError(f"learning_rate_decay must be one of {LEARNING_RATE_DECAYS}, got {self.learning_rate_decay!r}")
+            raise ValueError(f"learning_rate_decay must be one of {LEARNING_RATE_DECAYS}, "
+                             f"got {self.learning_rate_decay!r}")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
         for name in ("max_length", "embedding_dim", "batch_size", "epochs", "ranking_candidates", "top_k"):

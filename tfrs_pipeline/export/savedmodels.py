@@ -9,7 +9,8 @@ The towers are frozen at export, so everything that depends only on the snapshot
 query embedding and ranking context, the catalog's embeddings) is computed once at export time and
 stored, not recomputed on every request: a user-id request costs a lookup, the top-k search and the
 ranker's crossing of the candidates, not a transformer pass over 200 history slots. Only the
-explicit-features signature runs the query tower per request, as it must.
+explicit-features signature runs the query tower per request, as it must. The exporter computes
+those tables once (``UserSnapshot.precompute``) and hands the same ones to every export.
 """
 from __future__ import annotations
 
@@ -102,17 +103,20 @@ class RetrievalExport(tf.Module):
       query_tower: the trained query tower.
       top_k: an indexed TFRS top-k layer over the catalog (ScaNN or brute force, from ``index.py``).
       users: the user snapshot.
+      user_queries: [snapshot rows, dim] each row's query, from ``UserSnapshot.precompute``.
+      catalog_embeddings: [N + 1, dim] the item tower's output for the catalog.
       k: items returned per user.
     """
 
-    def __init__(self, query_tower: QueryTower, top_k: tf.keras.Model, users: UserSnapshot, k: int):
+    def __init__(self, query_tower: QueryTower, top_k: tf.keras.Model, users: UserSnapshot,
+                 user_queries: tf.Variable, catalog_embeddings: tf.Variable, k: int):
         super().__init__()
         self.query_tower = query_tower
         self.top_k = top_k
         self.users = users
         self.k = k
-        self._catalog_embeddings = tf.Variable(query_tower.item_tower.embed_catalog(), trainable=False)
-        self._user_queries = users.precompute(lambda features: {"query": self._query(features)})["query"]
+        self._user_queries = user_queries
+        self._catalog_embeddings = catalog_embeddings
 
     def _query(self, features: dict) -> tf.Tensor:
         return self.query_tower.sequence_embeddings(features, False, self._catalog_embeddings)[:, -1]
@@ -151,15 +155,22 @@ class RetrievalExport(tf.Module):
 
 
 class RankingExport(tf.Module):
-    """Ranking for serving: user id + candidate item ids [batch, N] -> scores [batch, N]."""
+    """Ranking for serving: user id + candidate item ids [batch, N] -> scores [batch, N].
 
-    def __init__(self, ranking_model: RankingModel, users: UserSnapshot):
+    Args:
+      ranking_model: the trained ranker.
+      users: the user snapshot.
+      user_context: ``RankingModel.user_context`` of every snapshot row, from ``UserSnapshot.precompute``.
+      catalog_embeddings: [N + 1, dim] the item tower's output for the catalog.
+    """
+
+    def __init__(self, ranking_model: RankingModel, users: UserSnapshot, user_context: dict[str, tf.Variable],
+                 catalog_embeddings: tf.Variable):
         super().__init__()
         self.ranking_model = ranking_model
         self.users = users
-        self._catalog_embeddings = tf.Variable(ranking_model.query_tower.item_tower.embed_catalog(), trainable=False)
-        self._user_context = users.precompute(
-            lambda features: ranking_model.user_context(features, self._catalog_embeddings))
+        self._user_context = user_context
+        self._catalog_embeddings = catalog_embeddings
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
                                   tf.TensorSpec([None, None], tf.string, name="item_ids")])

@@ -28,7 +28,8 @@ def training_dataset(examples: dict, batch_size: int, seed: int, width_step: int
         lambda: length_bucketed_batches(examples, batch_size, rng, width_step), output_signature=signature).prefetch(2)
 
 
-def learning_rate(initial: float, decay: str, total_steps: int) -> float | tf.keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate(initial: float, decay: str,
+                  total_steps: int) -> float | tf.keras.optimizers.schedules.LearningRateSchedule:
     """The optimizer's learning rate: constant (``decay="none"``) or cosine-decayed over ``total_steps``.
 
     A few epochs is all a full data set gets on CPU: decaying the rate to a twentieth over the run

@@ -340,14 +340,20 @@ def _export(config: RunConfig, version: int, catalog: Catalog, users: pd.DataFra
     """Writes every model as ``<export_dir>/<name>/<version>/`` atomically and registers it for serving."""
     user_features = with_user_features({"user_id": history.user_ids}, users)
     snapshot = savedmodels.UserSnapshot(history.user_ids, user_features, history.item_ids, config.max_length)
+    catalog_embeddings = tf.Variable(query_tower.item_tower.embed_catalog(), trainable=False)
+    # Ranking's user context holds the retrieval query too: one pass over the users serves all three exports.
+    user_context = snapshot.precompute(lambda features: ranking_model.user_context(features, catalog_embeddings))
+
+    def retrieval(kind: str) -> savedmodels.RetrievalExport:
+        return savedmodels.RetrievalExport(query_tower, top_k_layers[kind], snapshot, user_context["query"],
+                                           catalog_embeddings, config.top_k)
+
     export_dir = pathlib.Path(config.export_dir)
     writers = {
-        "retrieval": lambda path: savedmodels.save_retrieval(
-            savedmodels.RetrievalExport(query_tower, top_k_layers["scann"], snapshot, config.top_k), path, True),
-        "retrieval_brute_force": lambda path: savedmodels.save_retrieval(
-            savedmodels.RetrievalExport(query_tower, top_k_layers["brute_force"], snapshot, config.top_k), path,
-            False),
-        "ranking": lambda path: savedmodels.save_ranking(savedmodels.RankingExport(ranking_model, snapshot), path),
+        "retrieval": lambda path: savedmodels.save_retrieval(retrieval("scann"), path, True),
+        "retrieval_brute_force": lambda path: savedmodels.save_retrieval(retrieval("brute_force"), path, False),
+        "ranking": lambda path: savedmodels.save_ranking(
+            savedmodels.RankingExport(ranking_model, snapshot, user_context, catalog_embeddings), path),
     }
     for name, write in writers.items():
         versioning.write_version(export_dir / name, write, version)
