@@ -11,6 +11,9 @@ stored, not recomputed on every request: a user-id request costs a lookup, the t
 ranker's crossing of the candidates, not a transformer pass over 200 history slots. Only the
 explicit-features signature runs the query tower per request, as it must. The exporter computes
 those tables once (``UserSnapshot.precompute``) and hands the same ones to every export.
+
+The session model's export takes the session's item ids instead of a user id: sessions are
+anonymous, so there is no snapshot to look up, only the catalog.
 """
 from __future__ import annotations
 
@@ -24,9 +27,11 @@ from tfrs_pipeline.index import SCANN_SAVE_OPTIONS
 from tfrs_pipeline.models.encoders import most_recent_left_padded
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.ranking import RankingModel
+from tfrs_pipeline.models.session import SessionModel
 
 SERVING_SIGNATURE = "serving_default"
 QUERY_FEATURES_SIGNATURE = "query_features"
+SESSION_INPUT = "session_item_ids"
 USER_FEATURE_SPECS = {
     "user_gender": tf.TensorSpec([None], tf.bool, name="user_gender"),
     "bucketized_user_age": tf.TensorSpec([None], tf.float32, name="bucketized_user_age"),
@@ -180,6 +185,44 @@ class RankingExport(tf.Module):
         return {"scores": self.ranking_model.score(context, item_ids, self._catalog_embeddings)}
 
 
+class SessionExport(tf.Module):
+    """Sessions for serving: ``session_item_ids`` (string [batch, length], "" padded at the end) -> top-K.
+
+    Unknown ids are dropped before encoding, as if never clicked; a session left with no known
+    item gets the most popular items (scores: their share of training clicks). Sessions longer than
+    the model's slots keep their most recent items. The unit-length item table the encoder reads is
+    stored once at export rather than normalised again on every request.
+
+    Args:
+      model: the trained session model.
+      top_k: an indexed TFRS top-k layer over the catalog (ScaNN or brute force, from ``index.py``).
+      popular_item_ids, popular_scores: [k] the fallback list, most popular first.
+      k: items returned per session.
+    """
+
+    def __init__(self, model: SessionModel, top_k: tf.keras.Model, popular_item_ids: np.ndarray,
+                 popular_scores: np.ndarray, k: int):
+        super().__init__()
+        self.model = model
+        self.top_k = top_k
+        self.k = k
+        self._catalog_embeddings = tf.Variable(model.catalog_embeddings(), trainable=False)
+        self._popular_item_ids = tf.constant(np.asarray(popular_item_ids[:k]).astype(str))
+        self._popular_scores = tf.constant(np.asarray(popular_scores[:k]), tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name=SESSION_INPUT)])
+    def serve(self, session_item_ids: tf.Tensor) -> dict:
+        known = tf.where(self.model.item_lookup(session_item_ids) > 0, session_item_ids, "")
+        recent = most_recent_left_padded(known, self.model.max_length)
+        queries = self.model.sequence_queries(recent, False, self._catalog_embeddings)[:, -1]
+        scores, item_ids = self.top_k(queries, k=self.k)
+        has_items = tf.reduce_any(tf.not_equal(recent, ""), axis=1, keepdims=True)
+        return {
+            "item_ids": tf.where(has_items, item_ids, self._popular_item_ids[tf.newaxis]),
+            "scores": tf.where(has_items, scores, self._popular_scores[tf.newaxis]),
+        }
+
+
 def save_retrieval(module: RetrievalExport, path: str | os.PathLike, uses_scann: bool) -> None:
     """Saves both retrieval signatures; ScaNN ops must be allow-listed to be saved at all."""
     signatures = {SERVING_SIGNATURE: module.serve, QUERY_FEATURES_SIGNATURE: module.serve_features}
@@ -189,3 +232,8 @@ def save_retrieval(module: RetrievalExport, path: str | os.PathLike, uses_scann:
 
 def save_ranking(module: RankingExport, path: str | os.PathLike) -> None:
     tf.saved_model.save(module, os.fspath(path), signatures={SERVING_SIGNATURE: module.serve})
+
+
+def save_session(module: SessionExport, path: str | os.PathLike, uses_scann: bool) -> None:
+    tf.saved_model.save(module, os.fspath(path), signatures={SERVING_SIGNATURE: module.serve},
+                        options=SCANN_SAVE_OPTIONS if uses_scann else None)

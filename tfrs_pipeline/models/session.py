@@ -9,7 +9,7 @@ Gupta et al. 2019): without it the softmax favours popular items through their e
 which hurts the long tail that session data is full of. Every prefix of every session trains at
 once (prefix -> next item) with the shared mixed-negative sampled softmax, or the full softmax.
 
-``SessionExport`` is the serving side: raw string ids in, top-K items out, with the index inside.
+Its serving signature is ``export.savedmodels.SessionExport``.
 """
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfrs_pipeline.models.encoders import CausalTransformerEncoder, most_recent_left_padded
+from tfrs_pipeline.models.encoders import CausalTransformerEncoder
 from tfrs_pipeline.models.sampled_softmax import MixedNegativeSoftmax
 
-SESSION_INPUT = "session_item_ids"
 DEFAULT_SCALE = 16.0
 
 
@@ -77,38 +76,3 @@ class SessionModel(tfrs.models.Model):
             self.sequence_queries(features["history_item_ids"], training, catalog_embeddings), has_target)
         positives = tf.boolean_mask(self.item_lookup(targets), has_target)
         return self._softmax.loss(queries, positives, catalog_embeddings)
-
-
-class SessionExport(tf.Module):
-    """Serving: ``session_item_ids`` (string [batch, length], "" padded at the end) -> top-K ``item_ids``, ``scores``.
-
-    Unknown ids are dropped before encoding, as if never clicked; a session left with no known
-    item gets the most popular items (scores: their share of training clicks). Sessions longer than
-    the model's slots keep their most recent items.
-
-    Args:
-      model: the trained session model.
-      top_k: an indexed TFRS top-k layer over the catalog (ScaNN or brute force, from ``index.py``).
-      popular_item_ids, popular_scores: [k] the fallback list, most popular first.
-      k: items returned per session.
-    """
-
-    def __init__(self, model: SessionModel, top_k: tf.keras.Model, popular_item_ids: np.ndarray,
-                 popular_scores: np.ndarray, k: int):
-        super().__init__()
-        self.model = model
-        self.top_k = top_k
-        self.k = k
-        self._popular_item_ids = tf.constant(np.asarray(popular_item_ids[:k]).astype(str))
-        self._popular_scores = tf.constant(np.asarray(popular_scores[:k]), tf.float32)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name=SESSION_INPUT)])
-    def serve(self, session_item_ids: tf.Tensor) -> dict:
-        known = tf.where(self.model.item_lookup(session_item_ids) > 0, session_item_ids, "")
-        recent = most_recent_left_padded(known, self.model.max_length)
-        scores, item_ids = self.top_k(self.model(recent), k=self.k)
-        has_items = tf.reduce_any(tf.not_equal(recent, ""), axis=1, keepdims=True)
-        return {
-            "item_ids": tf.where(has_items, item_ids, self._popular_item_ids[tf.newaxis]),
-            "scores": tf.where(has_items, scores, self._popular_scores[tf.newaxis]),
-        }

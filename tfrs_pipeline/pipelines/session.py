@@ -22,9 +22,9 @@ from tfrs_pipeline.config import RunConfig
 from tfrs_pipeline.data.sequence_examples import next_item_examples, training_windows
 from tfrs_pipeline.data.sessions import SessionData, load_sessions
 from tfrs_pipeline.export import serving_config, versioning
-from tfrs_pipeline.export.savedmodels import SERVING_SIGNATURE
+from tfrs_pipeline.export.savedmodels import SessionExport, save_session
 from tfrs_pipeline.models.cooccurrence import SequentialRules
-from tfrs_pipeline.models.session import SessionExport, SessionModel
+from tfrs_pipeline.models.session import SessionModel
 from tfrs_pipeline.pipelines.common import history, learning_rate, training_dataset, write_json_atomically
 from tfrs_pipeline.pipelines.progress import stage
 
@@ -235,12 +235,7 @@ def export(config: RunConfig, version: int, model: SessionModel, catalog: Sessio
     popular = catalog.click_counts[1:k + 1]  # the catalog is indexed by popularity
     module = SessionExport(model, top_k_layer, catalog.item_ids[:k], popular / catalog.click_counts.sum(), k)
     uses_scann = len(catalog) >= index.MIN_SCANN_CANDIDATES
-
-    def write(path: str) -> None:
-        tf.saved_model.save(module, path, signatures={SERVING_SIGNATURE: module.serve},
-                            options=index.SCANN_SAVE_OPTIONS if uses_scann else None)
-
     base_path = pathlib.Path(config.export_dir) / MODEL_NAME
-    versioning.write_version(base_path, write, version)
+    versioning.write_version(base_path, lambda path: save_session(module, path, uses_scann), version)
     serving_config.upsert_model(config.serving_config_path,
                                 serving_config.ModelEntry(name=MODEL_NAME, base_path=os.path.abspath(base_path)))
