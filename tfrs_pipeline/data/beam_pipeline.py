@@ -40,10 +40,10 @@ import tfrs_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow is import
 from tfrs_pipeline.config import HOLDOUTS
 from tfrs_pipeline.data import tfrecords
 from tfrs_pipeline.data.errors import DataError
-from tfrs_pipeline.data.movielens import (MovieLens, _keep_first_users, _parse_movies, _parse_ratings,
-                                          _parse_users)
+from tfrs_pipeline.data.movielens import (MovieLens, keep_first_users, parse_movies, parse_ratings,
+                                          parse_users)
 from tfrs_pipeline.data.sequence_examples import training_windows, with_user_features
-from tfrs_pipeline.data.split import UserSequences, _user_order, leave_last_out, user_sequences
+from tfrs_pipeline.data.split import UserSequences, leave_last_out, user_order, user_sequences
 
 LOCAL_RUNNER = "DirectRunner"
 CHUNK_BYTES = 4 << 20  # about 200K ratings per parse task
@@ -64,9 +64,9 @@ def build_pipeline(pipeline: beam.Pipeline, data_dir: str, output_dir: str, *, m
       chunk_bytes: size of the pieces of ratings.dat that are parsed in parallel.
     """
     movies = (pipeline | "Movies" >> beam.Create([_path(data_dir, "movies.dat")])
-              | "ParseMovies" >> beam.Map(lambda path: _parse_movies(path, _read_file(path))))
+              | "ParseMovies" >> beam.Map(lambda path: parse_movies(path, _read_file(path))))
     users = (pipeline | "Users" >> beam.Create([_path(data_dir, "users.dat")])
-             | "ParseUsers" >> beam.Map(lambda path: _parse_users(path, _read_file(path))))
+             | "ParseUsers" >> beam.Map(lambda path: parse_users(path, _read_file(path))))
     ratings_path = _path(data_dir, "ratings.dat")
     ratings_by_user = (
         pipeline | "Ratings" >> beam.Create([ratings_path])
@@ -141,13 +141,13 @@ def _parse_rating_chunk(chunk: tuple[int, bytes], path: str, max_users: int | No
     """Parses lines with the loader's parser; yields (user_id, (line, movie_id, rating, timestamp))."""
     first_line, data = chunk
     try:
-        ratings = _parse_ratings(path, data, movies=movies, users=users)
+        ratings = parse_ratings(path, data, movies=movies, users=users)
     except DataError as error:
         line = None if error.line is None else error.line + first_line - 1
         raise DataError(error.path, line, error.field, error.problem) from None
     ratings["line"] = np.arange(first_line, first_line + len(ratings))
     if max_users is not None:
-        ratings = _keep_first_users(MovieLens(ratings=ratings, movies=movies, users=users), max_users).ratings
+        ratings = keep_first_users(MovieLens(ratings=ratings, movies=movies, users=users), max_users).ratings
     for user_id, line, movie_id, rating, timestamp in zip(
             ratings["user_id"], ratings["line"], ratings["movie_id"], ratings["user_rating"], ratings["timestamp"]):
         yield user_id, (int(line), movie_id, float(rating), int(timestamp))
@@ -176,7 +176,7 @@ def retrieval_training_sequences(sequences: UserSequences, holdout: str) -> User
 def _user_vocabulary_order(user_ids: list[str]) -> list[str]:
     """The order of `split.user_sequences` (numeric ids numerically), which `tfrecords` reads back in."""
     user_ids = np.asarray(user_ids, dtype=str)
-    return list(user_ids[_user_order(user_ids)])
+    return list(user_ids[user_order(user_ids)])
 
 
 def _catalog_order(rated_item_ids: list[str], movies: pd.DataFrame) -> list[str]:

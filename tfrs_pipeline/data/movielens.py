@@ -117,7 +117,7 @@ def load_movielens(source: str | os.PathLike | None = None, *, max_users: int | 
         movielens = _load_from_tfds()
     else:
         movielens = _parse_ml1m_files(_read_ml1m_files(pathlib.Path(source)))
-    return movielens if max_users is None else _keep_first_users(movielens, max_users)
+    return movielens if max_users is None else keep_first_users(movielens, max_users)
 
 
 def from_tfds_records(
@@ -186,7 +186,8 @@ def _sorted_by_numeric_id(table: pd.DataFrame, id_column: str) -> pd.DataFrame:
     return table.sort_values(id_column, key=lambda ids: ids.astype(np.int64), kind="stable").reset_index(drop=True)
 
 
-def _keep_first_users(movielens: MovieLens, max_users: int) -> MovieLens:
+def keep_first_users(movielens: MovieLens, max_users: int) -> MovieLens:
+    """The ``max_users`` lowest user ids, their ratings and the movies (the small slices tests and demos use)."""
     kept_user_ids = np.sort(movielens.users["user_id"].astype(np.int64).to_numpy())[:max_users].astype(str)
     kept_users = movielens.users["user_id"].isin(kept_user_ids)
     kept_ratings = movielens.ratings["user_id"].isin(kept_user_ids)
@@ -233,13 +234,17 @@ def _read_zip_members(archive_path: pathlib.Path) -> dict[str, tuple[str, bytes]
 # --- Parsing and validating ---------------------------------------------------------------------
 
 def _parse_ml1m_files(files: Mapping[str, tuple[str, bytes]]) -> MovieLens:
-    movies = _parse_movies(*files["movies.dat"])
-    users = _parse_users(*files["users.dat"])
-    ratings = _parse_ratings(*files["ratings.dat"], movies=movies, users=users)
+    movies = parse_movies(*files["movies.dat"])
+    users = parse_users(*files["users.dat"])
+    ratings = parse_ratings(*files["ratings.dat"], movies=movies, users=users)
     return MovieLens(ratings=ratings, movies=movies, users=users)
 
 
-def _parse_ratings(path: str, data: bytes, *, movies: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+def parse_ratings(path: str, data: bytes, *, movies: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+    """``ratings.dat`` bytes as a table; bad lines and unknown movie or user ids raise ``DataError`` naming them.
+
+    Public because the Beam pipeline parses the file in chunks with the same rules.
+    """
     table = _read_dat(path, data, _RATINGS_FIELDS, integer_fields=_RATINGS_FIELDS)
     rating = table["user_rating"].to_numpy()
     _raise_at_first(path, (rating < 1) | (rating > 5), table["user_rating"], "is not a rating from 1 to 5")
@@ -254,7 +259,8 @@ def _parse_ratings(path: str, data: bytes, *, movies: pd.DataFrame, users: pd.Da
     })
 
 
-def _parse_movies(path: str, data: bytes) -> pd.DataFrame:
+def parse_movies(path: str, data: bytes) -> pd.DataFrame:
+    """``movies.dat`` bytes as a table (genres as label ids); shared with the Beam pipeline."""
     table = _read_dat(path, data, _MOVIES_FIELDS, integer_fields=("movie_id",))
     _raise_at_first(path, table["movie_id"].duplicated().to_numpy(), table["movie_id"], "is already defined above")
     genre_names = table["movie_genres"].str.split("|")
@@ -271,7 +277,8 @@ def _parse_movies(path: str, data: bytes) -> pd.DataFrame:
     })
 
 
-def _parse_users(path: str, data: bytes) -> pd.DataFrame:
+def parse_users(path: str, data: bytes) -> pd.DataFrame:
+    """``users.dat`` bytes as a table of the TFDS feature names; shared with the Beam pipeline."""
     table = _read_dat(path, data, _USERS_FIELDS, integer_fields=("user_id", "bucketized_user_age", "user_occupation_label"))
     _raise_at_first(path, table["user_id"].duplicated().to_numpy(), table["user_id"], "is already defined above")
     gender = table["user_gender"]

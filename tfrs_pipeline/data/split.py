@@ -67,13 +67,13 @@ def user_sequences(ratings: pd.DataFrame) -> UserSequences:
     user_codes, unique_user_ids = pd.factorize(ratings["user_id"].to_numpy(dtype=str))
     unique_user_ids = np.asarray(unique_user_ids, dtype=str)
     user_rank = np.empty(len(unique_user_ids), dtype=np.int64)
-    user_rank[_user_order(unique_user_ids)] = np.arange(len(unique_user_ids))
+    user_rank[user_order(unique_user_ids)] = np.arange(len(unique_user_ids))
     row_user_rank = user_rank[user_codes]
     timestamps = ratings["timestamp"].to_numpy(np.int64)
     order = np.lexsort((timestamps, row_user_rank))  # Stable: equal keys keep table order.
     boundaries = np.flatnonzero(np.diff(row_user_rank[order])) + 1
     return UserSequences(
-        user_ids=unique_user_ids[_user_order(unique_user_ids)],
+        user_ids=unique_user_ids[user_order(unique_user_ids)],
         item_ids=np.split(ratings["movie_id"].to_numpy(dtype=str)[order], boundaries),
         timestamps=np.split(timestamps[order], boundaries),
         ratings=np.split(ratings["user_rating"].to_numpy(np.float32)[order], boundaries),
@@ -117,7 +117,7 @@ def leave_last_out(sequences: UserSequences, n: int = 1) -> tuple[UserSequences,
     return history, held_out[:, 0] if n == 1 else held_out
 
 
-def _user_order(user_ids: np.ndarray) -> np.ndarray:
+def user_order(user_ids: np.ndarray) -> np.ndarray:
     """Indices that sort `user_ids` numerically when all are integers, else lexicographically."""
     if all(user_id.lstrip("-").isdigit() for user_id in user_ids):
         return np.argsort(user_ids.astype(np.int64), kind="stable")
