@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrs_pipeline import recommend
+from tfrs_pipeline import index, recommend
 from tfrs_pipeline.config import RunConfig
+from tfrs_pipeline.data.sessions import load_sessions
+from tfrs_pipeline.export.savedmodels import SessionExport
 from tfrs_pipeline.export.serving_config import read_config
 from tfrs_pipeline.pipelines import session
 from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
@@ -126,3 +128,34 @@ def test_served_through_the_model_server_with_the_grpc_stubs(session_export):
     assert [item.item_id for item in next_items.items] == [
         item_id.decode() for item_id in expected["item_ids"].numpy()[0][:5]]
     assert exit_code == 0 and "Top 3 for this session" in printed.getvalue()
+
+
+def test_served_lists_add_the_learned_repeat_bonus_as_the_evaluation_does(shared_data_dir, tmp_path):
+    """The export's merge of index hits and session items gives the full-catalog order the metrics use."""
+    folder = tmp_path / "slice"
+    folder.mkdir()
+    for name, lines in (("train_sessions.txt", 800), ("test.tsv", 200)):
+        with open(shared_data_dir / "diginetica" / name) as file:
+            (folder / name).write_text("".join(line for _, line in zip(range(lines), file)))
+    config = RunConfig(task="session", data_dir=str(folder), **{**SMALL_SESSION_RUN, "epochs": 1})
+    data = load_sessions(folder, "srgnn")
+    catalog = session.SessionCatalog(data.train_sessions)
+    model, _ = session.train(config, data, catalog)
+    # A bonus large enough to lift session items over any cosine (|score| <= scale) and to order them by recency.
+    model.repeat_bonus.assign(np.linspace(100.0, 60.0, config.max_length, dtype=np.float32))
+    prefixes = [prefix for prefix in data.test_prefixes if 2 <= len(prefix) <= 20][:20]
+    k = 10
+    top_k = index.build_top_k("brute_force", tf.constant(catalog.item_ids.astype(str)),
+                              model.catalog_embeddings()[1:], k)
+    export = SessionExport(model, top_k, catalog.item_ids[:k], np.ones(k), k)
+    served = export.serve(tf.constant([list(prefix) + [""] * (20 - len(prefix)) for prefix in prefixes]))
+    queries = session.session_queries(model, prefixes)
+    cases, items, bonuses = session.repeat_bonuses(model, catalog, prefixes)
+    scores = queries @ model.catalog_embeddings().numpy().T
+    np.add.at(scores, (cases, items), bonuses)
+    scores[:, 0] = -np.inf
+    expected = catalog.item_ids[np.argsort(-scores, axis=1, kind="stable")[:, :k] - 1].astype(str)
+    assert np.array_equal(served["item_ids"].numpy().astype(str), expected)
+    assert np.allclose(served["scores"].numpy(), -np.sort(-scores, axis=1)[:, :k], atol=1e-3)
+    most_recent_first = list(dict.fromkeys(prefixes[0][::-1]))
+    assert list(expected[0, :len(most_recent_first)]) == most_recent_first

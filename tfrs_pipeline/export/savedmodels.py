@@ -190,8 +190,9 @@ class SessionExport(tf.Module):
 
     Unknown ids are dropped before encoding, as if never clicked; a session left with no known
     item gets the most popular items (scores: their share of training clicks). Sessions longer than
-    the model's slots keep their most recent items. The unit-length item table the encoder reads is
-    stored once at export rather than normalised again on every request.
+    the model's slots keep their most recent items. Items of the session carry the model's repeat
+    bonus. The unit-length item table the encoder reads is stored once at export rather than
+    normalised again on every request.
 
     Args:
       model: the trained session model.
@@ -215,12 +216,37 @@ class SessionExport(tf.Module):
         known = tf.where(self.model.item_lookup(session_item_ids) > 0, session_item_ids, "")
         recent = most_recent_left_padded(known, self.model.max_length)
         queries = self.model.sequence_queries(recent, False, self._catalog_embeddings)[:, -1]
-        scores, item_ids = self.top_k(queries, k=self.k)
+        scores, item_ids = self._with_repeats(queries, recent, *self.top_k(queries, k=self.k))
         has_items = tf.reduce_any(tf.not_equal(recent, ""), axis=1, keepdims=True)
         return {
             "item_ids": tf.where(has_items, item_ids, self._popular_item_ids[tf.newaxis]),
             "scores": tf.where(has_items, scores, self._popular_scores[tf.newaxis]),
         }
+
+    def _with_repeats(self, queries: tf.Tensor, recent: tf.Tensor, index_scores: tf.Tensor,
+                      index_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The top k once the session's own items carry their repeat bonus.
+
+        The index scores items by the dot product alone, so it may miss a session item the bonus
+        lifts. Each session item is therefore scored exactly (dot product plus the bonus of all its
+        clicks, listed once, at its most recent slot) and competes with the index's list, from which
+        the session items are removed.
+        """
+        indices = self.model.item_lookup(recent)  # [B, W]
+        slot_scores = tf.einsum("bd,bwd->bw", queries, tf.gather(self._catalog_embeddings, indices))
+        width = tf.shape(recent)[1]
+        same_item = tf.logical_and(tf.equal(indices[:, :, tf.newaxis], indices[:, tf.newaxis, :]),
+                                   indices[:, tf.newaxis, :] > 0)  # [B, slot, other slot]
+        bonus = tf.reduce_sum(tf.where(same_item, self.model.last_slot_bonus(width)[tf.newaxis, tf.newaxis], 0.0), -1)
+        later_slot = tf.range(width)[tf.newaxis, :] > tf.range(width)[:, tf.newaxis]  # [slot, other slot]
+        clicked_again_later = tf.reduce_any(tf.logical_and(same_item, later_slot[tf.newaxis]), -1)
+        listed = tf.logical_and(indices > 0, tf.logical_not(clicked_again_later))
+        session_scores = tf.where(listed, slot_scores + bonus, -np.inf)
+        in_session = tf.reduce_any(tf.equal(index_item_ids[:, :, tf.newaxis], recent[:, tf.newaxis, :]), -1)
+        scores = tf.concat([tf.where(in_session, -np.inf, index_scores), session_scores], axis=1)
+        item_ids = tf.concat([index_item_ids, recent], axis=1)
+        best_scores, positions = tf.math.top_k(scores, k=self.k)
+        return best_scores, tf.gather(item_ids, positions, batch_dims=1)
 
 
 def save_retrieval(module: RetrievalExport, path: str | os.PathLike, uses_scann: bool) -> None:

@@ -10,12 +10,25 @@ cost grows with the negative budget, not the catalog, which is what lets the sam
 catalog of millions; ``num_negatives=None`` instead scores the whole catalog (exact softmax).
 
 It works on plain tensors (queries, positive indices, catalog embeddings), so the two-tower
-retrieval model and the session model share it whatever their towers look like.
+retrieval model and the session model share it whatever their towers look like. A model may add a
+per-query bonus to some items' logits (the session model's repeat bonus) through ``logit_bonus``.
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import tensorflow as tf
+
+
+class LogitBonus(Protocol):
+    """Extra logits for some (query row, item) pairs, added before the softmax."""
+
+    def for_items(self, items: tf.Tensor) -> tf.Tensor:
+        """[P] the bonus of one item per row."""
+
+    def for_candidates(self, candidates: tf.Tensor, num_items: int) -> tf.Tensor:
+        """[P, S] the bonus of the distinct items ``candidates`` [S] for every row."""
 
 
 class MixedNegativeSoftmax:
@@ -33,23 +46,28 @@ class MixedNegativeSoftmax:
         frequencies = target_counts / max(1, target_counts.sum())
         self._log_one_minus_frequency = tf.constant(np.log1p(-np.minimum(frequencies, 1 - 1e-7)), tf.float32)
 
-    def loss(self, queries: tf.Tensor, positives: tf.Tensor, catalog_embeddings: tf.Tensor) -> tf.Tensor:
+    def loss(self, queries: tf.Tensor, positives: tf.Tensor, catalog_embeddings: tf.Tensor,
+             logit_bonus: LogitBonus | None = None) -> tf.Tensor:
         """Mean cross-entropy over the P rows.
 
         Args:
           queries: [P, dim] one query per target.
           positives: [P] int64 catalog indices (1..N) of the targets.
           catalog_embeddings: [N + 1, dim]; row 0 (unknown item) never competes.
+          logit_bonus: added to the logits of the items it names, row by row.
         """
         if self.num_negatives is None:
             logits = tf.matmul(queries, catalog_embeddings[1:], transpose_b=True)
+            if logit_bonus is not None:
+                logits += logit_bonus.for_candidates(tf.range(1, self._num_items + 1, dtype=positives.dtype),
+                                                     self._num_items)
             labels = positives - 1
         else:
-            logits, labels = self.sampled_logits(queries, positives, catalog_embeddings)
+            logits, labels = self.sampled_logits(queries, positives, catalog_embeddings, logit_bonus)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
-    def sampled_logits(self, queries: tf.Tensor, positives: tf.Tensor,
-                       catalog_embeddings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def sampled_logits(self, queries: tf.Tensor, positives: tf.Tensor, catalog_embeddings: tf.Tensor,
+                       logit_bonus: LogitBonus | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """Logits [P, 1 + S] with the positive in column 0, all corrected by log P(drawn); labels [P] (zeros)."""
         num_in_batch = self.num_negatives // 2
         num_uniform = self.num_negatives - num_in_batch
@@ -66,6 +84,9 @@ class MixedNegativeSoftmax:
         positive_logits -= log_draw_probability(positives)
         negative_logits = tf.matmul(queries, tf.gather(catalog_embeddings, negatives), transpose_b=True)
         negative_logits -= log_draw_probability(negatives)[tf.newaxis, :]
+        if logit_bonus is not None:
+            positive_logits += logit_bonus.for_items(positives)
+            negative_logits += logit_bonus.for_candidates(negatives, self._num_items)
         accidental_hit = tf.equal(positives[:, tf.newaxis], negatives[tf.newaxis, :])
         negative_logits = tf.where(accidental_hit, tf.float32.min, negative_logits)
         logits = tf.concat([positive_logits[:, tf.newaxis], negative_logits], axis=1)

@@ -9,6 +9,13 @@ Gupta et al. 2019): without it the softmax favours popular items through their e
 which hurts the long tail that session data is full of. Every prefix of every session trains at
 once (prefix -> next item) with the shared mixed-negative sampled softmax, or the full softmax.
 
+Shoppers go back to what they just looked at: on DIGINETICA a fifth of the next clicks are an item
+already in the session, and one in eleven is the item on screen. A dot product with one query
+vector cannot put several earlier items on top at once, so each item of the session gets a learned
+bonus added to its score, by how recently it was clicked (``repeat_bonus[r]`` for an item clicked r
+clicks before the query; repeated clicks add up). The bonus trains with everything else, inside the
+same softmax, so the model learns how much a repeat is worth against a new item.
+
 Its serving signature is ``export.savedmodels.SessionExport``.
 """
 from __future__ import annotations
@@ -49,6 +56,7 @@ class SessionModel(tfrs.models.Model):
         self._item_embedding.build(None)
         self.encoder = CausalTransformerEncoder(max_length, dim, num_blocks, num_heads, dropout)
         self._softmax = MixedNegativeSoftmax(target_counts, num_negatives)
+        self.repeat_bonus = self.add_weight(name="repeat_bonus", shape=[max_length], initializer="zeros")
 
     def catalog_embeddings(self) -> tf.Tensor:
         """[N + 1, dim] unit-length item embeddings; row 0 is the unknown item."""
@@ -67,12 +75,57 @@ class SessionModel(tfrs.models.Model):
         """[batch, dim]: the query after the most recent item (the last slot)."""
         return self.sequence_queries(session_item_ids, training)[:, -1]
 
+    def last_slot_bonus(self, width: int | tf.Tensor) -> tf.Tensor:
+        """[width] the repeat bonus of the item in each of ``width`` left-padded slots, for the query after the last."""
+        return tf.gather(self.repeat_bonus, tf.range(width - 1, -1, -1))
+
     def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
         """Every slot with a target predicts it (``history_item_ids`` -> ``target_item_ids``)."""
         targets = features["target_item_ids"]
         has_target = tf.not_equal(targets, "")
         catalog_embeddings = self.catalog_embeddings()
-        queries = tf.boolean_mask(
-            self.sequence_queries(features["history_item_ids"], training, catalog_embeddings), has_target)
+        history = features["history_item_ids"]
+        queries = tf.boolean_mask(self.sequence_queries(history, training, catalog_embeddings), has_target)
         positives = tf.boolean_mask(self.item_lookup(targets), has_target)
-        return self._softmax.loss(queries, positives, catalog_embeddings)
+        repeats = PrefixRepeats(self.item_lookup(history), has_target, self.repeat_bonus)
+        return self._softmax.loss(queries, positives, catalog_embeddings, repeats)
+
+
+class PrefixRepeats:
+    """The repeat bonus of every training query: items of its own prefix, weighted by how recent they are.
+
+    Query (b, t) is the state after slot t of window b; it has seen slots 0..t, and the item in slot
+    c gets ``bonus[t - c]``. Held as one (query row, item, bonus) triple per (b, t, c), so scores of any
+    set of candidates cost the triples, not queries x candidates x slots.
+
+    Args:
+      history: [B, W] catalog indices of the left-padded windows (0: padding).
+      has_target: [B, W] which slots are training queries (their rows, in order, are the loss's rows).
+      bonus: [max_length] bonus by recency (0: the query's own last item).
+    """
+
+    def __init__(self, history: tf.Tensor, has_target: tf.Tensor, bonus: tf.Tensor):
+        width = tf.shape(history)[1]
+        recency = tf.range(width)[:, tf.newaxis] - tf.range(width)[tf.newaxis, :]  # [t, c]
+        seen = tf.logical_and(has_target[:, :, tf.newaxis], recency[tf.newaxis] >= 0)
+        seen = tf.logical_and(seen, history[:, tf.newaxis, :] > 0)  # [B, t, c]
+        query_rows = tf.reshape(tf.cumsum(tf.cast(tf.reshape(has_target, [-1]), tf.int32)) - 1, tf.shape(has_target))
+        where = tf.cast(tf.where(seen), tf.int32)  # [M, 3]: b, t, c
+        self.num_rows = tf.reduce_sum(tf.cast(has_target, tf.int32))
+        self.rows = tf.gather_nd(query_rows, where[:, :2])
+        self.items = tf.gather_nd(history, tf.stack([where[:, 0], where[:, 2]], axis=1))
+        self.values = tf.gather(bonus, where[:, 1] - where[:, 2])
+
+    def for_items(self, items: tf.Tensor) -> tf.Tensor:
+        """[P] the bonus of ``items`` [P] (one catalog index per query row), e.g. the positives."""
+        matches = tf.cast(tf.equal(self.items, tf.gather(items, self.rows)), self.values.dtype)
+        return tf.math.unsorted_segment_sum(self.values * matches, self.rows, self.num_rows)
+
+    def for_candidates(self, candidates: tf.Tensor, num_items: int) -> tf.Tensor:
+        """[P, S] the bonus of ``candidates`` [S] (distinct catalog indices in 1..``num_items``) for every row."""
+        column_of_item = tf.scatter_nd(candidates[:, tf.newaxis], tf.range(1, tf.size(candidates) + 1),
+                                       [num_items + 1]) - 1
+        columns = tf.gather(column_of_item, self.items)
+        kept = columns >= 0
+        indices = tf.stack([tf.boolean_mask(self.rows, kept), tf.boolean_mask(columns, kept)], axis=1)
+        return tf.scatter_nd(indices, tf.boolean_mask(self.values, kept), tf.stack([self.num_rows, tf.size(candidates)]))

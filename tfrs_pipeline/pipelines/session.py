@@ -147,16 +147,34 @@ def session_queries(model: SessionModel, prefixes: list[np.ndarray]) -> np.ndarr
 
 def model_ranks(model: SessionModel, catalog: SessionCatalog, prefixes: list[np.ndarray], targets: np.ndarray,
                 excluded: list[np.ndarray] | None = None) -> np.ndarray:
-    """1-based rank of each target among all catalog items after its prefix (``excluded`` items removed)."""
+    """1-based rank of each target among all catalog items after its prefix (``excluded`` items removed).
+
+    An item's score is what serving computes: the query's dot product with it, plus the repeat bonus
+    of its clicks in the prefix.
+    """
     catalog_embeddings = model.catalog_embeddings().numpy()
     queries = session_queries(model, prefixes)
+    cases, items, bonuses = repeat_bonuses(model, catalog, prefixes)
 
     def scores(rows: slice) -> np.ndarray:
         batch_scores = queries[rows] @ catalog_embeddings.T
+        first, last = np.searchsorted(cases, [rows.start, rows.stop])
+        np.add.at(batch_scores, (cases[first:last] - rows.start, items[first:last]), bonuses[first:last])
         batch_scores[:, 0] = -np.inf
         return batch_scores
 
     return _ranks_in_batches(scores, catalog.indices(targets), excluded)
+
+
+def repeat_bonuses(model: SessionModel, catalog: SessionCatalog,
+                   prefixes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(case, catalog index, bonus) of every click in the prefixes' most recent ``max_length``, cases in order."""
+    recent = [prefix[-model.max_length:] for prefix in prefixes]
+    lengths = np.asarray([len(items) for items in recent])
+    cases = np.repeat(np.arange(len(recent)), lengths)
+    items = catalog.indices(np.concatenate(recent)) if len(cases) else np.zeros(0, np.int64)
+    clicks_ago = np.repeat(lengths - 1, lengths) - (np.arange(len(cases)) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    return cases, items, model.repeat_bonus.numpy()[clicks_ago]
 
 
 def _ranks_in_batches(scores: Callable[[slice], np.ndarray], target_indices: np.ndarray, excluded: list[np.ndarray] | None) -> np.ndarray:
