@@ -25,14 +25,14 @@ import time
 import numpy as np
 
 import tfrs_pipeline  # noqa: F401  (selects Keras 2 first)
-from tfrs_pipeline.config import RunConfig
+from tfrs_pipeline.config import SESSION_DEFAULTS, RunConfig
 from tfrs_pipeline.data.sessions import SessionData, load_sessions
 from tfrs_pipeline.pipelines import session
 
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = ("diginetica", "tmall", "ml1m")
-SESSION_SETTINGS = dict(max_length=50, embedding_dim=64, num_blocks=2, num_heads=2, dropout=0.2,
-                        num_negatives=2048, batch_size=256, learning_rate=2e-3, epochs=10)
+SESSION_SETTINGS = {**{name: getattr(RunConfig, name) for name in ("embedding_dim", "num_blocks", "num_heads")},
+                    **SESSION_DEFAULTS}  # what train --task=session runs with
 ML1M_SETTINGS = dict(SESSION_SETTINGS, max_length=200, batch_size=128, epochs=10)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrs_pipeline import index, recommend
-from tfrs_pipeline.config import RunConfig
+from tfrs_pipeline import index, recommend, train
+from tfrs_pipeline.config import SESSION_DEFAULTS, RunConfig
 from tfrs_pipeline.data.sessions import load_sessions
 from tfrs_pipeline.export.savedmodels import SessionExport
 from tfrs_pipeline.export.serving_config import read_config
@@ -159,3 +159,12 @@ def test_served_lists_add_the_learned_repeat_bonus_as_the_evaluation_does(shared
     assert np.allclose(served["scores"].numpy(), -np.sort(-scores, axis=1)[:, :k], atol=1e-3)
     most_recent_first = list(dict.fromkeys(prefixes[0][::-1]))
     assert list(expected[0, :len(most_recent_first)]) == most_recent_first
+
+
+def test_the_session_command_starts_from_the_session_defaults_and_flags_override_them():
+    config = train.parse_config(["--task=session", "--epochs=3", "--num_negatives=0"])
+    assert config.epochs == 3 and config.num_negatives is None  # given: the whole-catalog softmax
+    assert {name: getattr(config, name) for name in SESSION_DEFAULTS if name not in ("epochs", "num_negatives")} == {
+        name: value for name, value in SESSION_DEFAULTS.items() if name not in ("epochs", "num_negatives")}
+    movielens = train.parse_config([])
+    assert movielens.num_negatives is None and movielens.max_length == RunConfig.max_length

@@ -11,11 +11,12 @@ import sys
 from typing import Sequence
 
 import tfrs_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow builds anything)
-from tfrs_pipeline.config import DISTRIBUTIONS, HOLDOUTS, LEARNING_RATE_DECAYS, TASKS, RunConfig
+from tfrs_pipeline.config import DISTRIBUTIONS, HOLDOUTS, LEARNING_RATE_DECAYS, SESSION_DEFAULTS, TASKS, RunConfig
 from tfrs_pipeline.data.errors import DataError
 
 _HELP = {
-    "task": "two_stage: MovieLens retrieval + ranking; session: next item in anonymous sessions",
+    "task": "two_stage: MovieLens retrieval + ranking; session: next item in anonymous sessions (its own "
+            "defaults: " + ", ".join(f"{name}={value}" for name, value in SESSION_DEFAULTS.items()) + ")",
     "data_dir": "data folder or zip (default: $TFRS_PIPELINE_DATA_DIR); 'tfds' downloads through TFDS",
     "export_dir": "receives <model>/<version>/ SavedModels, metrics.json and runs/<version>/",
     "serving_config": "TF Serving ModelServerConfig to update (default: <export_dir>/models.config)",
@@ -24,7 +25,8 @@ _HELP = {
                       "timestamp; see tfrs_pipeline/data/sessions.py)",
     "session_test_days": "session task, events form: sessions starting in the last this many days are the test set",
     "max_users": "use only the users with the smallest ids (quick runs)",
-    "num_negatives": "sampled-softmax negatives per batch (in-batch + uniform, logQ-corrected); unset or 0: the whole catalog (exact, the default)",
+    "num_negatives": "sampled-softmax negatives per batch (in-batch + uniform, logQ-corrected); unset or 0: the "
+                     "whole catalog (exact; the two-stage default)",
     "learning_rate_decay": "retrieval and session training: cosine decays the learning rate to a twentieth over "
                            "the run; none keeps it constant",
     "user_id_embedding": "give the query tower a per-user embedding table",
@@ -39,24 +41,26 @@ _HELP = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(task_defaults: dict | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tfrs_pipeline.train", description=__doc__.splitlines()[0])
     for field in dataclasses.fields(RunConfig):
         name = f"--{field.name}"
-        help_text = _HELP.get(field.name, "") + (f" (default: {field.default})" if field.default is not None else "")
+        default = (task_defaults or {}).get(field.name, field.default)
+        help_text = _HELP.get(field.name, "") + (f" (default: {default})" if default is not None else "")
         if field.type == "bool":
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         kind = {"int": int, "float": float, "int | None": int}.get(field.type, str)
         choices = {"task": TASKS, "holdout": HOLDOUTS, "distribution": DISTRIBUTIONS,
                    "learning_rate_decay": LEARNING_RATE_DECAYS}.get(field.name)
-        parser.add_argument(name, type=kind, default=field.default, choices=choices, help=help_text)
+        parser.add_argument(name, type=kind, default=default, choices=choices, help=help_text)
     return parser
 
 
 def parse_config(argv: Sequence[str]) -> RunConfig:
-    """The run's configuration from command-line flags."""
-    values = vars(_parser().parse_args(argv))
+    """The run's configuration from command-line flags; flags left out take the task's defaults."""
+    task = _parser().parse_known_args(argv)[0].task
+    values = vars(_parser(SESSION_DEFAULTS if task == "session" else None).parse_args(argv))
     if values["num_negatives"] == 0:
         values["num_negatives"] = None
     return RunConfig(**values)
