@@ -22,13 +22,24 @@ import tensorflow as tf
 
 
 class LogitBonus(Protocol):
-    """Extra logits for some (query row, item) pairs, added before the softmax."""
+    """Extra logits for a few items of each query row (e.g. the items of the row's own session).
+
+    Those items are the row's own hard negatives: the sampled softmax drops them from the sampled
+    negatives and scores each of them exactly, once, with its bonus (no sampling correction, since
+    they are always there).
+    """
 
     def for_items(self, items: tf.Tensor) -> tf.Tensor:
-        """[P] the bonus of one item per row."""
+        """[P] the bonus of one item per row (0 where the row has none for it)."""
+
+    def row_items(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Each row's items with a bonus: catalog indices [P, R], bonus [P, R], and which are real [P, R]."""
 
     def for_candidates(self, candidates: tf.Tensor, num_items: int) -> tf.Tensor:
         """[P, S] the bonus of the distinct items ``candidates`` [S] for every row."""
+
+    def contains(self, candidates: tf.Tensor, num_items: int) -> tf.Tensor:
+        """[P, S] whether each of the distinct items ``candidates`` [S] is one of the row's items."""
 
 
 class MixedNegativeSoftmax:
@@ -84,10 +95,15 @@ class MixedNegativeSoftmax:
         positive_logits -= log_draw_probability(positives)
         negative_logits = tf.matmul(queries, tf.gather(catalog_embeddings, negatives), transpose_b=True)
         negative_logits -= log_draw_probability(negatives)[tf.newaxis, :]
-        if logit_bonus is not None:
-            positive_logits += logit_bonus.for_items(positives)
-            negative_logits += logit_bonus.for_candidates(negatives, self._num_items)
         accidental_hit = tf.equal(positives[:, tf.newaxis], negatives[tf.newaxis, :])
         negative_logits = tf.where(accidental_hit, tf.float32.min, negative_logits)
-        logits = tf.concat([positive_logits[:, tf.newaxis], negative_logits], axis=1)
-        return logits, tf.zeros_like(positives)
+        logits = [positive_logits[:, tf.newaxis], negative_logits]
+        if logit_bonus is not None:
+            logits[0] += logit_bonus.for_items(positives)[:, tf.newaxis]
+            row_items, row_bonus, real = logit_bonus.row_items()
+            drawn_row_item = logit_bonus.contains(negatives, self._num_items)
+            logits[1] = tf.where(drawn_row_item, tf.float32.min, negative_logits)
+            row_logits = tf.einsum("pd,prd->pr", queries, tf.gather(catalog_embeddings, row_items)) + row_bonus
+            competes = tf.logical_and(real, tf.not_equal(row_items, positives[:, tf.newaxis]))
+            logits.append(tf.where(competes, row_logits, tf.float32.min))
+        return tf.concat(logits, axis=1), tf.zeros_like(positives)

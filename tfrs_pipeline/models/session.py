@@ -95,8 +95,10 @@ class PrefixRepeats:
     """The repeat bonus of every training query: items of its own prefix, weighted by how recent they are.
 
     Query (b, t) is the state after slot t of window b; it has seen slots 0..t, and the item in slot
-    c gets ``bonus[t - c]``. Held as one (query row, item, bonus) triple per (b, t, c), so scores of any
-    set of candidates cost the triples, not queries x candidates x slots.
+    c gets ``bonus[t - c]`` (an item clicked twice gets both). Sampled negatives would rarely include
+    a query's own session items, so the bonus would only ever be rewarded (when the next click is a
+    repeat) and never charged (when it is not): ``row_items`` makes every row's session items
+    compete, each once, with its bonus.
 
     Args:
       history: [B, W] catalog indices of the left-padded windows (0: padding).
@@ -106,26 +108,43 @@ class PrefixRepeats:
 
     def __init__(self, history: tf.Tensor, has_target: tf.Tensor, bonus: tf.Tensor):
         width = tf.shape(history)[1]
-        recency = tf.range(width)[:, tf.newaxis] - tf.range(width)[tf.newaxis, :]  # [t, c]
+        slots = tf.range(width)
+        recency = slots[:, tf.newaxis] - slots[tf.newaxis, :]  # [t, c]
         seen = tf.logical_and(has_target[:, :, tf.newaxis], recency[tf.newaxis] >= 0)
-        seen = tf.logical_and(seen, history[:, tf.newaxis, :] > 0)  # [B, t, c]
-        query_rows = tf.reshape(tf.cumsum(tf.cast(tf.reshape(has_target, [-1]), tf.int32)) - 1, tf.shape(has_target))
-        where = tf.cast(tf.where(seen), tf.int32)  # [M, 3]: b, t, c
-        self.num_rows = tf.reduce_sum(tf.cast(has_target, tf.int32))
-        self.rows = tf.gather_nd(query_rows, where[:, :2])
-        self.items = tf.gather_nd(history, tf.stack([where[:, 0], where[:, 2]], axis=1))
-        self.values = tf.gather(bonus, where[:, 1] - where[:, 2])
+        seen = tf.logical_and(seen, history[:, tf.newaxis, :] > 0)  # [B, t, c]: query (b, t) has seen slot c
+        slot_bonus = tf.where(recency >= 0, tf.gather(bonus, tf.maximum(recency, 0)), 0.0)  # [t, c]
+        same_item = tf.cast(tf.equal(history[:, :, tf.newaxis], history[:, tf.newaxis, :]), tf.float32)  # [B, c, c']
+        # The bonus of all the item's clicks that query t has seen, and whether one of them is after slot c.
+        item_bonus = tf.einsum("bcd,td->btc", same_item, slot_bonus)
+        after_c_up_to_t = tf.cast(tf.logical_and(slots[tf.newaxis, tf.newaxis, :] > slots[tf.newaxis, :, tf.newaxis],
+                                                 recency[:, tf.newaxis, :] >= 0), tf.float32)  # [t, c, c']
+        clicked_again = tf.einsum("bcd,tcd->btc", same_item, after_c_up_to_t) > 0
+        self._items = tf.boolean_mask(tf.broadcast_to(history[:, tf.newaxis, :], tf.shape(seen)), has_target)
+        self._item_bonus = tf.boolean_mask(item_bonus, has_target)
+        self._listed = tf.boolean_mask(tf.logical_and(seen, tf.logical_not(clicked_again)), has_target)
 
     def for_items(self, items: tf.Tensor) -> tf.Tensor:
         """[P] the bonus of ``items`` [P] (one catalog index per query row), e.g. the positives."""
-        matches = tf.cast(tf.equal(self.items, tf.gather(items, self.rows)), self.values.dtype)
-        return tf.math.unsorted_segment_sum(self.values * matches, self.rows, self.num_rows)
+        matches = tf.logical_and(self._listed, tf.equal(self._items, items[:, tf.newaxis]))
+        return tf.reduce_sum(tf.where(matches, self._item_bonus, 0.0), axis=1)
+
+    def row_items(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Each row's session items: catalog indices [P, W], their bonus [P, W], and which to list [P, W]."""
+        return self._items, self._item_bonus, self._listed
 
     def for_candidates(self, candidates: tf.Tensor, num_items: int) -> tf.Tensor:
         """[P, S] the bonus of ``candidates`` [S] (distinct catalog indices in 1..``num_items``) for every row."""
+        return self._scatter(candidates, num_items, self._item_bonus)
+
+    def contains(self, candidates: tf.Tensor, num_items: int) -> tf.Tensor:
+        """[P, S] whether each of ``candidates`` [S] (distinct catalog indices) is in the row's session."""
+        return self._scatter(candidates, num_items, tf.ones_like(self._item_bonus)) > 0
+
+    def _scatter(self, candidates: tf.Tensor, num_items: int, values: tf.Tensor) -> tf.Tensor:
         column_of_item = tf.scatter_nd(candidates[:, tf.newaxis], tf.range(1, tf.size(candidates) + 1),
                                        [num_items + 1]) - 1
-        columns = tf.gather(column_of_item, self.items)
-        kept = columns >= 0
-        indices = tf.stack([tf.boolean_mask(self.rows, kept), tf.boolean_mask(columns, kept)], axis=1)
-        return tf.scatter_nd(indices, tf.boolean_mask(self.values, kept), tf.stack([self.num_rows, tf.size(candidates)]))
+        columns = tf.gather(column_of_item, self._items)
+        kept = tf.logical_and(self._listed, columns >= 0)
+        rows = tf.broadcast_to(tf.range(tf.shape(columns)[0])[:, tf.newaxis], tf.shape(columns))
+        indices = tf.stack([tf.boolean_mask(rows, kept), tf.boolean_mask(columns, kept)], axis=1)
+        return tf.scatter_nd(indices, tf.boolean_mask(values, kept), tf.stack([tf.shape(columns)[0], tf.size(candidates)]))
