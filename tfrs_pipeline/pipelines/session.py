@@ -106,7 +106,8 @@ def train(config: RunConfig, data: SessionData, catalog: SessionCatalog) -> tupl
         keras_history = model.fit(dataset, epochs=config.epochs, verbose=config.verbose, callbacks=callbacks)
     return model, {"training": history(keras_history), "training_seconds": time.perf_counter() - started,
                    "training_cpu_seconds": time.process_time() - cpu_started,
-                   "training_windows": int(len(examples["history_item_ids"]))}
+                   "training_windows": int(len(examples["history_item_ids"])),
+                   "repeat_bonus_by_recency": [round(float(value), 4) for value in model.repeat_bonus.numpy()]}
 
 
 class MonitoredRanking(tf.keras.callbacks.Callback):
