@@ -62,7 +62,7 @@ def run_dataset(name: str, data_root: pathlib.Path, settings: dict) -> dict:
     print(f"\n{name}\n" + session.format_metrics_table(figures), flush=True)
     return {"dataset": name, "settings": settings, "catalog_items": len(catalog),
             "training_seconds": record["training_seconds"], "training_cpu_seconds": record["training_cpu_seconds"],
-            "training": record["training"],
+            "training": record["training"], "repeat_bonus_by_recency": record["repeat_bonus_by_recency"],
             "evaluation": figures, "total_seconds": time.perf_counter() - started,
             "load_average_before": load_before, "load_average_after": os.getloadavg(), "cpus": os.cpu_count()}
 
