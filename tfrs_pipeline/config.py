@@ -38,7 +38,7 @@ class RunConfig:
     embedding_dim: int = 64
     num_blocks: int = 2
     num_heads: int = 2
-    dropout: float = 0.2
+    dropout: float = 0.05
     user_id_embedding: bool = False
     num_negatives: int | None = None
     batch_size: int = 128
