@@ -1,0 +1,49 @@
+"""The hand-fused whole-catalog softmax loss against TensorFlow's own op, values and gradients."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrs_pipeline.models.sampled_softmax import MixedNegativeSoftmax, full_softmax_cross_entropy
+
+
+def _loss_and_gradients(loss_fn, *inputs):
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        loss = loss_fn(*inputs)
+    return loss, tape.gradient(loss, inputs)
+
+
+@pytest.mark.parametrize("with_bonus", [False, True])
+def test_fused_loss_equals_the_library_op(with_bonus):
+    rng = np.random.default_rng(0)
+    queries = tf.constant(rng.normal(size=(40, 8)) * 3, tf.float32)  # large logits: must stay finite
+    items = tf.constant(rng.normal(size=(25, 8)) * 3, tf.float32)
+    labels = tf.constant(rng.integers(0, 25, 40))
+    bonus = tf.constant(rng.normal(size=(40, 25)), tf.float32) if with_bonus else tf.zeros([40, 25])
+
+    def library(queries, items, bonus):
+        logits = tf.matmul(queries, items, transpose_b=True) + bonus
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+    def fused(queries, items, bonus):
+        return full_softmax_cross_entropy(queries, items, labels, bonus if with_bonus else None)
+
+    expected_loss, expected_gradients = _loss_and_gradients(library, queries, items, bonus)
+    loss, gradients = _loss_and_gradients(fused, queries, items, bonus)
+    assert np.isfinite(loss.numpy()) and np.isclose(loss.numpy(), expected_loss.numpy(), rtol=1e-5)
+    compared = gradients if with_bonus else gradients[:2]
+    for gradient, expected in zip(compared, expected_gradients):
+        np.testing.assert_allclose(gradient.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
+    if not with_bonus:
+        assert gradients[2] is None  # an absent bonus is not an input of the loss
+
+
+def test_whole_catalog_loss_skips_the_unknown_item_row():
+    rng = np.random.default_rng(1)
+    catalog = tf.constant(rng.normal(size=(11, 4)), tf.float32)  # row 0: the unknown item
+    queries = tf.constant(rng.normal(size=(6, 4)), tf.float32)
+    positives = tf.constant([1, 2, 3, 10, 10, 5], tf.int64)
+    softmax = MixedNegativeSoftmax(np.r_[0, np.ones(10)], num_negatives=None)
+    logits = tf.matmul(queries, catalog[1:], transpose_b=True)
+    expected = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positives - 1, logits=logits)
+    assert np.isclose(softmax.loss(queries, positives, catalog).numpy(), tf.reduce_mean(expected).numpy(), rtol=1e-6)
