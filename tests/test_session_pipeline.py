@@ -134,10 +134,10 @@ def test_served_through_the_model_server_with_the_grpc_stubs(session_export):
     assert exit_code == 0 and "Top 3 for this session" in printed.getvalue()
 
 
-def test_served_lists_add_the_learned_repeat_bonus_as_the_evaluation_does(shared_data_dir, tmp_path):
-    """The export's merge of index hits and session items gives the full-catalog order the metrics use."""
-    folder = tmp_path / "slice"
-    folder.mkdir()
+@pytest.fixture(scope="module")
+def slice_model(shared_data_dir, tmp_path_factory):
+    """(config, data, catalog, model): one epoch on a small DIGINETICA slice, kept in memory."""
+    folder = tmp_path_factory.mktemp("slice")
     for name, lines in (("train_sessions.txt", 800), ("test.tsv", 200)):
         with open(shared_data_dir / "diginetica" / name) as file:
             (folder / name).write_text("".join(line for _, line in zip(range(lines), file)))
@@ -145,6 +145,26 @@ def test_served_lists_add_the_learned_repeat_bonus_as_the_evaluation_does(shared
     data = load_sessions(folder, "srgnn")
     catalog = session.SessionCatalog(data.train_sessions)
     model, _ = session.train(config, data, catalog)
+    return config, data, catalog, model
+
+
+def test_evaluation_reads_sessions_as_serving_does_unknown_items_dropped(slice_model):
+    """Unknown ids take no slot and get no bonus; a session of unknown ids only gets the popular items."""
+    _, data, catalog, model = slice_model
+    prefixes = [prefix for prefix in data.test_prefixes if len(prefix) >= 2][:30]
+    targets = data.test_targets[:len(prefixes)]
+    with_unknown = [np.insert(prefix, [0, len(prefix) - 1], ["no-such-item", "nor-this"]) for prefix in prefixes]
+    assert np.array_equal(session.model_ranks(model, catalog, with_unknown, targets),
+                          session.model_ranks(model, catalog, prefixes, targets))
+    targets = catalog.item_ids[[0, 1, 50]]
+    ranks = session.model_ranks(model, catalog, [np.array(["no-such-item"], dtype=object)] * 3, targets)
+    clicks = catalog.click_counts[1:]
+    assert ranks.tolist() == [int((clicks >= clicks[column]).sum()) for column in (0, 1, 50)]
+
+
+def test_served_lists_add_the_learned_repeat_bonus_as_the_evaluation_does(slice_model):
+    """The export's merge of index hits and session items gives the full-catalog order the metrics use."""
+    config, data, catalog, model = slice_model
     # A bonus large enough to lift session items over any cosine (|score| <= scale) and to order them by recency.
     model.repeat_bonus.assign(np.linspace(100.0, 60.0, config.max_length, dtype=np.float32))
     prefixes = [prefix for prefix in data.test_prefixes if 2 <= len(prefix) <= 20][:20]
@@ -172,3 +192,4 @@ def test_the_session_command_starts_from_the_session_defaults_and_flags_override
         name: value for name, value in SESSION_DEFAULTS.items() if name not in ("epochs", "num_negatives")}
     movielens = train.parse_config([])
     assert movielens.num_negatives is None and movielens.max_length == RunConfig.max_length
+

@@ -150,9 +150,12 @@ def model_ranks(model: SessionModel, catalog: SessionCatalog, prefixes: list[np.
                 excluded: list[np.ndarray] | None = None) -> np.ndarray:
     """1-based rank of each target among all catalog items after its prefix (``excluded`` items removed).
 
-    An item's score is what serving computes: the query's dot product with it, plus the repeat bonus
-    of its clicks in the prefix.
+    An item's score is what serving computes: items the catalog does not know are dropped from the
+    prefix; then the query's dot product with each item, plus the repeat bonus of its clicks in the
+    prefix; a prefix left empty gets the most clicked items.
     """
+    prefixes = [prefix[catalog.indices(prefix) > 0] for prefix in prefixes]
+    is_empty = np.asarray([len(prefix) == 0 for prefix in prefixes])
     catalog_embeddings = model.catalog_embeddings().numpy()
     queries = session_queries(model, prefixes)
     cases, items, bonuses = repeat_bonuses(model, catalog, prefixes)
@@ -161,6 +164,7 @@ def model_ranks(model: SessionModel, catalog: SessionCatalog, prefixes: list[np.
         batch_scores = queries[rows] @ catalog_embeddings.T
         first, last = np.searchsorted(cases, [rows.start, rows.stop])
         np.add.at(batch_scores, (cases[first:last] - rows.start, items[first:last]), bonuses[first:last])
+        batch_scores[is_empty[rows]] = catalog.click_counts
         batch_scores[:, 0] = -np.inf
         return batch_scores
 
