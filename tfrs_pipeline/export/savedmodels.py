@@ -124,7 +124,7 @@ class RetrievalExport(tf.Module):
         self._catalog_embeddings = catalog_embeddings
 
     def _query(self, features: dict) -> tf.Tensor:
-        return self.query_tower.sequence_embeddings(features, False, self._catalog_embeddings)[:, -1]
+        return self.query_tower.query(features, False, self._catalog_embeddings)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
     def serve(self, user_id: tf.Tensor) -> dict:
@@ -215,7 +215,7 @@ class SessionExport(tf.Module):
     def serve(self, session_item_ids: tf.Tensor) -> dict:
         known = tf.where(self.model.item_lookup(session_item_ids) > 0, session_item_ids, "")
         recent = most_recent_left_padded(known, self.model.max_length)
-        queries = self.model.sequence_queries(recent, False, self._catalog_embeddings)[:, -1]
+        queries = self.model.query(recent, False, self._catalog_embeddings)
         scores, item_ids = self._with_repeats(queries, recent, *self.top_k(queries, k=self.k))
         has_items = tf.reduce_any(tf.not_equal(recent, ""), axis=1, keepdims=True)
         return {

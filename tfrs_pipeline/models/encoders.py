@@ -28,10 +28,13 @@ class TransformerBlock(tf.keras.layers.Layer):
         )
         self._dropout = tf.keras.layers.Dropout(dropout)
 
-    def call(self, sequence: tf.Tensor, attention_mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+    def call(self, sequence: tf.Tensor, attention_mask: tf.Tensor, training: bool = False,
+             last_only: bool = False) -> tf.Tensor:
+        """[batch, length, dim], or [batch, 1, dim] for the last slot only (``attention_mask`` [batch, 1, length])."""
         normed = self._attention_norm(sequence)
-        attended = self._attention(normed, normed, attention_mask=attention_mask, training=training)
-        sequence = sequence + self._dropout(attended, training=training)
+        queries, residual = (normed[:, -1:], sequence[:, -1:]) if last_only else (normed, sequence)
+        attended = self._attention(queries, normed, attention_mask=attention_mask, training=training)
+        sequence = residual + self._dropout(attended, training=training)
         transformed = self._feed_forward(self._feed_forward_norm(sequence), training=training)
         return sequence + self._dropout(transformed, training=training)
 
@@ -65,6 +68,19 @@ class CausalTransformerEncoder(tf.keras.layers.Layer):
           item_embeddings: [batch, length, dim], left-padded.
           padding_mask: [batch, length] bool, True where a real item is.
         """
+        return self._encode(item_embeddings, padding_mask, training, last_only=False)
+
+    def last_state(self, item_embeddings: tf.Tensor, padding_mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """[batch, dim]: ``call(...)[:, -1]`` without computing the other slots' outputs in the last block.
+
+        Serving, evaluation and export read only the state after the most recent item. The last
+        block still needs every slot's keys and values, but its attention and feed-forward run for
+        one slot instead of all of them.
+        """
+        return self._encode(item_embeddings, padding_mask, training, last_only=True)[:, -1]
+
+    def _encode(self, item_embeddings: tf.Tensor, padding_mask: tf.Tensor, training: bool,
+                last_only: bool) -> tf.Tensor:
         length = tf.shape(item_embeddings)[1]
         slots = tf.range(self.max_length - length, self.max_length)
         sequence = item_embeddings * tf.math.sqrt(tf.cast(tf.shape(item_embeddings)[-1], tf.float32))
@@ -74,8 +90,12 @@ class CausalTransformerEncoder(tf.keras.layers.Layer):
         attention_mask = tf.logical_and(causal[tf.newaxis], padding_mask[:, tf.newaxis, :])
         attention_mask = tf.logical_or(attention_mask, tf.eye(length, dtype=tf.bool)[tf.newaxis])
         keep = tf.cast(padding_mask, sequence.dtype)[..., tf.newaxis]
-        for block in self._blocks:
-            sequence = block(sequence * keep, attention_mask, training=training)
+        for position, block in enumerate(self._blocks):
+            if last_only and position == len(self._blocks) - 1:
+                sequence = block(sequence * keep, attention_mask[:, -1:], training=training, last_only=True)
+                keep = keep[:, -1:]
+            else:
+                sequence = block(sequence * keep, attention_mask, training=training)
         return self._output_norm(sequence) * keep
 
 

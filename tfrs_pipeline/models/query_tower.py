@@ -68,13 +68,24 @@ class QueryTower(tf.keras.Model):
         ``catalog_embeddings`` ([N + 1, dim], from ``ItemTower.embed_catalog``) may be passed in when
         the caller needs them anyway: embedding the catalog once is cheaper than every history slot.
         """
-        if catalog_embeddings is None:
-            catalog_embeddings = self.item_tower.embed_catalog()
-        history = features["history_item_ids"]
-        item_embeddings = tf.gather(catalog_embeddings, self.item_tower.indices(history))
-        states = self.encoder(item_embeddings, tf.not_equal(history, ""), training=training)
+        states = self.encoder(*self._history(features, catalog_embeddings), training=training)
         return states + self.user_embedding(features)[:, tf.newaxis, :]
+
+    def query(self, features: dict, training: bool = False, catalog_embeddings: tf.Tensor | None = None) -> tf.Tensor:
+        """[batch, dim]: ``sequence_embeddings(...)[:, -1]``, the query after the most recent item.
+
+        What serving, evaluation and export need; the encoder computes it for the last slot alone.
+        """
+        state = self.encoder.last_state(*self._history(features, catalog_embeddings), training=training)
+        return state + self.user_embedding(features)
 
     def call(self, features: dict, training: bool = False) -> tf.Tensor:
         """[batch, dim]: the query after the most recent item (the last slot)."""
-        return self.sequence_embeddings(features, training)[:, -1]
+        return self.query(features, training)
+
+    def _history(self, features: dict, catalog_embeddings: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+        """The history's item embeddings [batch, length, dim] and which slots hold an item [batch, length]."""
+        if catalog_embeddings is None:
+            catalog_embeddings = self.item_tower.embed_catalog()
+        history = features["history_item_ids"]
+        return tf.gather(catalog_embeddings, self.item_tower.indices(history)), tf.not_equal(history, "")

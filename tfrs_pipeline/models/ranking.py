@@ -64,7 +64,7 @@ class RankingModel(tfrs.models.Model):
         """
         history = self.query_tower.item_tower.indices(features["history_item_ids"])  # [B, L]
         return {
-            "query": self.query_tower.sequence_embeddings(features, False, catalog_embeddings)[:, -1],
+            "query": self.query_tower.query(features, False, catalog_embeddings),
             "last_item": tf.gather(catalog_embeddings, history[:, -1]),
             "history_genres": _mean_over_real_items(tf.gather(self._genres, history), history),
         }

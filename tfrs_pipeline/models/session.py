@@ -65,15 +65,25 @@ class SessionModel(tfrs.models.Model):
     def sequence_queries(self, session_item_ids: tf.Tensor, training: bool = False,
                          catalog_embeddings: tf.Tensor | None = None) -> tf.Tensor:
         """[batch, length, dim]: the query after each slot (slot t has seen slots 0..t)."""
-        if catalog_embeddings is None:
-            catalog_embeddings = self.catalog_embeddings()
-        item_embeddings = tf.gather(catalog_embeddings, self.item_lookup(session_item_ids))
-        states = self.encoder(item_embeddings, tf.not_equal(session_item_ids, ""), training=training)
+        states = self.encoder(*self._items(session_item_ids, catalog_embeddings), training=training)
         return self.scale * tf.math.l2_normalize(states, axis=-1)
+
+    def query(self, session_item_ids: tf.Tensor, training: bool = False,
+              catalog_embeddings: tf.Tensor | None = None) -> tf.Tensor:
+        """[batch, dim]: ``sequence_queries(...)[:, -1]``, computed for the last slot alone."""
+        state = self.encoder.last_state(*self._items(session_item_ids, catalog_embeddings), training=training)
+        return self.scale * tf.math.l2_normalize(state, axis=-1)
 
     def call(self, session_item_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """[batch, dim]: the query after the most recent item (the last slot)."""
-        return self.sequence_queries(session_item_ids, training)[:, -1]
+        return self.query(session_item_ids, training)
+
+    def _items(self, session_item_ids: tf.Tensor, catalog_embeddings: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+        """The slots' item embeddings [batch, length, dim] and which slots hold an item [batch, length]."""
+        if catalog_embeddings is None:
+            catalog_embeddings = self.catalog_embeddings()
+        embeddings = tf.gather(catalog_embeddings, self.item_lookup(session_item_ids))
+        return embeddings, tf.not_equal(session_item_ids, "")
 
     def last_slot_bonus(self, width: int | tf.Tensor) -> tf.Tensor:
         """[width] the repeat bonus of the item in each of ``width`` left-padded slots, for the query after the last."""
