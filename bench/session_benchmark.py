@@ -31,7 +31,7 @@ from tfrs_pipeline.pipelines import session
 
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = ("diginetica", "tmall", "ml1m")
-SESSION_SETTINGS = {**{name: getattr(RunConfig, name) for name in ("embedding_dim", "num_blocks", "num_heads", "session_readout")},
+SESSION_SETTINGS = {**{name: getattr(RunConfig, name) for name in ("embedding_dim", "num_blocks", "num_heads")},
                     **SESSION_DEFAULTS}  # what train --task=session runs with
 # On MovieLens, the settings of the two-tower MovieLens run: 200 slots and the whole-catalog softmax,
 # which on 3,416 items is exact and cheaper per unit of quality than sampling (docs/benchmarks.md).

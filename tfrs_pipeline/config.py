@@ -10,7 +10,6 @@ HOLDOUTS = ("test", "none")
 TASKS = ("two_stage", "session")
 DISTRIBUTIONS = ("default", "mirrored", "multi_worker")  # tfrs_pipeline/distribute.py
 LEARNING_RATE_DECAYS = ("cosine", "none")
-SESSION_READOUTS = ("state", "items")  # tfrs_pipeline/models/session.py
 # Where ``train --task=session`` starts instead of the MovieLens defaults below: session catalogs
 # hold tens of thousands of items and sessions a few clicks, so a short window, sampled negatives
 # (the whole-catalog softmax costs several times more per epoch) and larger batches. These are
@@ -34,7 +33,6 @@ class RunConfig:
     holdout: str = "test"
     session_format: str = "auto"
     session_test_days: float = 7.0
-    session_readout: str = "state"
     max_users: int | None = None
     max_length: int = 200
     embedding_dim: int = 64
@@ -69,8 +67,6 @@ class RunConfig:
         if self.learning_rate_decay not in LEARNING_RATE_DECAYS:
             raise ValueError(f"learning_rate_decay must be one of {LEARNING_RATE_DECAYS}, "
                              f"got {self.learning_rate_decay!r}")
-        if self.session_readout not in SESSION_READOUTS:
-            raise ValueError(f"session_readout must be one of {SESSION_READOUTS}, got {self.session_readout!r}")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
         for name in ("max_length", "embedding_dim", "batch_size", "epochs", "ranking_candidates", "top_k"):

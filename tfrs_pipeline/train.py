@@ -11,8 +11,7 @@ import sys
 from typing import Sequence
 
 import tfrs_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow builds anything)
-from tfrs_pipeline.config import (DISTRIBUTIONS, HOLDOUTS, LEARNING_RATE_DECAYS, SESSION_DEFAULTS, SESSION_READOUTS,
-                                  TASKS, RunConfig)
+from tfrs_pipeline.config import DISTRIBUTIONS, HOLDOUTS, LEARNING_RATE_DECAYS, SESSION_DEFAULTS, TASKS, RunConfig
 from tfrs_pipeline.data.errors import DataError
 
 _HELP = {
@@ -25,8 +24,6 @@ _HELP = {
     "session_format": "session task: auto, srgnn (train_sessions.txt + test.tsv) or events (CSV: session id, item id, "
                       "timestamp; see tfrs_pipeline/data/sessions.py)",
     "session_test_days": "session task, events form: sessions starting in the last this many days are the test set",
-    "session_readout": "session task: the query is the transformer's state, or (items) a mean of the session's item "
-                       "embeddings weighted by attention from it",
     "max_users": "use only the users with the smallest ids (quick runs)",
     "num_negatives": "sampled-softmax negatives per batch (in-batch + uniform, logQ-corrected); unset or 0: the "
                      "whole catalog (exact; the two-stage default)",
@@ -55,7 +52,7 @@ def _parser(task_defaults: dict | None = None) -> argparse.ArgumentParser:
             continue
         kind = {"int": int, "float": float, "int | None": int}.get(field.type, str)
         choices = {"task": TASKS, "holdout": HOLDOUTS, "distribution": DISTRIBUTIONS,
-                   "learning_rate_decay": LEARNING_RATE_DECAYS, "session_readout": SESSION_READOUTS}.get(field.name)
+                   "learning_rate_decay": LEARNING_RATE_DECAYS}.get(field.name)
         parser.add_argument(name, type=kind, default=default, choices=choices, help=help_text)
     return parser
 

@@ -16,10 +16,6 @@ bonus added to its score, by how recently it was clicked (``repeat_bonus[r]`` fo
 clicks before the query; repeated clicks add up). The bonus trains with everything else, inside the
 same softmax, so the model learns how much a repeat is worth against a new item.
 
-With ``readout="items"`` the query is not the transformer's state itself but a weighted mean of
-the session's own item embeddings, the weights chosen by attention from that state (CORE, Hou et
-al. 2022): the query then lies in the items' own space, where the next click's embedding is.
-
 Its serving signature is ``export.savedmodels.SessionExport``.
 """
 from __future__ import annotations
@@ -30,7 +26,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfrs_pipeline.config import SESSION_READOUTS
 from tfrs_pipeline.models.encoders import CausalTransformerEncoder
 from tfrs_pipeline.models.sampled_softmax import MixedNegativeSoftmax
 
@@ -48,13 +43,11 @@ class SessionModel(tfrs.models.Model):
       num_blocks, num_heads, dropout: transformer shape.
       num_negatives: negatives per batch of the sampled softmax; None scores the whole catalog.
       scale: multiplies the query-item cosine (the softmax temperature's inverse).
-      readout: "state", the transformer's state is the query; "items", a mean of the session's item
-        embeddings weighted by attention from that state (``ItemSpaceReadout``).
     """
 
     def __init__(self, item_ids: Sequence[str], target_counts: np.ndarray, max_length: int, dim: int,
                  num_blocks: int = 2, num_heads: int = 2, dropout: float = 0.2, num_negatives: int | None = 1024,
-                 scale: float = DEFAULT_SCALE, readout: str = "state", **kwargs):
+                 scale: float = DEFAULT_SCALE, **kwargs):
         super().__init__(**kwargs)
         self.max_length = max_length
         self.scale = scale
@@ -64,9 +57,6 @@ class SessionModel(tfrs.models.Model):
         self.encoder = CausalTransformerEncoder(max_length, dim, num_blocks, num_heads, dropout)
         self._softmax = MixedNegativeSoftmax(target_counts, num_negatives)
         self.repeat_bonus = self.add_weight(name="repeat_bonus", shape=[max_length], initializer="zeros")
-        if readout not in SESSION_READOUTS:
-            raise ValueError(f"readout must be one of {SESSION_READOUTS}, got {readout!r}")
-        self._readout = ItemSpaceReadout(max_length, dim) if readout == "items" else None
 
     def catalog_embeddings(self) -> tf.Tensor:
         """[N + 1, dim] unit-length item embeddings; row 0 is the unknown item."""
@@ -75,21 +65,13 @@ class SessionModel(tfrs.models.Model):
     def sequence_queries(self, session_item_ids: tf.Tensor, training: bool = False,
                          catalog_embeddings: tf.Tensor | None = None) -> tf.Tensor:
         """[batch, length, dim]: the query after each slot (slot t has seen slots 0..t)."""
-        items, real = self._items(session_item_ids, catalog_embeddings)
-        states = self.encoder(items, real, training=training)
-        if self._readout is not None:
-            length = tf.shape(real)[1]
-            causal = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)
-            states = self._readout(states, items, tf.logical_and(causal[tf.newaxis], real[:, tf.newaxis, :]))
+        states = self.encoder(*self._items(session_item_ids, catalog_embeddings), training=training)
         return self.scale * tf.math.l2_normalize(states, axis=-1)
 
     def query(self, session_item_ids: tf.Tensor, training: bool = False,
               catalog_embeddings: tf.Tensor | None = None) -> tf.Tensor:
         """[batch, dim]: ``sequence_queries(...)[:, -1]``, computed for the last slot alone."""
-        items, real = self._items(session_item_ids, catalog_embeddings)
-        state = self.encoder.last_state(items, real, training=training)
-        if self._readout is not None:
-            state = self._readout(state[:, tf.newaxis], items, real[:, tf.newaxis, :])[:, 0]
+        state = self.encoder.last_state(*self._items(session_item_ids, catalog_embeddings), training=training)
         return self.scale * tf.math.l2_normalize(state, axis=-1)
 
     def call(self, session_item_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -117,37 +99,6 @@ class SessionModel(tfrs.models.Model):
         positives = tf.boolean_mask(self.item_lookup(targets), has_target)
         repeats = PrefixRepeats(self.item_lookup(history), has_target, self.repeat_bonus)
         return self._softmax.loss(queries, positives, catalog_embeddings, repeats)
-
-
-class ItemSpaceReadout(tf.keras.layers.Layer):
-    """Queries as attention-weighted means of the session's own item embeddings.
-
-    Each query state asks, by attention, how much each item of its session (its embedding plus the
-    embedding of its slot, so recency can matter) should count; the answer is a convex combination
-    of those items' embeddings, in the very space the candidates are scored in. Keys come from the
-    item embeddings, not the encoder's per-slot outputs, so serving still runs the encoder's last
-    block for the last slot alone.
-
-    Args:
-      max_length: slots (sessions are left-padded to at most this many).
-      dim: embedding width.
-    """
-
-    def __init__(self, max_length: int, dim: int, **kwargs):
-        super().__init__(**kwargs)
-        self._max_length = max_length
-        self._query = tf.keras.layers.Dense(dim, use_bias=False)
-        self._key = tf.keras.layers.Dense(dim, use_bias=False)
-        self._slots = tf.keras.layers.Embedding(max_length, dim)
-
-    def call(self, states: tf.Tensor, items: tf.Tensor, visible: tf.Tensor) -> tf.Tensor:
-        """[batch, queries, dim] from ``states`` [batch, queries, dim], ``items`` [batch, length, dim] and
-        ``visible`` [batch, queries, length] (which items each query may weigh; a row with none gets zeros)."""
-        length = tf.shape(items)[1]
-        keys = self._key(items + self._slots(tf.range(self._max_length - length, self._max_length))[tf.newaxis])
-        logits = tf.einsum("bqd,bld->bql", self._query(states), keys) / tf.sqrt(tf.cast(tf.shape(items)[-1], tf.float32))
-        weights = tf.nn.softmax(tf.where(visible, logits, -1e9), axis=-1) * tf.cast(visible, tf.float32)
-        return tf.einsum("bql,bld->bqd", weights, items)
 
 
 class PrefixRepeats:

@@ -90,7 +90,7 @@ def train(config: RunConfig, data: SessionData, catalog: SessionCatalog) -> tupl
     with stage("build session model"):
         model = SessionModel(catalog.item_ids, catalog.target_counts(data.train_sessions), config.max_length,
                              config.embedding_dim, config.num_blocks, config.num_heads, config.dropout,
-                             config.num_negatives, readout=config.session_readout)
+                             config.num_negatives)
         examples = training_windows(data.session_ids, data.train_sessions, config.max_length)
         examples.pop("user_id")  # sessions are anonymous: the model sees their items only
         steps = config.epochs * -(-len(examples["history_item_ids"]) // config.batch_size)
