@@ -36,7 +36,7 @@ SESSION_SETTINGS = {**{name: getattr(RunConfig, name) for name in ("embedding_di
 # On MovieLens, the settings of the two-tower MovieLens run: 200 slots and the whole-catalog softmax,
 # which on 3,416 items is exact and cheaper per unit of quality than sampling (docs/benchmarks.md).
 ML1M_SETTINGS = {**SESSION_SETTINGS, **{name: getattr(RunConfig, name) for name in (
-    "max_length", "batch_size", "learning_rate", "epochs", "dropout", "num_negatives")}}
+    "max_length", "num_blocks", "batch_size", "learning_rate", "epochs", "dropout", "num_negatives")}}
 
 
 def sasrec_movielens(path: pathlib.Path) -> tuple[SessionData, list[np.ndarray]]:

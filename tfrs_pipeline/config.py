@@ -13,9 +13,9 @@ LEARNING_RATE_DECAYS = ("cosine", "none")
 # Where ``train --task=session`` starts instead of the MovieLens defaults below: session catalogs
 # hold tens of thousands of items and sessions a few clicks, so a short window, sampled negatives
 # (the whole-catalog softmax costs several times more per epoch) and larger batches. These are
-# the settings of the session benchmarks (docs/benchmarks.md).
+# the settings of the session benchmarks (docs/benchmarks.md), two transformer blocks among them.
 SESSION_DEFAULTS = {"max_length": 50, "num_negatives": 2048, "batch_size": 256, "learning_rate": 2e-3,
-                    "epochs": 10, "dropout": 0.2}
+                    "epochs": 10, "dropout": 0.2, "num_blocks": 2}
 
 
 @dataclasses.dataclass
@@ -36,7 +36,7 @@ class RunConfig:
     max_users: int | None = None
     max_length: int = 200
     embedding_dim: int = 64
-    num_blocks: int = 2
+    num_blocks: int = 4
     num_heads: int = 2
     dropout: float = 0.05
     user_id_embedding: bool = False
@@ -44,7 +44,7 @@ class RunConfig:
     batch_size: int = 128
     learning_rate: float = 4e-3
     learning_rate_decay: str = "cosine"
-    epochs: int = 20
+    epochs: int = 14
     ranking_candidates: int = 200
     ranking_epochs: int = 5
     ranking_batch_size: int = 32
