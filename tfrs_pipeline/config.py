@@ -44,7 +44,7 @@ class RunConfig:
     batch_size: int = 128
     learning_rate: float = 4e-3
     learning_rate_decay: str = "cosine"
-    epochs: int = 14
+    epochs: int = 17
     ranking_candidates: int = 200
     ranking_epochs: int = 5
     ranking_batch_size: int = 32
