@@ -35,6 +35,7 @@ import tfrs_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 from scann import scann_ops  # noqa: F401  (the ScaNN retrieval export needs its ops)
 
+from tfrs_pipeline.export.versioning import existing_versions
 from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -62,8 +63,7 @@ class InProcessTwoStage:
 
 
 def _latest_signature(base_path: pathlib.Path):
-    version = max(int(entry.name) for entry in base_path.iterdir() if entry.name.isdigit())
-    return tf.saved_model.load(str(base_path / str(version))).signatures["serving_default"]
+    return tf.saved_model.load(str(base_path / str(existing_versions(base_path)[-1]))).signatures["serving_default"]
 
 
 class ServerProcess:

@@ -21,21 +21,24 @@ import tfrs_pipeline  # noqa: F401  (selects Keras 2 first)
 import tensorflow as tf
 from scann import scann_ops  # noqa: F401  (registers the ScaNN ops the retrieval export uses)
 
+from tfrs_pipeline.export.versioning import existing_versions
+from tfrs_pipeline.serving.client import Catalog
+
 BATCH_SIZES = (1, 16)
+MOVIELENS_USERS = 6040  # user ids 1..6040, all known to a full MovieLens-1M export
 
 
 def load_retrieval(export_dir: pathlib.Path):
     base = export_dir / "retrieval"
-    version = max(int(path.name) for path in base.iterdir() if path.name.isdigit())
-    return tf.saved_model.load(str(base / str(version))).signatures
+    return tf.saved_model.load(str(base / str(existing_versions(base)[-1]))).signatures
 
 
-def requests(export_dir: pathlib.Path, batch_size: int, history_length: int, rng: np.random.Generator) -> dict:
-    """Inputs of both signatures for ``batch_size`` known users, with a full history of catalog items."""
-    items = [line.split("\t")[0] for line in (export_dir / "items.tsv").read_text().splitlines()[1:]]
+def requests(items: list[str], batch_size: int, history_length: int, rng: np.random.Generator) -> dict:
+    """Inputs of both signatures for ``batch_size`` known users, with a full history of catalog ``items``."""
     history = rng.choice(items, size=(batch_size, history_length))
+    users = rng.integers(1, MOVIELENS_USERS + 1, batch_size)
     return {
-        "serving_default": {"user_id": tf.constant([str(user) for user in rng.integers(1, 6041, batch_size)])},
+        "serving_default": {"user_id": tf.constant([str(user) for user in users])},
         "query_features": {
             "history_item_ids": tf.constant(history),
             "user_gender": tf.constant([True] * batch_size),
@@ -54,11 +57,13 @@ def main() -> None:
     args = parser.parse_args()
     exports = dict(argument.split("=", 1) for argument in args.exports)
     signatures = {label: load_retrieval(pathlib.Path(path)) for label, path in exports.items()}
+    items = {label: list(Catalog.read(pathlib.Path(path) / "items.tsv").popular_item_ids)
+             for label, path in exports.items()}
     rng = np.random.default_rng(0)
     cases = [(label, name, batch_size, inputs)
              for batch_size in BATCH_SIZES
-             for label, path in exports.items()
-             for name, inputs in requests(pathlib.Path(path), batch_size, args.history_length, rng).items()]
+             for label in exports
+             for name, inputs in requests(items[label], batch_size, args.history_length, rng).items()]
     timings = {case[:3]: [] for case in cases}
     for round_index in range(args.rounds + 1):
         for label, name, batch_size, inputs in cases:

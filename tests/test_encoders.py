@@ -3,6 +3,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrs_pipeline.models.encoders import CausalTransformerEncoder
+from tfrs_pipeline.models.session import SessionModel
 
 
 def test_last_state_is_the_full_pass_last_slot_for_left_padded_rows():
@@ -19,8 +20,6 @@ def test_last_state_is_the_full_pass_last_slot_for_left_padded_rows():
 
 
 def test_session_query_is_the_last_slot_of_the_per_slot_queries():
-    from tfrs_pipeline.models.session import SessionModel
-
     tf.keras.utils.set_random_seed(1)
     sessions = tf.constant([["", "", "a", "b", "a"], ["", "", "", "", "c"], ["b", "c", "a", "b", "c"]])
     model = SessionModel(["a", "b", "c"], np.ones(4), max_length=8, dim=8, num_blocks=2, num_heads=2, num_negatives=None)

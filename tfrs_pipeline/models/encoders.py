@@ -30,9 +30,11 @@ class TransformerBlock(tf.keras.layers.Layer):
 
     def call(self, sequence: tf.Tensor, attention_mask: tf.Tensor, training: bool = False,
              last_only: bool = False) -> tf.Tensor:
-        """[batch, length, dim], or [batch, 1, dim] for the last slot only (``attention_mask`` [batch, 1, length])."""
+        """[batch, length, dim], or with ``last_only`` [batch, 1, dim]: the last slot's output alone."""
         normed = self._attention_norm(sequence)
         queries, residual = (normed[:, -1:], sequence[:, -1:]) if last_only else (normed, sequence)
+        if last_only:
+            attention_mask = attention_mask[:, -1:]
         attended = self._attention(queries, normed, attention_mask=attention_mask, training=training)
         sequence = residual + self._dropout(attended, training=training)
         transformed = self._feed_forward(self._feed_forward_norm(sequence), training=training)
@@ -90,13 +92,11 @@ class CausalTransformerEncoder(tf.keras.layers.Layer):
         attention_mask = tf.logical_and(causal[tf.newaxis], padding_mask[:, tf.newaxis, :])
         attention_mask = tf.logical_or(attention_mask, tf.eye(length, dtype=tf.bool)[tf.newaxis])
         keep = tf.cast(padding_mask, sequence.dtype)[..., tf.newaxis]
+        last_block = len(self._blocks) - 1
         for position, block in enumerate(self._blocks):
-            if last_only and position == len(self._blocks) - 1:
-                sequence = block(sequence * keep, attention_mask[:, -1:], training=training, last_only=True)
-                keep = keep[:, -1:]
-            else:
-                sequence = block(sequence * keep, attention_mask, training=training)
-        return self._output_norm(sequence) * keep
+            sequence = block(sequence * keep, attention_mask, training=training,
+                             last_only=last_only and position == last_block)
+        return self._output_norm(sequence) * (keep[:, -1:] if last_only else keep)
 
 
 def most_recent_left_padded(item_ids: tf.Tensor, max_length: int) -> tf.Tensor:
