@@ -1,9 +1,10 @@
-"""The hand-fused whole-catalog softmax loss against TensorFlow's own op, values and gradients."""
+"""The retrieval losses: the hand-fused whole-catalog softmax against TensorFlow's own op, and the sampled one's corrections."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfrs_pipeline.models.sampled_softmax import MixedNegativeSoftmax, full_softmax_cross_entropy
+from tfrs_pipeline.models.session import PrefixRepeats
 
 
 def _loss_and_gradients(loss_fn, *inputs):
@@ -47,3 +48,27 @@ def test_whole_catalog_loss_skips_the_unknown_item_row():
     logits = tf.matmul(queries, catalog[1:], transpose_b=True)
     expected = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positives - 1, logits=logits)
     assert np.isclose(softmax.loss(queries, positives, catalog).numpy(), tf.reduce_mean(expected).numpy(), rtol=1e-6)
+
+
+def test_sampled_positive_is_corrected_for_sampling_unless_it_is_one_of_the_rows_own_items():
+    """A repeat is always scored (the row's own items compete exactly), so like them it gets no logQ term.
+
+    Correcting it anyway lifts every repeat by -log P(drawn) during training only, which taught the
+    repeat bonus to be too small for serving (DIGINETICA P@20 0.5025 -> 0.5065 once fixed).
+    """
+    rng = np.random.default_rng(2)
+    catalog = tf.constant(rng.normal(size=(6, 4)), tf.float32)  # items 1..5; row 0 is the unknown item
+    queries = tf.constant(rng.normal(size=(2, 4)), tf.float32)
+    counts = np.array([0.0, 50, 30, 10, 5, 5])
+    softmax = MixedNegativeSoftmax(counts, num_negatives=4)  # 2 in-batch draws, 2 uniform
+    history = tf.constant([[0, 2, 3]], tf.int64)  # one left-padded window: item 2, then item 3
+    has_target = tf.constant([[False, True, True]])  # two queries: after item 2, after items 2 and 3
+    bonus = tf.constant([0.5, 0.25, 0.0])  # by clicks ago
+    repeats = PrefixRepeats(history, has_target, bonus)
+    positives = tf.constant([4, 2], tf.int64)  # a new item, then a repeat of item 2 (clicked 1 ago)
+    logits, labels = softmax.sampled_logits(queries, positives, catalog, repeats)
+    dot = tf.reduce_sum(queries * tf.gather(catalog, positives), axis=1).numpy()
+    draw_probability_of_4 = 1 - (1 - 5 / 100) ** 2 * (1 - 1 / 5) ** 2
+    np.testing.assert_allclose(logits[:, 0].numpy(), [dot[0] - np.log(draw_probability_of_4), dot[1] + 0.25],
+                               rtol=1e-5)
+    assert labels.numpy().tolist() == [0, 0]

@@ -26,7 +26,7 @@ class LogitBonus(Protocol):
 
     Those items are the row's own hard negatives: the sampled softmax drops them from the sampled
     negatives and scores each of them exactly, once, with its bonus (no sampling correction, since
-    they are always there).
+    they are always there; nor has a positive that is one of them).
     """
 
     def for_items(self, items: tf.Tensor) -> tf.Tensor:
@@ -91,7 +91,13 @@ class MixedNegativeSoftmax:
             return tf.math.log(-tf.math.expm1(log_missed) + 1e-10)
 
         positive_logits = tf.reduce_sum(queries * tf.gather(catalog_embeddings, positives), axis=-1)
-        positive_logits -= log_draw_probability(positives)
+        positive_correction = log_draw_probability(positives)
+        if logit_bonus is not None:
+            # A positive from the row's own items is scored exactly, like them: no sampling correction.
+            row_items, _, real = logit_bonus.row_items()
+            is_row_item = tf.reduce_any(tf.logical_and(real, tf.equal(row_items, positives[:, tf.newaxis])), axis=1)
+            positive_correction = tf.where(is_row_item, 0.0, positive_correction)
+        positive_logits -= positive_correction
         negative_logits = tf.matmul(queries, tf.gather(catalog_embeddings, negatives), transpose_b=True)
         negative_logits -= log_draw_probability(negatives)[tf.newaxis, :]
         accidental_hit = tf.equal(positives[:, tf.newaxis], negatives[tf.newaxis, :])
