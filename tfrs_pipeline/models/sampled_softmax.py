@@ -91,26 +91,24 @@ class MixedNegativeSoftmax:
             return tf.math.log(-tf.math.expm1(log_missed) + 1e-10)
 
         positive_logits = tf.reduce_sum(queries * tf.gather(catalog_embeddings, positives), axis=-1)
-        positive_correction = log_draw_probability(positives)
-        if logit_bonus is not None:
-            # A positive from the row's own items is scored exactly, like them: no sampling correction.
-            row_items, _, real = logit_bonus.row_items()
-            is_row_item = tf.reduce_any(tf.logical_and(real, tf.equal(row_items, positives[:, tf.newaxis])), axis=1)
-            positive_correction = tf.where(is_row_item, 0.0, positive_correction)
-        positive_logits -= positive_correction
         negative_logits = tf.matmul(queries, tf.gather(catalog_embeddings, negatives), transpose_b=True)
         negative_logits -= log_draw_probability(negatives)[tf.newaxis, :]
         accidental_hit = tf.equal(positives[:, tf.newaxis], negatives[tf.newaxis, :])
         negative_logits = tf.where(accidental_hit, tf.float32.min, negative_logits)
-        logits = [positive_logits[:, tf.newaxis], negative_logits]
-        if logit_bonus is not None:
-            logits[0] += logit_bonus.for_items(positives)[:, tf.newaxis]
+        if logit_bonus is None:
+            logits = [(positive_logits - log_draw_probability(positives))[:, tf.newaxis], negative_logits]
+        else:
             row_items, row_bonus, real = logit_bonus.row_items()
+            is_positive = tf.equal(row_items, positives[:, tf.newaxis])
+            # A positive that is one of the row's items is always scored, like them: no sampling correction.
+            positive_is_row_item = tf.reduce_any(tf.logical_and(real, is_positive), axis=1)
+            correction = tf.where(positive_is_row_item, 0.0, log_draw_probability(positives))
+            positive_logits += logit_bonus.for_items(positives) - correction
             drawn_row_item = logit_bonus.contains(negatives, self._num_items)
-            logits[1] = tf.where(drawn_row_item, tf.float32.min, negative_logits)
             row_logits = tf.einsum("pd,prd->pr", queries, tf.gather(catalog_embeddings, row_items)) + row_bonus
-            competes = tf.logical_and(real, tf.not_equal(row_items, positives[:, tf.newaxis]))
-            logits.append(tf.where(competes, row_logits, tf.float32.min))
+            competes = tf.logical_and(real, tf.logical_not(is_positive))
+            logits = [positive_logits[:, tf.newaxis], tf.where(drawn_row_item, tf.float32.min, negative_logits),
+                      tf.where(competes, row_logits, tf.float32.min)]
         return tf.concat(logits, axis=1), tf.zeros_like(positives)
 
 
