@@ -1,14 +1,16 @@
 """Session-based next-item prediction on the published benchmarks, full test sets, full catalogs.
 
-- DIGINETICA and Tmall in the SR-GNN / GCE-GNN form: every prefix of every training session trains,
-  every ``test.tsv`` case is ranked against all items (nothing excluded); P@20 (= HR@20) and MRR@20.
+- DIGINETICA and Tmall in the SR-GNN / GCE-GNN form: every prefix of every training session trains
+  (but for the most recent 2%, held out to weigh session kNN), every ``test.tsv`` case is ranked
+  against all items (nothing excluded); P@20 (= HR@20) and MRR@20.
   Published: DIGINETICA SR-GNN 50.73 / 17.59, GCE-GNN 54.22 / 19.04; Tmall GCE-GNN 33.42 / 15.42.
 - MovieLens-1M in the SASRec form (``ml-1m-sasrec/ml-1m.txt``): each user's items but the last two
   train, the last item is the test target after all the others, ranked against all 3,416 items with
   the user's other items excluded; HR@10 and NDCG@10 (gSASRec 0.3003 / 0.1726, SASRec+ 0.3152).
 
-The same transformer, sequential-rules baseline and popularity are measured on each; the training
-time, the load of the (shared) machine and every setting are written with the figures.
+The served system (transformer + session kNN), its two parts alone, the sequential-rules baseline
+and popularity are measured on each; the training time, the chosen session-kNN weight, the load of
+the (shared) machine and every setting are written with the figures.
 
     python bench/session_benchmark.py --datasets=diginetica --out=docs/session_figures/diginetica.json
     nohup python bench/session_benchmark.py --datasets=diginetica,tmall,ml1m > session_bench.log 2>&1 &
@@ -31,12 +33,15 @@ from tfrs_pipeline.pipelines import session
 
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = ("diginetica", "tmall", "ml1m")
-SESSION_SETTINGS = {**{name: getattr(RunConfig, name) for name in ("embedding_dim", "num_blocks", "num_heads")},
+SESSION_SETTINGS = {**{name: getattr(RunConfig, name) for name in ("embedding_dim", "num_blocks", "num_heads",
+                                                                   "session_neighbours", "neighbour_recency_scale",
+                                                                   "neighbour_validation_share")},
                     **SESSION_DEFAULTS}  # what train --task=session runs with
 # On MovieLens, the settings of the two-tower MovieLens run: 200 slots and the whole-catalog softmax,
 # which on 3,416 items is exact and cheaper per unit of quality than sampling (docs/benchmarks.md).
 ML1M_SETTINGS = {**SESSION_SETTINGS, **{name: getattr(RunConfig, name) for name in (
-    "max_length", "num_blocks", "batch_size", "learning_rate", "epochs", "dropout", "num_negatives")}}
+    "max_length", "num_blocks", "batch_size", "learning_rate", "epochs", "dropout", "num_negatives")},
+    "neighbour_recency_scale": 0.0}  # users are listed by id, not in time order
 
 
 def sasrec_movielens(path: pathlib.Path) -> tuple[SessionData, list[np.ndarray]]:
@@ -59,13 +64,15 @@ def run_dataset(name: str, data_root: pathlib.Path, settings: dict) -> dict:
         data = load_sessions(data_root / name, "srgnn")
     config = RunConfig(task="session", data_dir=str(data_root), **settings)
     catalog = session.SessionCatalog(data.train_sessions)
-    model, record = session.train(config, data, catalog)
+    model, neighbours, record = session.train_with_neighbours(config, data, catalog)
     excluded = [catalog.indices(items) for items in excluded_items] if excluded_items is not None else None
-    figures = session.evaluate(model, catalog, data, excluded)
+    figures = session.evaluate(model, catalog, data, excluded, neighbours)
     print(f"\n{name}\n" + session.format_metrics_table(figures), flush=True)
     return {"dataset": name, "settings": settings, "catalog_items": len(catalog),
             "training_seconds": record["training_seconds"], "training_cpu_seconds": record["training_cpu_seconds"],
             "training": record["training"], "repeat_bonus_by_recency": record["repeat_bonus_by_recency"],
+            **{name: record[name] for name in ("held_out_sessions", "neighbour_weight",
+                                               "held_out_p20_by_neighbour_weight") if name in record},
             "evaluation": figures, "total_seconds": time.perf_counter() - started,
             "load_average_before": load_before, "load_average_after": os.getloadavg(), "cpus": os.cpu_count()}
 

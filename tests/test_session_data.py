@@ -29,14 +29,14 @@ def test_benchmark_form_reads_sessions_and_drops_test_items_never_trained_on(sha
 
 def test_raw_events_are_ordered_by_time_and_the_last_days_are_the_test_set(tmp_path):
     day = 86_400
-    rows = [  # session, item, time: session "a" is written out of order
+    rows = [  # session, item, time: session "a" is written out of order, and "b" (earlier) after "a"
         ("a", "i2", 2 * day + 5), ("a", "i1", 2 * day), ("a", "i3", 2 * day + 9),
-        ("b", "i1", 3 * day), ("b", "i3", 3 * day + 1),
+        ("b", "i1", 1 * day), ("b", "i3", 1 * day + 1),
         ("c", "i2", 20 * day), ("c", "i3", 20 * day + 1), ("c", "i9", 20 * day + 2), ("c", "i1", 20 * day + 3),
     ]
     text = "session_id,item_id,timestamp\n" + "".join(f"{s},{i},{t}\n" for s, i, t in rows)
     data = load_sessions(write(tmp_path, "clicks.csv", text), test_days=7)
-    assert [list(session) for session in data.train_sessions] == [["i1", "i2", "i3"], ["i1", "i3"]]
+    assert [list(session) for session in data.train_sessions] == [["i1", "i3"], ["i1", "i2", "i3"]]  # oldest first
     # Session "c" gives 3 cases; "i9" was never trained on, so it leaves the prefixes and is no target.
     assert [list(prefix) for prefix in data.test_prefixes] == [["i2"], ["i2", "i3"]]
     assert list(data.test_targets) == ["i3", "i1"]

@@ -13,6 +13,7 @@ from tfrs_pipeline import index, recommend, train
 from tfrs_pipeline.config import SESSION_DEFAULTS, RunConfig
 from tfrs_pipeline.data.sessions import load_sessions
 from tfrs_pipeline.export.savedmodels import SessionExport
+from tfrs_pipeline.models.session_knn import SessionNeighbours
 from tfrs_pipeline.export.serving_config import read_config
 from tfrs_pipeline.pipelines import session
 from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
@@ -58,11 +59,16 @@ def test_the_transformer_beats_popularity_and_reports_the_session_metrics(sessio
     export_dir, metrics, _ = session_export
     evaluation = metrics["evaluation"]
     assert evaluation["test_cases"] > 1000
-    for system in ("transformer", "sequential_rules", "popularity"):
+    for system in ("transformer_and_session_knn", "transformer", "session_knn", "sequential_rules", "popularity"):
         assert {"p@20", "mrr@20", "hr@10"} <= set(evaluation[system])
         assert evaluation[system]["p@20"] == evaluation[system]["hr@20"]
     assert evaluation["transformer"]["p@20"] > 3 * evaluation["popularity"]["p@20"]
     assert evaluation["transformer"]["mrr@20"] > evaluation["popularity"]["mrr@20"]
+    # The session-kNN weight: the best P@20 on the most recent 2% of the training sessions, held out.
+    assert metrics["held_out_sessions"] == int(SLICE_SESSIONS * RunConfig.neighbour_validation_share)
+    held_out_p20 = {float(weight): value for weight, value in metrics["held_out_p20_by_neighbour_weight"].items()}
+    assert set(held_out_p20) == set(session.NEIGHBOUR_WEIGHTS)
+    assert held_out_p20[metrics["neighbour_weight"]] == max(held_out_p20.values())
     # The repeat bonus is part of the loss, so training moves it from its zero start (a fifth of
     # DIGINETICA's next clicks are an item already in the session).
     bonus = metrics["repeat_bonus_by_recency"]
@@ -162,27 +168,41 @@ def test_evaluation_reads_sessions_as_serving_does_unknown_items_dropped(slice_m
     assert ranks.tolist() == [int((clicks >= clicks[column]).sum()) for column in (0, 1, 50)]
 
 
-def test_served_lists_add_the_learned_repeat_bonus_as_the_evaluation_does(slice_model):
-    """The export's merge of index hits and session items gives the full-catalog order the metrics use."""
+@pytest.mark.parametrize("neighbour_weight", [None, 3.0])
+def test_served_lists_add_the_bonuses_as_the_evaluation_does(slice_model, neighbour_weight):
+    """The export's merge of index hits, session items and neighbours' items gives the evaluated order."""
     config, data, catalog, model = slice_model
     # A bonus large enough to lift session items over any cosine (|score| <= scale) and to order them by recency.
     model.repeat_bonus.assign(np.linspace(100.0, 60.0, config.max_length, dtype=np.float32))
+    neighbours = None
+    if neighbour_weight is not None:
+        neighbours = SessionNeighbours([catalog.indices(item_ids) for item_ids in data.train_sessions], len(catalog),
+                                       neighbours=20, weight=neighbour_weight)
     prefixes = [prefix for prefix in data.test_prefixes if 2 <= len(prefix) <= 20][:20]
     k = 10
     top_k = index.build_top_k("brute_force", tf.constant(catalog.item_ids.astype(str)),
                               model.catalog_embeddings()[1:], k)
-    export = SessionExport(model, top_k, catalog.item_ids[:k], np.ones(k), k)
+    export = SessionExport(model, top_k, catalog.item_ids[:k], np.ones(k), k, neighbours)
     served = export.serve(tf.constant([list(prefix) + [""] * (20 - len(prefix)) for prefix in prefixes]))
     queries = session.session_queries(model, prefixes)
     cases, items, bonuses = session.repeat_bonuses(model, catalog, prefixes)
     scores = queries @ model.catalog_embeddings().numpy().T
     np.add.at(scores, (cases, items), bonuses)
+    if neighbours is not None:
+        rows, items, bonuses = neighbours.bonus(session.left_padded_indices(catalog, prefixes, config.max_length))
+        np.add.at(scores, (rows.numpy(), items.numpy()), bonuses.numpy())
     scores[:, 0] = -np.inf
     expected = catalog.item_ids[np.argsort(-scores, axis=1, kind="stable")[:, :k] - 1].astype(str)
     assert np.array_equal(served["item_ids"].numpy().astype(str), expected)
     assert np.allclose(served["scores"].numpy(), -np.sort(-scores, axis=1)[:, :k], atol=1e-3)
     most_recent_first = list(dict.fromkeys(prefixes[0][::-1]))
     assert list(expected[0, :len(most_recent_first)]) == most_recent_first
+    expected_ranks = session.model_ranks(model, catalog, prefixes, expected[:, k - 1].astype(object), None, neighbours)
+    assert expected_ranks.tolist() == [k] * len(prefixes)  # the evaluation ranks the served k-th item k-th
+    if neighbours is not None:  # the neighbours' items do lift items the index alone would not return
+        plain = SessionExport(model, top_k, catalog.item_ids[:k], np.ones(k), k)
+        plain_lists = plain.serve(tf.constant([list(prefix) + [""] * (20 - len(prefix)) for prefix in prefixes]))
+        assert not np.array_equal(plain_lists["item_ids"].numpy(), served["item_ids"].numpy())
 
 
 def test_the_session_command_starts_from_the_session_defaults_and_flags_override_them():

@@ -33,6 +33,9 @@ class RunConfig:
     holdout: str = "test"
     session_format: str = "auto"
     session_test_days: float = 7.0
+    session_neighbours: int = 100
+    neighbour_recency_scale: float = 0.5
+    neighbour_validation_share: float = 0.02
     max_users: int | None = None
     max_length: int = 200
     embedding_dim: int = 64
@@ -72,6 +75,12 @@ class RunConfig:
         for name in ("max_length", "embedding_dim", "batch_size", "epochs", "ranking_candidates", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.session_neighbours < 0:
+            raise ValueError(f"session_neighbours must be 0 (off) or more, got {self.session_neighbours}")
+        if self.neighbour_recency_scale < 0:
+            raise ValueError(f"neighbour_recency_scale must be 0 (off) or more, got {self.neighbour_recency_scale}")
+        if not 0 <= self.neighbour_validation_share < 1:
+            raise ValueError(f"neighbour_validation_share must be in [0, 1), got {self.neighbour_validation_share}")
         if self.embedding_dim % self.num_heads:
             raise ValueError(f"embedding_dim ({self.embedding_dim}) must be a multiple of num_heads ({self.num_heads})")
 

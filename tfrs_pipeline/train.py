@@ -24,6 +24,12 @@ _HELP = {
     "session_format": "session task: auto, srgnn (train_sessions.txt + test.tsv) or events (CSV: session id, item id, "
                       "timestamp; see tfrs_pipeline/data/sessions.py)",
     "session_test_days": "session task, events form: sessions starting in the last this many days are the test set",
+    "session_neighbours": "session task: training sessions (k) whose items session kNN adds to the transformer's "
+                          "scores; 0: the transformer alone",
+    "neighbour_recency_scale": "session task: older training sessions count less as neighbours, by exp(-newer "
+                               "sessions / (this share of all)); 0 where sessions are not in time order",
+    "neighbour_validation_share": "session task: the most recent share of training sessions, held out of the "
+                                  "transformer's training to choose the session-kNN weight",
     "max_users": "use only the users with the smallest ids (quick runs)",
     "num_negatives": "sampled-softmax negatives per batch (in-batch + uniform, logQ-corrected); unset or 0: the "
                      "whole catalog (exact; the two-stage default)",

@@ -41,7 +41,8 @@ class SessionData:
     """Sessions ready for training and evaluation (item ids are strings).
 
     Attributes:
-      train_sessions: per training session, its item ids in click order (every one has 2 or more).
+      train_sessions: per training session, its item ids in click order (every one has 2 or more),
+        oldest session first.
       test_prefixes: per test case, the session so far (at least one item).
       test_targets: [cases] the item clicked next.
       source: where the data came from, for messages and the run's record.
@@ -154,9 +155,10 @@ def _read_events(path: pathlib.Path, test_days: float) -> SessionData:
             raise DataError(path, int(blank[0]) + 2, columns[role], "the field is empty")
     events["seconds"] = _seconds(path, events["time"], columns["time"])
     events["file_order"] = np.arange(len(events))
-    events = events.sort_values(["session", "seconds", "file_order"], kind="stable")
-    starts = events.groupby("session", sort=False)["seconds"].transform("min").to_numpy()
-    is_test = starts > events["seconds"].max() - test_days * SECONDS_PER_DAY
+    events["start"] = events.groupby("session")["seconds"].transform("min")
+    # Sessions oldest first (session kNN favours recent ones), each one's clicks in time order.
+    events = events.sort_values(["start", "session", "seconds", "file_order"], kind="stable")
+    is_test = events["start"].to_numpy() > events["seconds"].max() - test_days * SECONDS_PER_DAY
     train = _grouped_items(events[~is_test])
     if not any(len(items) >= 2 for items in train):
         raise DataError(path, None, None, f"no training session of 2 or more clicks before the last {test_days} days")

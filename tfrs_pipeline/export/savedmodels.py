@@ -28,6 +28,7 @@ from tfrs_pipeline.models.encoders import most_recent_left_padded
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.ranking import RankingModel
 from tfrs_pipeline.models.session import SessionModel
+from tfrs_pipeline.models.session_knn import SessionNeighbours, sum_by_row
 
 SERVING_SIGNATURE = "serving_default"
 QUERY_FEATURES_SIGNATURE = "query_features"
@@ -191,23 +192,27 @@ class SessionExport(tf.Module):
     Unknown ids are dropped before encoding, as if never clicked; a session left with no known
     item gets the most popular items (scores: their share of training clicks). Sessions longer than
     the model's slots keep their most recent items. Items of the session carry the model's repeat
-    bonus. The unit-length item table the encoder reads is stored once at export rather than
-    normalised again on every request.
+    bonus, and the items of the session's nearest training sessions the neighbours' bonus. The
+    unit-length item table the encoder reads is stored once at export rather than normalised again
+    on every request.
 
     Args:
       model: the trained session model.
       top_k: an indexed TFRS top-k layer over the catalog (ScaNN or brute force, from ``index.py``).
       popular_item_ids, popular_scores: [k] the fallback list, most popular first.
       k: items returned per session.
+      neighbours: session kNN over the training sessions, with its weight; None (or weight 0): none.
     """
 
     def __init__(self, model: SessionModel, top_k: tf.keras.Model, popular_item_ids: np.ndarray,
-                 popular_scores: np.ndarray, k: int):
+                 popular_scores: np.ndarray, k: int, neighbours: SessionNeighbours | None = None):
         super().__init__()
         self.model = model
         self.top_k = top_k
         self.k = k
+        self.neighbours = neighbours if neighbours is not None and neighbours.weight else None
         self._catalog_embeddings = tf.Variable(model.catalog_embeddings(), trainable=False)
+        self._item_ids = tf.constant(["", *model.item_lookup.get_vocabulary()[1:]])  # by catalog index
         self._popular_item_ids = tf.constant(np.asarray(popular_item_ids[:k]).astype(str))
         self._popular_scores = tf.constant(np.asarray(popular_scores[:k]), tf.float32)
 
@@ -216,37 +221,49 @@ class SessionExport(tf.Module):
         known = tf.where(self.model.item_lookup(session_item_ids) > 0, session_item_ids, "")
         recent = most_recent_left_padded(known, self.model.max_length)
         queries = self.model.query(recent, False, self._catalog_embeddings)
-        scores, item_ids = self._with_repeats(queries, recent, *self.top_k(queries, k=self.k))
+        scores, item_ids = self._with_bonuses(queries, recent, *self.top_k(queries, k=self.k))
         has_items = tf.reduce_any(tf.not_equal(recent, ""), axis=1, keepdims=True)
         return {
             "item_ids": tf.where(has_items, item_ids, self._popular_item_ids[tf.newaxis]),
             "scores": tf.where(has_items, scores, self._popular_scores[tf.newaxis]),
         }
 
-    def _with_repeats(self, queries: tf.Tensor, recent: tf.Tensor, index_scores: tf.Tensor,
+    def _with_bonuses(self, queries: tf.Tensor, recent: tf.Tensor, index_scores: tf.Tensor,
                       index_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """The top k once the session's own items carry their repeat bonus.
+        """The top k once the session's own items carry their repeat bonus and the neighbours' items theirs.
 
-        The index scores items by the dot product alone, so it may miss a session item the bonus
-        lifts. Each session item is therefore scored exactly (dot product plus the bonus of all its
-        clicks, listed once, at its most recent slot) and competes with the index's list, from which
-        the session items are removed.
+        The index scores items by the dot product alone, so it may miss an item a bonus lifts.
+        Every item with a bonus is therefore scored exactly (dot product plus all its bonuses: each
+        click's repeat bonus, the neighbours' bonus) and competes with the index's list, from which
+        those items are removed.
         """
-        indices = self.model.item_lookup(recent)  # [B, W]
-        slot_scores = tf.einsum("bd,bwd->bw", queries, tf.gather(self._catalog_embeddings, indices))
-        width = tf.shape(recent)[1]
-        same_item = tf.logical_and(tf.equal(indices[:, :, tf.newaxis], indices[:, tf.newaxis, :]),
-                                   indices[:, tf.newaxis, :] > 0)  # [B, slot, other slot]
-        bonus = tf.reduce_sum(tf.where(same_item, self.model.last_slot_bonus(width)[tf.newaxis, tf.newaxis], 0.0), -1)
-        later_slot = tf.range(width)[tf.newaxis, :] > tf.range(width)[:, tf.newaxis]  # [slot, other slot]
-        clicked_again_later = tf.reduce_any(tf.logical_and(same_item, later_slot[tf.newaxis]), -1)
-        listed = tf.logical_and(indices > 0, tf.logical_not(clicked_again_later))
-        session_scores = tf.where(listed, slot_scores + bonus, -np.inf)
-        in_session = tf.reduce_any(tf.equal(index_item_ids[:, :, tf.newaxis], recent[:, tf.newaxis, :]), -1)
-        scores = tf.concat([tf.where(in_session, -np.inf, index_scores), session_scores], axis=1)
-        item_ids = tf.concat([index_item_ids, recent], axis=1)
+        rows, items, bonuses = self._repeat_bonuses(self.model.item_lookup(recent))
+        if self.neighbours is not None:
+            neighbour_rows, neighbour_items, neighbour_bonuses = self.neighbours.bonus(self.model.item_lookup(recent))
+            rows, items, bonuses = (tf.concat(pair, 0) for pair in ((rows, neighbour_rows), (items, neighbour_items),
+                                                                   (bonuses, neighbour_bonuses)))
+        num_keys = tf.cast(tf.shape(self._item_ids)[0], tf.int64)
+        rows, items, bonuses = sum_by_row(rows, items, bonuses, num_keys)
+        exact = tf.reduce_sum(tf.gather(queries, rows) * tf.gather(self._catalog_embeddings, items), -1) + bonuses
+        batch = tf.shape(queries, out_type=tf.int64)[0]
+        bonus_scores = tf.RaggedTensor.from_value_rowids(exact, rows, nrows=batch).to_tensor(-np.inf)
+        bonus_item_ids = tf.RaggedTensor.from_value_rowids(tf.gather(self._item_ids, items), rows,
+                                                           nrows=batch).to_tensor("")
+        # Index hits that also have a bonus are already scored exactly: drop them from the index's list.
+        keys = rows * num_keys + items  # ascending
+        index_keys = tf.range(batch)[:, tf.newaxis] * num_keys + self.model.item_lookup(index_item_ids)
+        found = tf.searchsorted(keys, tf.reshape(index_keys, [-1]))
+        has_bonus = tf.equal(tf.gather(tf.concat([keys, [-1]], 0), found), tf.reshape(index_keys, [-1]))
+        index_scores = tf.where(tf.reshape(has_bonus, tf.shape(index_keys)), -np.inf, index_scores)
+        scores = tf.concat([index_scores, bonus_scores], axis=1)
         best_scores, positions = tf.math.top_k(scores, k=self.k)
-        return best_scores, tf.gather(item_ids, positions, batch_dims=1)
+        return best_scores, tf.gather(tf.concat([index_item_ids, bonus_item_ids], axis=1), positions, batch_dims=1)
+
+    def _repeat_bonuses(self, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(row, item, bonus) of each click of the sessions [B, W] of catalog indices (left-padded with 0)."""
+        clicked = indices > 0
+        slot_bonus = tf.broadcast_to(self.model.last_slot_bonus(tf.shape(indices)[1])[tf.newaxis], tf.shape(indices))
+        return tf.where(clicked)[:, 0], tf.boolean_mask(indices, clicked), tf.boolean_mask(slot_bonus, clicked)
 
 
 def save_retrieval(module: RetrievalExport, path: str | os.PathLike, uses_scann: bool) -> None:

@@ -54,6 +54,7 @@ class SessionModel(tfrs.models.Model):
         self.item_lookup = tf.keras.layers.StringLookup(vocabulary=list(item_ids), mask_token=None, num_oov_indices=1)
         self._item_embedding = tf.keras.layers.Embedding(len(item_ids) + 1, dim)
         self._item_embedding.build(None)
+        self._candidate_dropout = tf.keras.layers.Dropout(dropout)
         self.encoder = CausalTransformerEncoder(max_length, dim, num_blocks, num_heads, dropout)
         self._softmax = MixedNegativeSoftmax(target_counts, num_negatives)
         self.repeat_bonus = self.add_weight(name="repeat_bonus", shape=[max_length], initializer="zeros")
@@ -98,7 +99,16 @@ class SessionModel(tfrs.models.Model):
         queries = tf.boolean_mask(self.sequence_queries(history, training, catalog_embeddings), has_target)
         positives = tf.boolean_mask(self.item_lookup(targets), has_target)
         repeats = PrefixRepeats(self.item_lookup(history), has_target, self.repeat_bonus)
-        return self._softmax.loss(queries, positives, catalog_embeddings, repeats)
+        return self._softmax.loss(queries, positives, self._candidates(training), repeats)
+
+    def _candidates(self, training: bool) -> tf.Tensor:
+        """The item table the loss scores, with dropout on the raw embeddings while training.
+
+        Dropping coordinates of the candidates before they are normalised (CORE's robust distance,
+        Hou et al. 2022) keeps the model from leaning on a few directions of each item; on
+        DIGINETICA it added 0.005 P@20 and MRR@20 (docs/benchmarks.md).
+        """
+        return tf.math.l2_normalize(self._candidate_dropout(self._item_embedding.embeddings, training=training), axis=-1)
 
 
 class PrefixRepeats:
