@@ -12,9 +12,9 @@ import tensorflow as tf
 from tfrs_pipeline import index, recommend, train
 from tfrs_pipeline.config import SESSION_DEFAULTS, RunConfig
 from tfrs_pipeline.data.sessions import load_sessions
-from tfrs_pipeline.export.savedmodels import SessionExport
-from tfrs_pipeline.models.session_knn import SessionNeighbours
+from tfrs_pipeline.export.savedmodels import SessionExport, save_session
 from tfrs_pipeline.export.serving_config import read_config
+from tfrs_pipeline.models.session_knn import SessionNeighbours
 from tfrs_pipeline.pipelines import session
 from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
 from test_serving_server import RunningServer, retrieval_request
@@ -169,7 +169,7 @@ def test_evaluation_reads_sessions_as_serving_does_unknown_items_dropped(slice_m
 
 
 @pytest.mark.parametrize("neighbour_weight", [None, 3.0])
-def test_served_lists_add_the_bonuses_as_the_evaluation_does(slice_model, neighbour_weight):
+def test_served_lists_add_the_bonuses_as_the_evaluation_does(slice_model, neighbour_weight, tmp_path):
     """The export's merge of index hits, session items and neighbours' items gives the evaluated order."""
     config, data, catalog, model = slice_model
     # A bonus large enough to lift session items over any cosine (|score| <= scale) and to order them by recency.
@@ -203,6 +203,9 @@ def test_served_lists_add_the_bonuses_as_the_evaluation_does(slice_model, neighb
         plain = SessionExport(model, top_k, catalog.item_ids[:k], np.ones(k), k)
         plain_lists = plain.serve(tf.constant([list(prefix) + [""] * (20 - len(prefix)) for prefix in prefixes]))
         assert not np.array_equal(plain_lists["item_ids"].numpy(), served["item_ids"].numpy())
+        save_session(export, tmp_path / "1", uses_scann=False)  # the neighbours' tables travel with the export
+        reloaded = predict_in_fresh_process(tmp_path / "1", [list(prefix) for prefix in prefixes])
+        assert reloaded["item_ids"] == served["item_ids"].numpy().astype(str).tolist()
 
 
 def test_the_session_command_starts_from_the_session_defaults_and_flags_override_them():

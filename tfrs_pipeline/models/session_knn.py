@@ -62,10 +62,11 @@ class SessionNeighbours(tf.Module):
         self.neighbours = neighbours
         self._sessions_per_item = sessions_per_item
         self._num_sessions = len(distinct)
-        self._session_items = tf.constant(items)
-        self._session_starts = tf.constant(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-        self._item_sessions = tf.constant(kept_sessions)
-        self._item_starts = tf.constant(kept_starts.astype(np.int64))
+        # Variables, not constants: an export keeps them beside the graph, which has a 2 GB limit.
+        self._session_items = tf.Variable(items, trainable=False)
+        self._session_starts = tf.Variable(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), trainable=False)
+        self._item_sessions = tf.Variable(kept_sessions, trainable=False)
+        self._item_starts = tf.Variable(kept_starts.astype(np.int64), trainable=False)
 
     def bonus(self, session_indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """(row, item, bonus) to add to the transformer's scores: ``weight * evidence(score)``."""
