@@ -237,9 +237,10 @@ class SessionExport(tf.Module):
         click's repeat bonus, the neighbours' bonus) and competes with the index's list, from which
         those items are removed.
         """
-        rows, items, bonuses = self._repeat_bonuses(self.model.item_lookup(recent))
+        indices = self.model.item_lookup(recent)
+        rows, items, bonuses = self._repeat_bonuses(indices)
         if self.neighbours is not None:
-            neighbour_rows, neighbour_items, neighbour_bonuses = self.neighbours.bonus(self.model.item_lookup(recent))
+            neighbour_rows, neighbour_items, neighbour_bonuses = self.neighbours.bonus(indices)
             rows, items, bonuses = (tf.concat(pair, 0) for pair in ((rows, neighbour_rows), (items, neighbour_items),
                                                                    (bonuses, neighbour_bonuses)))
         num_keys = tf.cast(tf.shape(self._item_ids)[0], tf.int64)

@@ -104,25 +104,26 @@ def train_with_neighbours(config: RunConfig, data: SessionData,
     (``session_neighbours=0``) or no held-out session, the run serves the transformer alone.
     """
     held_out_count = int(len(data.train_sessions) * config.neighbour_validation_share) if config.session_neighbours else 0
-    fit_sessions = data.train_sessions[:len(data.train_sessions) - held_out_count]
+    fit_count = len(data.train_sessions) - held_out_count
+    fit_sessions = data.train_sessions[:fit_count]
     model, record = train(config, dataclasses.replace(data, train_sessions=fit_sessions), catalog)
     if not held_out_count:
         return model, None, record
-    held_out = data.train_sessions[len(fit_sessions):]
+    held_out = data.train_sessions[fit_count:]
+    indexed = [catalog.indices(session) for session in data.train_sessions]
     ends = [range(max(1, len(session) - HELD_OUT_CASES_PER_SESSION), len(session)) for session in held_out]
     prefixes = [session[:end] for session, session_ends in zip(held_out, ends) for end in session_ends]
     targets = np.asarray([session[end] for session, session_ends in zip(held_out, ends) for end in session_ends],
                          dtype=object)
     with stage(f"choose the session-kNN weight on {len(targets)} cases of {held_out_count} held-out sessions"):
-        fit_neighbours = SessionNeighbours([catalog.indices(session) for session in fit_sessions], len(catalog),
-                                           config.session_neighbours, recency_scale=config.neighbour_recency_scale)
+        fit_neighbours = SessionNeighbours(indexed[:fit_count], len(catalog), config.session_neighbours,
+                                           recency_scale=config.neighbour_recency_scale)
         p20_by_weight = {weight: evaluation.accuracy_metrics(ranks, cutoffs=(20,), mrr_cutoffs=(20,))["hr@20"]
                          for weight, ranks in zip(NEIGHBOUR_WEIGHTS, model_ranks_by_weight(
                              model, catalog, prefixes, targets, fit_neighbours, NEIGHBOUR_WEIGHTS))}
         weight = max(NEIGHBOUR_WEIGHTS, key=lambda candidate: (p20_by_weight[candidate], -candidate))
-    neighbours = SessionNeighbours([catalog.indices(session) for session in data.train_sessions], len(catalog),
-                                   config.session_neighbours, recency_scale=config.neighbour_recency_scale,
-                                   weight=weight)
+    neighbours = SessionNeighbours(indexed, len(catalog), config.session_neighbours,
+                                   recency_scale=config.neighbour_recency_scale, weight=weight)
     record.update(held_out_sessions=held_out_count, neighbour_weight=weight,
                   held_out_p20_by_neighbour_weight={str(key): value for key, value in p20_by_weight.items()})
     return model, neighbours, record
@@ -285,12 +286,13 @@ def evaluate(model: SessionModel, catalog: SessionCatalog, data: SessionData,
     rules = SequentialRules([catalog.indices(session) for session in data.train_sessions], len(catalog))
     last_items = np.asarray([catalog.indices(prefix[-1:])[0] for prefix in data.test_prefixes])
     ranks = {}
-    if neighbours is not None:
-        ranks["transformer_and_session_knn"] = model_ranks(model, catalog, data.test_prefixes, data.test_targets,
-                                                           excluded, neighbours)
+    if neighbours is not None:  # the transformer runs once for the served combination and for itself alone
+        ranks["transformer_and_session_knn"], ranks["transformer"] = model_ranks_by_weight(
+            model, catalog, data.test_prefixes, data.test_targets, neighbours, (neighbours.weight, 0.0), excluded)
         ranks["session_knn"] = neighbour_ranks(neighbours, catalog, data.test_prefixes, data.test_targets,
                                                model.max_length, excluded)
-    ranks["transformer"] = model_ranks(model, catalog, data.test_prefixes, data.test_targets, excluded)
+    else:
+        ranks["transformer"] = model_ranks(model, catalog, data.test_prefixes, data.test_targets, excluded)
     ranks["sequential_rules"] = _ranks_in_batches(lambda rows: rules.scores(last_items[rows]), target_indices, excluded)
     if excluded is None:
         ranks["popularity"] = _popularity_ranks(catalog.click_counts, target_indices)
