@@ -35,6 +35,7 @@ DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = ("diginetica", "tmall", "ml1m")
 SESSION_SETTINGS = {**{name: getattr(RunConfig, name) for name in ("embedding_dim", "num_blocks", "num_heads",
                                                                    "session_neighbours", "neighbour_recency_scale",
+                                                                   "neighbour_position_scale",
                                                                    "neighbour_validation_share")},
                     **SESSION_DEFAULTS}  # what train --task=session runs with
 # On MovieLens, the settings of the two-tower MovieLens run: 200 slots and the whole-catalog softmax,

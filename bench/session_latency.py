@@ -45,6 +45,7 @@ def exports(data_dir: pathlib.Path) -> tuple[dict[str, SessionExport], list[np.n
                               model.catalog_embeddings()[1:], TOP_K)
     neighbours = SessionNeighbours([catalog.indices(session) for session in data.train_sessions], len(catalog),
                                    RunConfig.session_neighbours, recency_scale=RunConfig.neighbour_recency_scale,
+                                   position_scale=RunConfig.neighbour_position_scale,
                                    weight=3.0)
     popular = catalog.item_ids[:TOP_K]
     built = {name: SessionExport(model, top_k, popular, np.ones(TOP_K), TOP_K, with_neighbours)

@@ -26,21 +26,28 @@ def sessions(shared_data_dir, tmp_path_factory):
     return catalog, [catalog.indices(session) for session in data.train_sessions], prefixes
 
 
-def by_definition(train: list[np.ndarray], prefix: np.ndarray, k: int, sessions_per_item: int, recency_scale: float):
+def by_definition(train: list[np.ndarray], prefix: np.ndarray, k: int, sessions_per_item: int, recency_scale: float,
+                  position_scale: float):
     """(item -> score, k-th and (k+1)-th similarity) straight from the definition.
 
-    Clicks weigh position / length (most recent 1), an item counts once at its last click; a
-    training session is a candidate through the items whose ``sessions_per_item`` most recent
-    sessions include it, and its similarity is the weight of those items, faded by the number of
-    sessions after it; the k most similar (ties: the more recent session) give each of their
-    items their similarity.
+    Clicks weigh position / length (most recent 1) times log(sessions / sessions with the item), an
+    item counts once at its last click; a training session is a candidate through the items whose
+    ``sessions_per_item`` most recent sessions include it, and its similarity is the weight of those
+    items, faded by the number of sessions after it; the k most similar (ties: the more recent
+    session) give each of their items their similarity, faded by the clicks between the item and
+    the shared item the prefix clicked last.
     """
+    def last_click(session: np.ndarray, item: int) -> int:
+        return max(position for position, clicked in enumerate(session) if clicked == item)
+
     weights = {item: (position + 1) / len(prefix) for position, item in enumerate(prefix)}
-    similarity = collections.defaultdict(float)
+    similarity, shared = collections.defaultdict(float), {}
     for item, weight in weights.items():
         containing = [number for number, session in enumerate(train) if item in set(session)]
         for number in containing[-sessions_per_item:]:
-            similarity[number] += weight
+            similarity[number] += weight * np.log(len(train) / len(containing))
+            if weight > weights.get(shared.get(number), 0.0):
+                shared[number] = item
     for number in similarity:
         if recency_scale:
             similarity[number] *= np.exp(-(len(train) - 1 - number) / (recency_scale * len(train)))
@@ -48,21 +55,26 @@ def by_definition(train: list[np.ndarray], prefix: np.ndarray, k: int, sessions_
     boundary = [similarity[number] for number in ranked[k - 1:k + 1]] + [0.0, 0.0]
     scores = collections.defaultdict(float)
     for number in ranked[:k]:
+        if similarity[number] <= 0:
+            continue
+        reference = last_click(train[number], shared[number])
         for item in set(train[number]):
-            scores[item] += similarity[number]
+            clicks_apart = abs(last_click(train[number], item) - reference)
+            scores[item] += similarity[number] * (np.exp(-clicks_apart / position_scale) if position_scale else 1.0)
     return scores, boundary[:2]
 
 
-@pytest.mark.parametrize("k, sessions_per_item, recency_scale", [(20, 1000, 0.0), (5, 30, 0.0), (20, 1000, 0.5)])
-def test_item_scores_follow_the_definition(sessions, k, sessions_per_item, recency_scale):
+@pytest.mark.parametrize("k, sessions_per_item, recency_scale, position_scale",
+                         [(20, 1000, 0.0, 0.0), (5, 30, 0.0, 2.0), (20, 1000, 0.5, 4.0)])
+def test_item_scores_follow_the_definition(sessions, k, sessions_per_item, recency_scale, position_scale):
     catalog, train, prefixes = sessions
     neighbours = SessionNeighbours(train, len(catalog), neighbours=k, sessions_per_item=sessions_per_item,
-                                   recency_scale=recency_scale)
+                                   recency_scale=recency_scale, position_scale=position_scale)
     rows, items, scores = (tensor.numpy() for tensor in neighbours.scores(left_padded_indices(catalog, prefixes, 20)))
     checked = 0
     for row, prefix in enumerate(prefixes):
         expected, (kth, next_best) = by_definition(train, catalog.indices(prefix[-20:]), k, sessions_per_item,
-                                                   recency_scale)
+                                                   recency_scale, position_scale)
         if 0 < kth - next_best < 1e-4:
             continue  # float32 sums may order a near-tie differently; an exact tie goes to the recent session
         mine = rows == row

@@ -35,6 +35,7 @@ class RunConfig:
     session_test_days: float = 7.0
     session_neighbours: int = 100
     neighbour_recency_scale: float = 0.5
+    neighbour_position_scale: float = 4.0
     neighbour_validation_share: float = 0.02
     max_users: int | None = None
     max_length: int = 200
@@ -79,6 +80,8 @@ class RunConfig:
             raise ValueError(f"session_neighbours must be 0 (off) or more, got {self.session_neighbours}")
         if self.neighbour_recency_scale < 0:
             raise ValueError(f"neighbour_recency_scale must be 0 (off) or more, got {self.neighbour_recency_scale}")
+        if self.neighbour_position_scale < 0:
+            raise ValueError(f"neighbour_position_scale must be 0 (off) or more, got {self.neighbour_position_scale}")
         if not 0 <= self.neighbour_validation_share < 1:
             raise ValueError(f"neighbour_validation_share must be in [0, 1), got {self.neighbour_validation_share}")
         if self.embedding_dim % self.num_heads:

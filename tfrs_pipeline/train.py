@@ -28,6 +28,8 @@ _HELP = {
                           "scores; 0: the transformer alone",
     "neighbour_recency_scale": "session task: older training sessions count less as neighbours, by exp(-newer "
                                "sessions / (this share of all)); 0 where sessions are not in time order",
+    "neighbour_position_scale": "session task: a neighbour's items count less the further, in clicks, from the item "
+                                "it shares with the session, by exp(-clicks / this); 0: all alike",
     "neighbour_validation_share": "session task: the most recent share of training sessions, held out of the "
                                   "transformer's training to choose the session-kNN weight",
     "max_users": "use only the users with the smallest ids (quick runs)",

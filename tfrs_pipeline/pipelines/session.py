@@ -115,15 +115,19 @@ def train_with_neighbours(config: RunConfig, data: SessionData,
     prefixes = [session[:end] for session, session_ends in zip(held_out, ends) for end in session_ends]
     targets = np.asarray([session[end] for session, session_ends in zip(held_out, ends) for end in session_ends],
                          dtype=object)
+
+    def neighbours_over(sessions: list[np.ndarray], weight: float = 0.0) -> SessionNeighbours:
+        return SessionNeighbours(sessions, len(catalog), config.session_neighbours,
+                                 recency_scale=config.neighbour_recency_scale,
+                                 position_scale=config.neighbour_position_scale, weight=weight)
+
     with stage(f"choose the session-kNN weight on {len(targets)} cases of {held_out_count} held-out sessions"):
-        fit_neighbours = SessionNeighbours(indexed[:fit_count], len(catalog), config.session_neighbours,
-                                           recency_scale=config.neighbour_recency_scale)
+        fit_neighbours = neighbours_over(indexed[:fit_count])
         p20_by_weight = {weight: evaluation.accuracy_metrics(ranks, cutoffs=(20,), mrr_cutoffs=(20,))["hr@20"]
                          for weight, ranks in zip(NEIGHBOUR_WEIGHTS, model_ranks_by_weight(
                              model, catalog, prefixes, targets, fit_neighbours, NEIGHBOUR_WEIGHTS))}
         weight = max(NEIGHBOUR_WEIGHTS, key=lambda candidate: (p20_by_weight[candidate], -candidate))
-    neighbours = SessionNeighbours(indexed, len(catalog), config.session_neighbours,
-                                   recency_scale=config.neighbour_recency_scale, weight=weight)
+    neighbours = neighbours_over(indexed, weight)
     record.update(held_out_sessions=held_out_count, neighbour_weight=weight,
                   held_out_p20_by_neighbour_weight={str(key): value for key, value in p20_by_weight.items()})
     return model, neighbours, record
