@@ -100,7 +100,7 @@ def train_with_neighbours(config: RunConfig, data: SessionData,
     better than it is, and the neighbours would include the session itself). Those come last in
     time, as the test and serving do, which is where the neighbours' fading by age matters. On
     DIGINETICA, holding out the most recent 2% instead of a random 2% cost the transformer 0.003 P@20,
-    but it chose a better weight: served P@20 0.5396 instead of 0.5376. With no neighbours
+    but it chose a better weight: served P@20 0.5396 instead of 0.5376 (plain V-SKNN). With no neighbours
     (``session_neighbours=0``) or no held-out session, the run serves the transformer alone.
     """
     held_out_count = int(len(data.train_sessions) * config.neighbour_validation_share) if config.session_neighbours else 0
