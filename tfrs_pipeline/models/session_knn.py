@@ -60,7 +60,7 @@ class SessionNeighbours(tf.Module):
         self.weight = weight
         self._fading = 1.0 / (recency_scale * max(1, len(sessions))) if recency_scale else 0.0
         self._position_fading = 1.0 / position_scale if position_scale else 0.0
-        distinct = [last_clicks(session) for session in sessions]
+        distinct = [_last_clicks(session) for session in sessions]
         lengths = np.asarray([len(items) for items, _ in distinct], np.int64)
         items = np.concatenate([np.zeros(0, np.int64)] + [items for items, _ in distinct]).astype(np.int64)
         positions = np.concatenate([np.zeros(0, np.int64)] + [clicks for _, clicks in distinct]).astype(np.int64)
@@ -115,7 +115,8 @@ class SessionNeighbours(tf.Module):
         spans = tf.ragged.range(tf.gather(self._session_starts, neighbour_sessions),
                                 tf.gather(self._session_starts, neighbour_sessions + 1))
         owner = spans.value_rowids()
-        clicks_apart = tf.abs(tf.gather(self._session_positions, spans.flat_values) - tf.gather(shared_positions, owner))
+        clicks_apart = tf.abs(tf.gather(self._session_positions, spans.flat_values)
+                              - tf.gather(shared_positions, owner))
         values = tf.gather(similarities, owner) * tf.exp(-self._position_fading * tf.cast(clicks_apart, tf.float32))
         return sum_by_row(tf.gather(neighbour_rows, owner), tf.gather(self._session_items, spans.flat_values),
                           values, self.num_items + 1)
@@ -128,7 +129,7 @@ class SessionNeighbours(tf.Module):
         """
         spans = tf.ragged.range(tf.gather(self._item_starts, items), tf.gather(self._item_starts, items + 1))
         owner = spans.value_rowids()
-        keys, groups = distinct_pairs(tf.gather(rows, owner), tf.gather(self._item_sessions, spans.flat_values),
+        keys, groups = _distinct_pairs(tf.gather(rows, owner), tf.gather(self._item_sessions, spans.flat_values),
                                       self._num_sessions)
         similarities = tf.math.unsorted_segment_sum(tf.gather(weights, owner), groups, tf.size(keys))
         references = tf.math.unsorted_segment_max(
@@ -158,7 +159,7 @@ def evidence(scores: tf.Tensor) -> tf.Tensor:
     return tf.math.log1p(scores)
 
 
-def last_clicks(session: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _last_clicks(session: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct catalog indices, ascending; the position of each one's last click among the session's known items)."""
     clicked = session[session > 0]
     items, clicks_from_end = np.unique(clicked[::-1], return_index=True)
@@ -178,16 +179,18 @@ def _weighted_items(session_indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, t
     later = tf.range(width)[tf.newaxis, :] > tf.range(width)[:, tf.newaxis]
     kept = tf.logical_and(real, tf.logical_not(tf.reduce_any(tf.logical_and(same_item, later[tf.newaxis]), -1)))
     rows_and_slots = tf.where(kept)
-    return rows_and_slots[:, 0], rows_and_slots[:, 1], tf.boolean_mask(session_indices, kept), tf.boolean_mask(weight, kept)
+    return (rows_and_slots[:, 0], rows_and_slots[:, 1], tf.boolean_mask(session_indices, kept),
+            tf.boolean_mask(weight, kept))
 
 
-def sum_by_row(rows: tf.Tensor, keys: tf.Tensor, values: tf.Tensor, num_keys: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def sum_by_row(rows: tf.Tensor, keys: tf.Tensor, values: tf.Tensor,
+               num_keys: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """(row, key, summed value) of each distinct (row, key), ordered by row then key."""
-    pairs, groups = distinct_pairs(rows, keys, num_keys)
+    pairs, groups = _distinct_pairs(rows, keys, num_keys)
     return pairs // num_keys, pairs % num_keys, tf.math.unsorted_segment_sum(values, groups, tf.size(pairs))
 
 
-def distinct_pairs(rows: tf.Tensor, keys: tf.Tensor, num_keys: int) -> tuple[tf.Tensor, tf.Tensor]:
+def _distinct_pairs(rows: tf.Tensor, keys: tf.Tensor, num_keys: int) -> tuple[tf.Tensor, tf.Tensor]:
     """(row * num_keys + key of each distinct (row, key), ascending; the position there of each input pair)."""
     pairs, groups = tf.unique(rows * num_keys + keys)
     order = tf.argsort(pairs)
