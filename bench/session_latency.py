@@ -24,9 +24,7 @@ from tfrs_pipeline import index
 from tfrs_pipeline.config import SESSION_DEFAULTS, RunConfig
 from tfrs_pipeline.data.sessions import load_sessions
 from tfrs_pipeline.export.savedmodels import SessionExport
-from tfrs_pipeline.models.session import SessionModel
-from tfrs_pipeline.models.session_knn import SessionNeighbours
-from tfrs_pipeline.pipelines.session import SessionCatalog
+from tfrs_pipeline.pipelines.session import SessionCatalog, build_model, session_neighbours
 
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 BATCH_SIZES = (1, 32)
@@ -37,16 +35,12 @@ def exports(data_dir: pathlib.Path) -> tuple[dict[str, SessionExport], list[np.n
     """{"transformer": ..., "transformer_and_session_knn": ...} over the data set, and its test prefixes."""
     data = load_sessions(data_dir, "srgnn")
     catalog = SessionCatalog(data.train_sessions)
-    settings = {**SESSION_DEFAULTS, "embedding_dim": RunConfig.embedding_dim, "num_heads": RunConfig.num_heads}
-    model = SessionModel(catalog.item_ids, catalog.target_counts(data.train_sessions), settings["max_length"],
-                         settings["embedding_dim"], settings["num_blocks"], settings["num_heads"],
-                         settings["dropout"], settings["num_negatives"])
+    config = RunConfig(task="session", **SESSION_DEFAULTS)  # what train --task=session runs with
+    model = build_model(config, catalog, data.train_sessions)
     top_k = index.build_top_k("brute_force", tf.constant(catalog.item_ids.astype(str)),
                               model.catalog_embeddings()[1:], TOP_K)
-    neighbours = SessionNeighbours([catalog.indices(session) for session in data.train_sessions], len(catalog),
-                                   RunConfig.session_neighbours, recency_scale=RunConfig.neighbour_recency_scale,
-                                   position_scale=RunConfig.neighbour_position_scale,
-                                   weight=3.0)
+    neighbours = session_neighbours(config, len(catalog),
+                                    [catalog.indices(items) for items in data.train_sessions], weight=3.0)
     popular = catalog.item_ids[:TOP_K]
     built = {name: SessionExport(model, top_k, popular, np.ones(TOP_K), TOP_K, with_neighbours)
              for name, with_neighbours in (("transformer", None), ("transformer_and_session_knn", neighbours))}

@@ -34,8 +34,8 @@ class RunConfig:
     session_format: str = "auto"
     session_test_days: float = 7.0
     session_neighbours: int = 100
-    neighbour_recency_scale: float = 0.5
-    neighbour_position_scale: float = 4.0
+    neighbour_recency_scale: float = 0.5  # chosen on the most recent 5% of DIGINETICA's training sessions
+    neighbour_position_scale: float = 4.0  # clicks; chosen there too (2: worse, 8: the same)
     neighbour_validation_share: float = 0.02
     max_users: int | None = None
     max_length: int = 200

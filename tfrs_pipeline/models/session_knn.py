@@ -19,11 +19,10 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-DEFAULT_NEIGHBOURS = 100
+from tfrs_pipeline.config import RunConfig
+
 DEFAULT_SESSIONS_PER_ITEM = 1000
 EVALUATION_READS = 1 << 24  # candidate sessions read per call of ``dense_scores``: bounds its memory
-DEFAULT_RECENCY_SCALE = 0.5  # chosen on the most recent 5% of DIGINETICA training sessions
-DEFAULT_POSITION_SCALE = 4.0  # clicks; chosen there too (2: worse, 8: the same)
 _POSITION_SPAN = 1 << 32  # reference keys are slot * span + click position: the most recent slot wins
 
 
@@ -53,9 +52,10 @@ class SessionNeighbours(tf.Module):
       weight: how much the scores count beside the transformer's (``bonus``).
     """
 
-    def __init__(self, sessions: Sequence[np.ndarray], num_items: int, neighbours: int = DEFAULT_NEIGHBOURS,
-                 sessions_per_item: int = DEFAULT_SESSIONS_PER_ITEM, recency_scale: float = DEFAULT_RECENCY_SCALE,
-                 position_scale: float = DEFAULT_POSITION_SCALE, weight: float = 0.0):
+    def __init__(self, sessions: Sequence[np.ndarray], num_items: int, neighbours: int = RunConfig.session_neighbours,
+                 sessions_per_item: int = DEFAULT_SESSIONS_PER_ITEM,
+                 recency_scale: float = RunConfig.neighbour_recency_scale,
+                 position_scale: float = RunConfig.neighbour_position_scale, weight: float = 0.0):
         super().__init__()
         self.weight = weight
         self._fading = 1.0 / (recency_scale * max(1, len(sessions))) if recency_scale else 0.0

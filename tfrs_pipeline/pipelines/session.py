@@ -115,30 +115,38 @@ def train_with_neighbours(config: RunConfig, data: SessionData,
     prefixes = [session[:end] for session, session_ends in zip(held_out, ends) for end in session_ends]
     targets = np.asarray([session[end] for session, session_ends in zip(held_out, ends) for end in session_ends],
                          dtype=object)
-
-    def neighbours_over(sessions: list[np.ndarray], weight: float = 0.0) -> SessionNeighbours:
-        return SessionNeighbours(sessions, len(catalog), config.session_neighbours,
-                                 recency_scale=config.neighbour_recency_scale,
-                                 position_scale=config.neighbour_position_scale, weight=weight)
-
     with stage(f"choose the session-kNN weight on {len(targets)} cases of {held_out_count} held-out sessions"):
-        fit_neighbours = neighbours_over(indexed[:fit_count])
+        ranks_by_weight, _ = model_ranks_by_weight(model, catalog, prefixes, targets,
+                                                   session_neighbours(config, len(catalog), indexed[:fit_count]),
+                                                   NEIGHBOUR_WEIGHTS)
         p20_by_weight = {weight: evaluation.accuracy_metrics(ranks, cutoffs=(20,), mrr_cutoffs=(20,))["hr@20"]
-                         for weight, ranks in zip(NEIGHBOUR_WEIGHTS, model_ranks_by_weight(
-                             model, catalog, prefixes, targets, fit_neighbours, NEIGHBOUR_WEIGHTS))}
+                         for weight, ranks in zip(NEIGHBOUR_WEIGHTS, ranks_by_weight)}
         weight = max(NEIGHBOUR_WEIGHTS, key=lambda candidate: (p20_by_weight[candidate], -candidate))
-    neighbours = neighbours_over(indexed, weight)
+    neighbours = session_neighbours(config, len(catalog), indexed, weight)
     record.update(held_out_sessions=held_out_count, neighbour_weight=weight,
                   held_out_p20_by_neighbour_weight={str(key): value for key, value in p20_by_weight.items()})
     return model, neighbours, record
 
 
+def build_model(config: RunConfig, catalog: SessionCatalog, train_sessions: list[np.ndarray]) -> SessionModel:
+    """An untrained session model over the catalog with the run's settings (the softmax's logQ reads the sessions)."""
+    return SessionModel(catalog.item_ids, catalog.target_counts(train_sessions), config.max_length,
+                        config.embedding_dim, config.num_blocks, config.num_heads, config.dropout,
+                        config.num_negatives)
+
+
+def session_neighbours(config: RunConfig, num_items: int, sessions: list[np.ndarray],
+                       weight: float = 0.0) -> SessionNeighbours:
+    """Session kNN with the run's settings over ``sessions`` (catalog indices, oldest session first)."""
+    return SessionNeighbours(sessions, num_items, config.session_neighbours,
+                             recency_scale=config.neighbour_recency_scale,
+                             position_scale=config.neighbour_position_scale, weight=weight)
+
+
 def train(config: RunConfig, data: SessionData, catalog: SessionCatalog) -> tuple[SessionModel, dict]:
     """The trained model and its record (per-epoch logs, examples, seconds)."""
     with stage("build session model"):
-        model = SessionModel(catalog.item_ids, catalog.target_counts(data.train_sessions), config.max_length,
-                             config.embedding_dim, config.num_blocks, config.num_heads, config.dropout,
-                             config.num_negatives)
+        model = build_model(config, catalog, data.train_sessions)
         examples = training_windows(data.session_ids, data.train_sessions, config.max_length)
         examples.pop("user_id")  # sessions are anonymous: the model sees their items only
         steps = config.epochs * -(-len(examples["history_item_ids"]) // config.batch_size)
@@ -203,13 +211,17 @@ def model_ranks(model: SessionModel, catalog: SessionCatalog, prefixes: list[np.
     prefix, plus the neighbours' bonus; a prefix left empty gets the most clicked items.
     """
     weights = (neighbours.weight,) if neighbours is not None else (0.0,)
-    return model_ranks_by_weight(model, catalog, prefixes, targets, neighbours, weights, excluded)[0]
+    return model_ranks_by_weight(model, catalog, prefixes, targets, neighbours, weights, excluded)[0][0]
 
 
 def model_ranks_by_weight(model: SessionModel, catalog: SessionCatalog, prefixes: list[np.ndarray],
                           targets: np.ndarray, neighbours: SessionNeighbours | None, weights: Sequence[float],
-                          excluded: list[np.ndarray] | None = None) -> list[np.ndarray]:
-    """``model_ranks`` for each of ``weights`` of the neighbours' bonus, the transformer run once."""
+                          excluded: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """(``model_ranks`` for each of ``weights`` of the neighbours' bonus, ranks under the neighbours alone).
+
+    The transformer and the neighbours each score the prefixes once for all of them. Alone (None
+    without ``neighbours``), popularity breaks the neighbours' ties and ranks sessions with no neighbour.
+    """
     prefixes = [prefix[catalog.indices(prefix) > 0] for prefix in prefixes]
     is_empty = np.asarray([len(prefix) == 0 for prefix in prefixes])
     catalog_embeddings = model.catalog_embeddings().numpy()
@@ -217,22 +229,35 @@ def model_ranks_by_weight(model: SessionModel, catalog: SessionCatalog, prefixes
     cases, items, bonuses = repeat_bonuses(model, catalog, prefixes)
     recent = left_padded_indices(catalog, prefixes, model.max_length)
     target_indices = catalog.indices(targets)
+    tie_break = 1e-6 * catalog.click_counts / max(1.0, catalog.click_counts.max())
     ranks = [[] for _ in weights]
+    alone = []
     for start in range(0, len(prefixes), EVALUATION_BATCH):
         rows = slice(start, start + EVALUATION_BATCH)
+        batch_excluded = excluded[rows] if excluded is not None else [[]] * len(target_indices[rows])
         batch_scores = queries[rows] @ catalog_embeddings.T
         first, last = np.searchsorted(cases, [rows.start, rows.stop])
         np.add.at(batch_scores, (cases[first:last] - rows.start, items[first:last]), bonuses[first:last])
         neighbour_scores = 0.0
-        if neighbours is not None and any(weights):
-            neighbour_scores = evidence(neighbours.dense_scores(recent[rows])).numpy()
-        batch_excluded = excluded[rows] if excluded is not None else [[]] * len(target_indices[rows])
+        if neighbours is not None:
+            raw_neighbour_scores = neighbours.dense_scores(recent[rows])
+            neighbour_scores = evidence(raw_neighbour_scores).numpy()
+            alone.append(_ranked(raw_neighbour_scores + tie_break, target_indices[rows], batch_excluded))
         for weight, weight_ranks in zip(weights, ranks):
             scores = batch_scores + weight * neighbour_scores if weight else batch_scores.copy()
             scores[is_empty[rows]] = catalog.click_counts
-            scores[:, 0] = -np.inf
-            weight_ranks.append(evaluation.rank_of_targets(scores, target_indices[rows], batch_excluded))
-    return [np.concatenate(weight_ranks) if weight_ranks else np.zeros(0, np.int64) for weight_ranks in ranks]
+            weight_ranks.append(_ranked(scores, target_indices[rows], batch_excluded))
+
+    def joined(batches: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(batches) if batches else np.zeros(0, np.int64)
+
+    return [joined(batches) for batches in ranks], joined(alone) if neighbours is not None else None
+
+
+def _ranked(scores: np.ndarray, target_indices: np.ndarray, excluded: list[np.ndarray]) -> np.ndarray:
+    """Ranks of the targets under ``scores`` [cases, N + 1], in which index 0 (no item) is never recommended."""
+    scores[:, 0] = -np.inf
+    return evaluation.rank_of_targets(scores, target_indices, excluded)
 
 
 def left_padded_indices(catalog: SessionCatalog, prefixes: list[np.ndarray], width: int) -> np.ndarray:
@@ -242,20 +267,6 @@ def left_padded_indices(catalog: SessionCatalog, prefixes: list[np.ndarray], wid
         recent = catalog.indices(prefix[-width:]) if len(prefix) else np.zeros(0, np.int64)
         padded[row, width - len(recent):] = recent
     return padded
-
-
-def neighbour_ranks(neighbours: SessionNeighbours, catalog: SessionCatalog, prefixes: list[np.ndarray],
-                    targets: np.ndarray, width: int, excluded: list[np.ndarray] | None = None) -> np.ndarray:
-    """Ranks under session kNN alone; popularity breaks ties and ranks sessions with no neighbour."""
-    recent = left_padded_indices(catalog, [prefix[catalog.indices(prefix) > 0] for prefix in prefixes], width)
-    tie_break = 1e-6 * catalog.click_counts / max(1.0, catalog.click_counts.max())
-
-    def scores(rows: slice) -> np.ndarray:
-        batch_scores = neighbours.dense_scores(recent[rows]) + tie_break
-        batch_scores[:, 0] = -np.inf
-        return batch_scores
-
-    return _ranks_in_batches(scores, catalog.indices(targets), excluded)
 
 
 def repeat_bonuses(model: SessionModel, catalog: SessionCatalog,
@@ -290,11 +301,9 @@ def evaluate(model: SessionModel, catalog: SessionCatalog, data: SessionData,
     rules = SequentialRules([catalog.indices(session) for session in data.train_sessions], len(catalog))
     last_items = np.asarray([catalog.indices(prefix[-1:])[0] for prefix in data.test_prefixes])
     ranks = {}
-    if neighbours is not None:  # the transformer runs once for the served combination and for itself alone
-        ranks["transformer_and_session_knn"], ranks["transformer"] = model_ranks_by_weight(
+    if neighbours is not None:  # the transformer and kNN run once for the served combination and each alone
+        (ranks["transformer_and_session_knn"], ranks["transformer"]), ranks["session_knn"] = model_ranks_by_weight(
             model, catalog, data.test_prefixes, data.test_targets, neighbours, (neighbours.weight, 0.0), excluded)
-        ranks["session_knn"] = neighbour_ranks(neighbours, catalog, data.test_prefixes, data.test_targets,
-                                               model.max_length, excluded)
     else:
         ranks["transformer"] = model_ranks(model, catalog, data.test_prefixes, data.test_targets, excluded)
     ranks["sequential_rules"] = _ranks_in_batches(lambda rows: rules.scores(last_items[rows]), target_indices, excluded)
