@@ -11,6 +11,16 @@ def test_rank_ignores_excluded_items_and_counts_ties_against_the_target():
     assert ranks.tolist() == [3, 4]  # row 0: item 0 excluded, item 2 beats it and item 3 ties with it
 
 
+def test_a_tie_break_orders_equal_scores_even_where_adding_it_would_round_away():
+    scores = np.array([[4.45, 4.45, 4.45, 1.0], [4.45, 4.45, 4.45, 1.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    popularity = np.array([3.0, 2.0, 2.0, 9.0])
+    targets, nothing_excluded = np.array([0, 1, 3]), [np.array([], int)] * 3
+    ranks = evaluation.rank_of_targets(scores, targets, nothing_excluded, tie_break=popularity)
+    assert ranks.tolist() == [1, 3, 1]  # item 0 wins its tie; item 1 loses to it and ties with item 2 on both
+    added = evaluation.rank_of_targets(scores + 1e-8 * popularity, targets, nothing_excluded)
+    assert added.tolist() == [3, 3, 1]  # a small term added to 4.45 is lost in float32
+
+
 def test_metrics_of_known_ranks():
     metrics = evaluation.accuracy_metrics(np.array([1, 3, 20]), cutoffs=(10,))
     assert metrics["hr@10"] == 2 / 3

@@ -168,6 +168,27 @@ def test_evaluation_reads_sessions_as_serving_does_unknown_items_dropped(slice_m
     assert ranks.tolist() == [int((clicks >= clicks[column]).sum()) for column in (0, 1, 50)]
 
 
+def test_session_knn_alone_ranks_by_its_scores_then_by_clicks(session_export):
+    """kNN alone comes from the pass that scores the served system: its score, then popularity, ties against."""
+    _, _, folder = session_export
+    data = load_sessions(folder, "srgnn")
+    catalog = session.SessionCatalog(data.train_sessions)
+    config = RunConfig(task="session", **SMALL_SESSION_RUN)
+    sessions = [catalog.indices(items) for items in data.train_sessions]
+    neighbours = session.session_neighbours(config, len(catalog), sessions)
+    prefixes, targets = data.test_prefixes, data.test_targets
+    assert len(targets) > session.EVALUATION_BATCH  # more than one batch
+    model = session.build_model(config, catalog, data.train_sessions)  # untrained: kNN alone does not read it
+    _, alone = session.model_ranks_by_weight(model, catalog, prefixes, targets, neighbours, (0.0,))
+    known = [prefix[catalog.indices(prefix) > 0] for prefix in prefixes]
+    scores = neighbours.dense_scores(session.left_padded_indices(catalog, known, config.max_length))[:, 1:]
+    clicks = catalog.click_counts[1:]
+    expected = [int(np.sum((row > row[target]) | ((row == row[target]) & (clicks >= clicks[target]))))
+                for row, target in zip(scores, catalog.indices(targets) - 1)]
+    assert alone.tolist() == expected
+    assert np.mean(scores[np.arange(len(targets)), catalog.indices(targets) - 1] == 0) > 0.1  # popularity matters
+
+
 @pytest.mark.parametrize("neighbour_weight", [None, 3.0])
 def test_served_lists_add_the_bonuses_as_the_evaluation_does(slice_model, neighbour_weight, tmp_path):
     """The export's merge of index hits, session items and neighbours' items gives the evaluated order."""

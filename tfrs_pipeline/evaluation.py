@@ -15,7 +15,8 @@ import numpy as np
 CUTOFFS = (10, 50, 200)
 
 
-def rank_of_targets(scores: np.ndarray, target_indices: np.ndarray, excluded: Sequence[np.ndarray]) -> np.ndarray:
+def rank_of_targets(scores: np.ndarray, target_indices: np.ndarray, excluded: Sequence[np.ndarray],
+                    tie_break: np.ndarray | None = None) -> np.ndarray:
     """1-based rank of each row's target among its non-excluded columns (ties count against it).
 
     Args:
@@ -23,12 +24,18 @@ def rank_of_targets(scores: np.ndarray, target_indices: np.ndarray, excluded: Se
       target_indices: [users] the column of each row's held-out item.
       excluded: per row, the columns that must not compete (items already rated); the target itself
         is never excluded.
+      tie_break: [items] what orders items of equal score (higher first; popularity, for a baseline
+        that gives many items the same score), so that only ties on both count against the target.
+        Compared here rather than added to the scores, where float32 would round it away.
     """
     scores = scores.astype(np.float32, copy=True)
     for row, columns in enumerate(excluded):
         scores[row, columns] = -np.inf
-    target_scores = scores[np.arange(len(target_indices)), target_indices]
-    return (scores >= target_scores[:, np.newaxis]).sum(axis=1)  # the target itself, and all that tie or beat it
+    target_scores = scores[np.arange(len(target_indices)), target_indices][:, np.newaxis]
+    if tie_break is None:
+        return (scores >= target_scores).sum(axis=1)  # the target itself, and all that tie or beat it
+    level = scores == target_scores
+    return ((scores > target_scores) | (level & (tie_break >= tie_break[target_indices][:, np.newaxis]))).sum(axis=1)
 
 
 def softmax_cross_entropy(scores: np.ndarray, target_columns: np.ndarray) -> float:

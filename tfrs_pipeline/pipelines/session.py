@@ -229,7 +229,6 @@ def model_ranks_by_weight(model: SessionModel, catalog: SessionCatalog, prefixes
     cases, items, bonuses = repeat_bonuses(model, catalog, prefixes)
     recent = left_padded_indices(catalog, prefixes, model.max_length)
     target_indices = catalog.indices(targets)
-    tie_break = 1e-6 * catalog.click_counts / max(1.0, catalog.click_counts.max())
     ranks = [[] for _ in weights]
     alone = []
     for start in range(0, len(prefixes), EVALUATION_BATCH):
@@ -242,7 +241,7 @@ def model_ranks_by_weight(model: SessionModel, catalog: SessionCatalog, prefixes
         if neighbours is not None:
             raw_neighbour_scores = neighbours.dense_scores(recent[rows])
             neighbour_scores = evidence(raw_neighbour_scores).numpy()
-            alone.append(_ranked(raw_neighbour_scores + tie_break, target_indices[rows], batch_excluded))
+            alone.append(_ranked(raw_neighbour_scores, target_indices[rows], batch_excluded, catalog.click_counts))
         for weight, weight_ranks in zip(weights, ranks):
             scores = batch_scores + weight * neighbour_scores if weight else batch_scores.copy()
             scores[is_empty[rows]] = catalog.click_counts
@@ -254,10 +253,11 @@ def model_ranks_by_weight(model: SessionModel, catalog: SessionCatalog, prefixes
     return [joined(batches) for batches in ranks], joined(alone) if neighbours is not None else None
 
 
-def _ranked(scores: np.ndarray, target_indices: np.ndarray, excluded: list[np.ndarray]) -> np.ndarray:
+def _ranked(scores: np.ndarray, target_indices: np.ndarray, excluded: list[np.ndarray],
+            tie_break: np.ndarray | None = None) -> np.ndarray:
     """Ranks of the targets under ``scores`` [cases, N + 1], in which index 0 (no item) is never recommended."""
     scores[:, 0] = -np.inf
-    return evaluation.rank_of_targets(scores, target_indices, excluded)
+    return evaluation.rank_of_targets(scores, target_indices, excluded, tie_break)
 
 
 def left_padded_indices(catalog: SessionCatalog, prefixes: list[np.ndarray], width: int) -> np.ndarray:
