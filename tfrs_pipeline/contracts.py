@@ -1,0 +1,112 @@
+"""What every side of the pipeline agrees on: feature schema types, signature and file names.
+
+Data readers, models, the exporter, the server and the clients all import these names instead of
+restating them, as TF Serving's clients and server share ``predict.proto``. The module imports
+nothing from the project (and nothing heavy), so the serving side can depend on it freely.
+
+An export describes itself in ``<export_dir>/schema.json`` (``ExportDescription``): which user
+features the fresh-feature signatures take, of which kind, and which file maps item ids to titles.
+Clients read it instead of knowing any data set's column names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+# --- Feature schema ------------------------------------------------------------------------------
+
+CATEGORICAL = "categorical"  # one string value per row ("" = missing)
+MULTI_CATEGORICAL = "multi_categorical"  # a set of string values per row ("|" in files)
+NUMERIC = "numeric"  # one float per row (NaN = missing)
+TEXT = "text"  # free text, split into words
+FEATURE_KINDS = (CATEGORICAL, MULTI_CATEGORICAL, NUMERIC, TEXT)
+MULTI_VALUE_SEPARATOR = "|"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """One user or item feature: its column name (the signature's input name) and its kind."""
+
+    name: str
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(f"feature {self.name!r}: kind must be one of {FEATURE_KINDS}, got {self.kind!r}")
+        if self.name in RESERVED_INPUTS:
+            raise ValueError(f"feature {self.name!r}: the name is reserved for the signatures' own inputs")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSchema:
+    """The user and item features a model is built from, in a fixed order."""
+
+    user_features: tuple[FeatureSpec, ...] = ()
+    item_features: tuple[FeatureSpec, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {side: [dataclasses.asdict(spec) for spec in getattr(self, side)]
+                for side in ("user_features", "item_features")}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> FeatureSchema:
+        return cls(**{side: tuple(FeatureSpec(**spec) for spec in value.get(side, ()))
+                      for side in ("user_features", "item_features")})
+
+
+# --- Signatures (the wire contract of the SavedModels) ------------------------------------------
+
+SERVING_SIGNATURE = "serving_default"
+QUERY_FEATURES_SIGNATURE = "query_features"  # fresh user features and history instead of a user id
+USER_ID_INPUT = "user_id"
+HISTORY_INPUT = "history_item_ids"  # [batch, any] item ids, oldest first, "" padded
+CANDIDATES_INPUT = "item_ids"  # ranking: [batch, N] candidate item ids
+SESSION_INPUT = "session_item_ids"
+ITEM_IDS_OUTPUT = "item_ids"
+SCORES_OUTPUT = "scores"
+RESERVED_INPUTS = (USER_ID_INPUT, HISTORY_INPUT, CANDIDATES_INPUT, SESSION_INPUT)
+
+# --- Served models and files of an export --------------------------------------------------------
+
+RETRIEVAL_MODEL = "retrieval"
+RETRIEVAL_BRUTE_FORCE_MODEL = "retrieval_brute_force"
+RANKING_MODEL = "ranking"
+SESSION_MODEL = "session"
+TWO_STAGE_MODELS = (RETRIEVAL_MODEL, RETRIEVAL_BRUTE_FORCE_MODEL, RANKING_MODEL)
+STABLE_LABEL = "stable"
+CANARY_LABEL = "canary"
+SERVING_CONFIG_FILE = "models.config"
+ITEMS_FILE = "items.tsv"  # item_id, title, popularity: most popular first
+ITEMS_COLUMNS = ("item_id", "title", "popularity")
+DESCRIPTION_FILE = "schema.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportDescription:
+    """What a client needs to call an export: its models, their signatures' feature inputs, the items file."""
+
+    features: FeatureSchema
+    models: tuple[str, ...] = TWO_STAGE_MODELS
+    items_file: str = ITEMS_FILE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "features": self.features.to_json(),
+            "models": list(self.models),
+            "items_file": self.items_file,
+            "signatures": {
+                QUERY_FEATURES_SIGNATURE: {
+                    "inputs": [*(spec.name for spec in self.features.user_features), HISTORY_INPUT],
+                    "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT],
+                },
+                SERVING_SIGNATURE: {"inputs": [USER_ID_INPUT], "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT]},
+            },
+        }
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> ExportDescription:
+        with open(path, encoding="utf-8") as file:
+            value = json.load(file)
+        return cls(FeatureSchema.from_json(value["features"]), tuple(value["models"]), value["items_file"])
