@@ -1,91 +1,120 @@
-"""One configuration object per run, written next to its outputs so every figure can be traced."""
+"""One configuration dataclass per task, written next to its outputs so every figure can be traced.
+
+``TwoStageConfig()`` is exactly what ``python -m tfrs_pipeline.train`` runs and ``SessionConfig()``
+what ``--task=session`` runs: each field's default and help text live in its declaration, and
+``train`` builds its flags from these fields, so code, tests and the command line cannot drift
+apart. A subclass changes a shared field's default by declaring it again.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 import pathlib
+from typing import Any, ClassVar
+
+from tfrs_pipeline.atomic import write_text_atomically
+from tfrs_pipeline.contracts import SERVING_CONFIG_FILE
+from tfrs_pipeline.data.sessions import SESSION_FORMATS
 
 HOLDOUTS = ("test", "none")
-TASKS = ("two_stage", "session")
 DISTRIBUTIONS = ("default", "mirrored", "multi_worker")  # tfrs_pipeline/distribute.py
 LEARNING_RATE_DECAYS = ("cosine", "none")
-# Where ``train --task=session`` starts instead of the MovieLens defaults below: session catalogs
-# hold tens of thousands of items and sessions a few clicks, so a short window, sampled negatives
-# (the whole-catalog softmax costs several times more per epoch) and larger batches. These are
-# the settings of the session benchmarks (docs/benchmarks.md), two transformer blocks among them.
-SESSION_DEFAULTS = {"max_length": 50, "num_negatives": 2048, "batch_size": 256, "learning_rate": 2e-3,
-                    "epochs": 10, "dropout": 0.2, "num_blocks": 2}
+
+
+def _field(default: Any, help_text: str, choices: tuple | None = None, minimum: float | None = None) -> Any:
+    """A dataclass field whose flag help, allowed values and lower bound sit beside its default."""
+    metadata = {"help": help_text, "choices": choices, "minimum": minimum}
+    return dataclasses.field(default=default, metadata={key: value for key, value in metadata.items()
+                                                        if value is not None})
 
 
 @dataclasses.dataclass
-class RunConfig:
-    """Everything that decides what a run produces. Defaults are the benchmarked MovieLens settings.
+class TaskConfig:
+    """The settings every task shares: data, export, the transformer, training, the index."""
 
-    The command line starts the session task from ``SESSION_DEFAULTS`` instead; code that builds a
-    ``RunConfig`` for the session task passes them itself.
-    """
+    task: ClassVar[str]
 
-    task: str = "two_stage"
-    data_dir: str | None = None
-    export_dir: str = "export"
-    serving_config: str | None = None
-    holdout: str = "test"
-    session_format: str = "auto"
-    session_test_days: float = 7.0
-    session_neighbours: int = 100
-    neighbour_recency_scale: float = 0.5  # chosen on the most recent 5% of DIGINETICA's training sessions
-    neighbour_position_scale: float = 4.0  # clicks; chosen there too (2: worse, 8: the same)
-    neighbour_validation_share: float = 0.02
-    max_users: int | None = None
-    max_length: int = 200
-    embedding_dim: int = 64
-    num_blocks: int = 4
-    num_heads: int = 2
-    dropout: float = 0.05
-    user_id_embedding: bool = False
-    num_negatives: int | None = None
-    batch_size: int = 128
-    learning_rate: float = 4e-3
-    learning_rate_decay: str = "cosine"
-    epochs: int = 17
-    ranking_candidates: int = 200
-    ranking_epochs: int = 5
-    ranking_batch_size: int = 32
-    top_k: int = 100
-    scann_target_recall: float = 0.99
-    scann_num_leaves: int | None = None
-    scann_leaves_to_search: int | None = None
-    scann_reordering_candidates: int | None = None
-    seed: int = 0
-    verbose: int = 1
-    # Scale-out: preprocessed examples (tfrs_pipeline/data/beam_pipeline.py) and tf.distribute.
-    examples_dir: str | None = None
-    distribution: str = "default"
+    data_dir: str | None = _field(None, "data folder or zip (default: $TFRS_PIPELINE_DATA_DIR); "
+                                        "'tfds' downloads through TFDS")
+    export_dir: str = _field("export", "receives <model>/<version>/ SavedModels, metrics.json and runs/")
+    serving_config: str | None = _field(None, "TF Serving ModelServerConfig to update "
+                                              f"(default: <export_dir>/{SERVING_CONFIG_FILE})")
+    holdout: str = _field("test", "test: hold out the last item (each user's, or the test sessions') and "
+                                  "evaluate on it; none: train on everything", choices=HOLDOUTS)
+    max_length: int = _field(200, "items of history (a user's, a session's) the transformer reads", minimum=1)
+    embedding_dim: int = _field(64, "width of the item and query embeddings", minimum=1)
+    num_blocks: int = _field(4, "transformer blocks", minimum=1)
+    num_heads: int = _field(2, "attention heads per block (must divide embedding_dim)", minimum=1)
+    dropout: float = _field(0.05, "dropout rate inside the transformer", minimum=0)
+    num_negatives: int | None = _field(None, "sampled-softmax negatives per batch (in-batch + uniform, "
+                                             "logQ-corrected); unset or 0: the whole catalog (exact)", minimum=0)
+    batch_size: int = _field(128, "training examples per batch", minimum=1)
+    learning_rate: float = _field(4e-3, "Adam's learning rate at the start of training")
+    learning_rate_decay: str = _field("cosine", "cosine decays the learning rate to a twentieth over the run; "
+                                                "none keeps it constant", choices=LEARNING_RATE_DECAYS)
+    epochs: int = _field(17, "training epochs", minimum=1)
+    top_k: int = _field(100, "items returned by the exported model", minimum=1)
+    scann_target_recall: float = _field(0.99, "tune ScaNN until its top-10 equals exact search for this "
+                                              "share of queries")
+    seed: int = _field(0, "random seed of the whole run")
+    verbose: int = _field(1, "Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch")
 
     def __post_init__(self) -> None:
-        if self.holdout not in HOLDOUTS:
-            raise ValueError(f"holdout must be one of {HOLDOUTS}, got {self.holdout!r}")
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.learning_rate_decay not in LEARNING_RATE_DECAYS:
-            raise ValueError(f"learning_rate_decay must be one of {LEARNING_RATE_DECAYS}, "
-                             f"got {self.learning_rate_decay!r}")
-        if self.distribution not in DISTRIBUTIONS:
-            raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}")
-        for name in ("max_length", "embedding_dim", "batch_size", "epochs", "ranking_candidates", "top_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.session_neighbours < 0:
-            raise ValueError(f"session_neighbours must be 0 (off) or more, got {self.session_neighbours}")
-        if self.neighbour_recency_scale < 0:
-            raise ValueError(f"neighbour_recency_scale must be 0 (off) or more, got {self.neighbour_recency_scale}")
-        if self.neighbour_position_scale < 0:
-            raise ValueError(f"neighbour_position_scale must be 0 (off) or more, got {self.neighbour_position_scale}")
-        if not 0 <= self.neighbour_validation_share < 1:
-            raise ValueError(f"neighbour_validation_share must be in [0, 1), got {self.neighbour_validation_share}")
+        if self.num_negatives == 0:
+            self.num_negatives = None  # the flag's way of saying "the whole catalog"
+        for field in dataclasses.fields(self):
+            _check_field(field, getattr(self, field.name))
         if self.embedding_dim % self.num_heads:
             raise ValueError(f"embedding_dim ({self.embedding_dim}) must be a multiple of num_heads ({self.num_heads})")
+
+    @property
+    def serving_config_path(self) -> pathlib.Path:
+        """The TF Serving model config: given, or ``models.config`` next to the export."""
+        return pathlib.Path(self.serving_config or os.path.join(self.export_dir, SERVING_CONFIG_FILE))
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Writes the task and every field as JSON (atomically), so a run's figures name their settings."""
+        write_text_atomically(path, json.dumps({"task": self.task, **dataclasses.asdict(self)}, indent=2) + "\n")
+
+
+def _check_field(field: dataclasses.Field, value: Any) -> None:
+    """Raises ValueError naming the field when ``value`` breaks its declared choices or lower bound."""
+    choices, minimum = field.metadata.get("choices"), field.metadata.get("minimum")
+    if choices is not None and value not in choices:
+        raise ValueError(f"{field.name} must be one of {choices}, got {value!r}")
+    if minimum is not None and value is not None and value < minimum:
+        raise ValueError(f"{field.name} must be at least {minimum}, got {value}")
+
+
+def _redefault(name: str, default: Any) -> Any:
+    """The shared field ``name`` with another default; its help and checks stay those of ``TaskConfig``."""
+    return dataclasses.field(default=default, metadata=TaskConfig.__dataclass_fields__[name].metadata)
+
+
+@dataclasses.dataclass
+class TwoStageConfig(TaskConfig):
+    """Retrieval + ranking on user histories. Defaults are the benchmarked MovieLens-1M settings."""
+
+    task: ClassVar[str] = "two_stage"
+
+    max_users: int | None = _field(None, "use only the users with the smallest ids (quick runs)", minimum=1)
+    user_id_embedding: bool = _field(False, "give the query tower a per-user embedding table")
+    ranking_candidates: int = _field(200, "retrieved items the ranking model re-scores", minimum=1)
+    ranking_epochs: int = _field(5, "ranking model training epochs", minimum=1)
+    ranking_batch_size: int = _field(32, "users per ranking training batch", minimum=1)
+    scann_num_leaves: int | None = _field(None, "ScaNN partitions (default: tuned from the catalog size and "
+                                                "the data)", minimum=1)
+    scann_leaves_to_search: int | None = _field(None, "ScaNN partitions searched per query (default: tuned)",
+                                                minimum=1)
+    scann_reordering_candidates: int | None = _field(None, "ScaNN candidates re-scored exactly (default: tuned)",
+                                                     minimum=1)
+    # Scale-out: preprocessed examples (tfrs_pipeline/data/beam_pipeline.py) and tf.distribute.
+    examples_dir: str | None = _field(None, "train retrieval on the TFRecords of python -m "
+                                            "tfrs_pipeline.data.beam_pipeline (made with this run's data, "
+                                            "max_length, holdout, max_users)")
+    distribution: str = _field("default", "tf.distribute strategy: mirrored over local devices; multi_worker "
+                                          "reads $TF_CONFIG", choices=DISTRIBUTIONS)
 
     @property
     def scann_overrides(self) -> dict:
@@ -94,10 +123,58 @@ class RunConfig:
                  "num_reordering_candidates": self.scann_reordering_candidates}
         return {name: value for name, value in given.items() if value is not None}
 
-    @property
-    def serving_config_path(self) -> pathlib.Path:
-        """The TF Serving model config: given, or ``models.config`` next to the export."""
-        return pathlib.Path(self.serving_config or os.path.join(self.export_dir, "models.config"))
 
-    def write(self, path: str | os.PathLike) -> None:
-        pathlib.Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+@dataclasses.dataclass
+class SessionConfig(TaskConfig):
+    """The next item of anonymous sessions: transformer + session kNN.
+
+    Its defaults are the session benchmarks' (docs/benchmarks.md): session catalogs hold tens of
+    thousands of items and sessions a few clicks, so a short window, sampled negatives (the
+    whole-catalog softmax costs several times more per epoch), larger batches and two blocks.
+    """
+
+    task: ClassVar[str] = "session"
+
+    data_dir: str | None = _field(None, "an SR-GNN benchmark folder (train_sessions.txt + test.tsv), or a CSV "
+                                        "of raw events (session id, item id, timestamp) or its folder")
+    max_length: int = _redefault("max_length", 50)
+    num_blocks: int = _redefault("num_blocks", 2)
+    dropout: float = _redefault("dropout", 0.2)
+    num_negatives: int | None = _redefault("num_negatives", 2048)
+    batch_size: int = _redefault("batch_size", 256)
+    learning_rate: float = _redefault("learning_rate", 2e-3)
+    epochs: int = _redefault("epochs", 10)
+    session_format: str = _field("auto", "auto, srgnn (train_sessions.txt + test.tsv) or events (CSV: session "
+                                         "id, item id, timestamp; see tfrs_pipeline/data/sessions.py)",
+                                 choices=SESSION_FORMATS)
+    session_test_days: float = _field(7.0, "events form: sessions starting in the last this many days are the "
+                                           "test set", minimum=0)
+    session_neighbours: int = _field(100, "training sessions (k) whose items session kNN adds to the "
+                                          "transformer's scores; 0: the transformer alone", minimum=0)
+    # Chosen on the most recent 5% of DIGINETICA's training sessions.
+    neighbour_recency_scale: float = _field(0.5, "older training sessions count less as neighbours, by "
+                                                 "exp(-newer sessions / (this share of all)); 0 where sessions "
+                                                 "are not in time order", minimum=0)
+    # In clicks; chosen there too (2: worse, 8: the same).
+    neighbour_position_scale: float = _field(4.0, "a neighbour's items count less the further, in clicks, from "
+                                                  "the item it shares with the session, by exp(-clicks / this); "
+                                                  "0: all alike", minimum=0)
+    neighbour_validation_share: float = _field(0.02, "the most recent share of training sessions, held out of "
+                                                     "the transformer's training to choose the session-kNN "
+                                                     "weight", minimum=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.neighbour_validation_share < 1:
+            raise ValueError(f"neighbour_validation_share must be in [0, 1), got {self.neighbour_validation_share}")
+
+
+TASK_CONFIGS = {config.task: config for config in (TwoStageConfig, SessionConfig)}
+TASKS = tuple(TASK_CONFIGS)
+
+
+def config_for_task(task: str) -> type[TaskConfig]:
+    """The configuration class of ``task`` (``two_stage`` or ``session``)."""
+    if task not in TASK_CONFIGS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return TASK_CONFIGS[task]

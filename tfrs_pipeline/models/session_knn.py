@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfrs_pipeline.config import RunConfig
+from tfrs_pipeline.config import SessionConfig
 
 DEFAULT_SESSIONS_PER_ITEM = 1000
 EVALUATION_READS = 1 << 24  # candidate sessions read per call of ``dense_scores``: bounds its memory
@@ -52,10 +52,10 @@ class SessionNeighbours(tf.Module):
       weight: how much the scores count beside the transformer's (``bonus``).
     """
 
-    def __init__(self, sessions: Sequence[np.ndarray], num_items: int, neighbours: int = RunConfig.session_neighbours,
-                 sessions_per_item: int = DEFAULT_SESSIONS_PER_ITEM,
-                 recency_scale: float = RunConfig.neighbour_recency_scale,
-                 position_scale: float = RunConfig.neighbour_position_scale, weight: float = 0.0):
+    def __init__(self, sessions: Sequence[np.ndarray], num_items: int,
+                 neighbours: int = SessionConfig.session_neighbours, sessions_per_item: int = DEFAULT_SESSIONS_PER_ITEM,
+                 recency_scale: float = SessionConfig.neighbour_recency_scale,
+                 position_scale: float = SessionConfig.neighbour_position_scale, weight: float = 0.0):
         super().__init__()
         self.weight = weight
         self._fading = 1.0 / (recency_scale * max(1, len(sessions))) if recency_scale else 0.0

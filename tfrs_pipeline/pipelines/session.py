@@ -21,7 +21,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfrs_pipeline import evaluation, index
-from tfrs_pipeline.config import RunConfig
+from tfrs_pipeline.config import SessionConfig
 from tfrs_pipeline.data.sequence_examples import next_item_examples, training_windows
 from tfrs_pipeline.data.sessions import SessionData, load_sessions
 from tfrs_pipeline.export import serving_config, versioning
@@ -63,7 +63,7 @@ class SessionCatalog:
         return np.bincount(self.indices(targets), minlength=len(self) + 1).astype(np.float64)
 
 
-def run(config: RunConfig) -> dict:
+def run(config: SessionConfig) -> dict:
     """Trains, evaluates and exports the session model; returns the metrics (also in metrics.json)."""
     tf.keras.utils.set_random_seed(config.seed)
     with stage("load sessions"):
@@ -91,7 +91,7 @@ def run(config: RunConfig) -> dict:
     return metrics
 
 
-def train_with_neighbours(config: RunConfig, data: SessionData,
+def train_with_neighbours(config: SessionConfig, data: SessionData,
                           catalog: SessionCatalog) -> tuple[SessionModel, SessionNeighbours | None, dict]:
     """The transformer, and session kNN over every training session weighted to add most to it.
 
@@ -128,14 +128,14 @@ def train_with_neighbours(config: RunConfig, data: SessionData,
     return model, neighbours, record
 
 
-def build_model(config: RunConfig, catalog: SessionCatalog, train_sessions: list[np.ndarray]) -> SessionModel:
+def build_model(config: SessionConfig, catalog: SessionCatalog, train_sessions: list[np.ndarray]) -> SessionModel:
     """An untrained session model over the catalog with the run's settings (the softmax's logQ reads the sessions)."""
     return SessionModel(catalog.item_ids, catalog.target_counts(train_sessions), config.max_length,
                         config.embedding_dim, config.num_blocks, config.num_heads, config.dropout,
                         config.num_negatives)
 
 
-def session_neighbours(config: RunConfig, num_items: int, sessions: list[np.ndarray],
+def session_neighbours(config: SessionConfig, num_items: int, sessions: list[np.ndarray],
                        weight: float = 0.0) -> SessionNeighbours:
     """Session kNN with the run's settings over ``sessions`` (catalog indices, oldest session first)."""
     return SessionNeighbours(sessions, num_items, config.session_neighbours,
@@ -143,7 +143,7 @@ def session_neighbours(config: RunConfig, num_items: int, sessions: list[np.ndar
                              position_scale=config.neighbour_position_scale, weight=weight)
 
 
-def train(config: RunConfig, data: SessionData, catalog: SessionCatalog) -> tuple[SessionModel, dict]:
+def train(config: SessionConfig, data: SessionData, catalog: SessionCatalog) -> tuple[SessionModel, dict]:
     """The trained model and its record (per-epoch logs, examples, seconds)."""
     with stage("build session model"):
         model = build_model(config, catalog, data.train_sessions)
@@ -340,7 +340,7 @@ def format_metrics_table(evaluation_metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def build_index(config: RunConfig, model: SessionModel, catalog: SessionCatalog, data: SessionData):
+def build_index(config: SessionConfig, model: SessionModel, catalog: SessionCatalog, data: SessionData):
     """A ScaNN top-k layer over the catalog, tuned so its top-10 agrees with exact search on sample sessions."""
     candidate_embeddings = model.catalog_embeddings()[1:]
     sample = (data.test_prefixes or data.train_sessions)[:INDEX_SAMPLE_QUERIES]
@@ -357,7 +357,7 @@ def build_index(config: RunConfig, model: SessionModel, catalog: SessionCatalog,
                    "top10_agreement": index.top_k_agreement(exact.numpy(), approximate.numpy())}
 
 
-def export(config: RunConfig, version: int, model: SessionModel, catalog: SessionCatalog, top_k_layer,
+def export(config: SessionConfig, version: int, model: SessionModel, catalog: SessionCatalog, top_k_layer,
            neighbours: SessionNeighbours | None = None) -> None:
     """Writes ``<export_dir>/session/<version>/`` atomically and registers it in the serving config."""
     k = min(config.top_k, len(catalog))

@@ -19,7 +19,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfrs_pipeline import distribute, evaluation, index, report
-from tfrs_pipeline.config import RunConfig
+from tfrs_pipeline.config import TwoStageConfig
 from tfrs_pipeline.data import tfrecords
 from tfrs_pipeline.data.movielens import GENRE_NAMES, MovieLens, load_movielens
 from tfrs_pipeline.data.sequence_examples import (length_sorted_batches, next_item_examples, training_windows,
@@ -65,7 +65,7 @@ class Catalog:
         return np.bincount(self.indices(np.concatenate(sequences.item_ids)), minlength=len(self) + 1).astype(np.float64)
 
 
-def run(config: RunConfig) -> dict:
+def run(config: TwoStageConfig) -> dict:
     """Runs the whole two-stage pipeline and returns its metrics (also written to metrics.json)."""
     tf.keras.utils.set_random_seed(config.seed)
     with stage("load data"):
@@ -108,7 +108,7 @@ def run(config: RunConfig) -> dict:
     return metrics
 
 
-def _train_retrieval(config: RunConfig, catalog: Catalog, users: pd.DataFrame, train: UserSequences,
+def _train_retrieval(config: TwoStageConfig, catalog: Catalog, users: pd.DataFrame, train: UserSequences,
                      validation_targets: np.ndarray, run_dir: pathlib.Path) -> tuple[QueryTower, dict]:
     with stage("build retrieval model"):
         item_tower = ItemTower(list(catalog.item_ids), list(catalog.movies["movie_title"]),
@@ -179,7 +179,7 @@ def _catalog_scores(query_tower: QueryTower, users: pd.DataFrame, sequences: Use
     return scores
 
 
-def _candidate_lists(config: RunConfig, catalog: Catalog, scores: np.ndarray, sequences: UserSequences) -> np.ndarray:
+def _candidate_lists(config: TwoStageConfig, catalog: Catalog, scores: np.ndarray, sequences: UserSequences) -> np.ndarray:
     """[U, C] catalog indices of each user's retrieved candidates (already-rated items removed)."""
     rated = [catalog.indices(items) for items in sequences.item_ids]
     return evaluation.top_k_excluding(scores, rated, min(config.ranking_candidates, len(catalog) - 1))
@@ -194,7 +194,7 @@ def _ranking_features(catalog: Catalog, users: pd.DataFrame, sequences: UserSequ
     return examples_as_tensors(examples)
 
 
-def _train_ranking(config: RunConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
+def _train_ranking(config: TwoStageConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
                    train: UserSequences, targets: np.ndarray, run_dir: pathlib.Path) -> tuple[RankingModel, dict]:
     with stage("retrieve candidates for ranking"):
         candidates = _candidate_lists(config, catalog, _catalog_scores(query_tower, users, train), train)
@@ -234,7 +234,7 @@ def rerank(ranking_model: RankingModel, features: dict, candidates: np.ndarray) 
     return np.take_along_axis(candidates, np.argsort(-scores, axis=1, kind="stable"), axis=1)
 
 
-def _evaluate(config: RunConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
+def _evaluate(config: TwoStageConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
               ranking_model: RankingModel, history: UserSequences, targets: np.ndarray,
               retrieval_train: UserSequences) -> tuple[dict, dict]:
     """Retrieval alone, retrieve-then-rank, and popularity, on the held-out items, whole catalog.
@@ -286,7 +286,7 @@ def format_metrics_table(evaluation_metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _build_indexes(config: RunConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
+def _build_indexes(config: TwoStageConfig, catalog: Catalog, users: pd.DataFrame, query_tower: QueryTower,
                    history: UserSequences, run_dir: pathlib.Path) -> tuple[dict, dict]:
     """Brute-force and ScaNN top-k layers over the catalog; ScaNN tuned to agree with exact top-10.
 
@@ -335,7 +335,7 @@ def _latency_ms(layer: tf.keras.Model, queries: tf.Tensor) -> dict:
             "batch_size": int(len(queries))}
 
 
-def _export(config: RunConfig, version: int, catalog: Catalog, users: pd.DataFrame, history: UserSequences,
+def _export(config: TwoStageConfig, version: int, catalog: Catalog, users: pd.DataFrame, history: UserSequences,
             query_tower: QueryTower, ranking_model: RankingModel, top_k_layers: dict) -> None:
     """Writes every model as ``<export_dir>/<name>/<version>/`` atomically and registers it for serving."""
     user_features = with_user_features({"user_id": history.user_ids}, users)
