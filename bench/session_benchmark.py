@@ -27,20 +27,19 @@ import time
 import numpy as np
 
 import tfrs_pipeline  # noqa: F401  (selects Keras 2 first)
-from tfrs_pipeline.config import SESSION_DEFAULTS, RunConfig
+from tfrs_pipeline.config import SessionConfig, TwoStageConfig
 from tfrs_pipeline.data.sessions import SessionData, load_sessions
 from tfrs_pipeline.pipelines import session
 
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = ("diginetica", "tmall", "ml1m")
-SESSION_SETTINGS = {**{name: getattr(RunConfig, name) for name in ("embedding_dim", "num_blocks", "num_heads",
-                                                                   "session_neighbours", "neighbour_recency_scale",
-                                                                   "neighbour_position_scale",
-                                                                   "neighbour_validation_share")},
-                    **SESSION_DEFAULTS}  # what train --task=session runs with
+SESSION_SETTINGS = {name: getattr(SessionConfig, name) for name in (
+    "max_length", "embedding_dim", "num_blocks", "num_heads", "dropout", "num_negatives", "batch_size", "learning_rate",
+    "epochs", "session_neighbours", "neighbour_recency_scale", "neighbour_position_scale",
+    "neighbour_validation_share")}  # what train --task=session runs with
 # On MovieLens, the settings of the two-tower MovieLens run: 200 slots and the whole-catalog softmax,
 # which on 3,416 items is exact and cheaper per unit of quality than sampling (docs/benchmarks.md).
-ML1M_SETTINGS = {**SESSION_SETTINGS, **{name: getattr(RunConfig, name) for name in (
+ML1M_SETTINGS = {**SESSION_SETTINGS, **{name: getattr(TwoStageConfig, name) for name in (
     "max_length", "num_blocks", "batch_size", "learning_rate", "epochs", "dropout", "num_negatives")},
     "neighbour_recency_scale": 0.0}  # users are listed by id, not in time order
 
@@ -63,7 +62,7 @@ def run_dataset(name: str, data_root: pathlib.Path, settings: dict) -> dict:
         data, excluded_items = sasrec_movielens(data_root / "ml-1m-sasrec" / "ml-1m.txt")
     else:
         data = load_sessions(data_root / name, "srgnn")
-    config = RunConfig(task="session", data_dir=str(data_root), **settings)
+    config = SessionConfig(data_dir=str(data_root), **settings)
     catalog = session.SessionCatalog(data.train_sessions)
     model, neighbours, record = session.train_with_neighbours(config, data, catalog)
     excluded = [catalog.indices(items) for items in excluded_items] if excluded_items is not None else None

@@ -21,7 +21,7 @@ import tfrs_pipeline  # noqa: F401  (selects Keras 2 first)
 import tensorflow as tf
 
 from tfrs_pipeline import index
-from tfrs_pipeline.config import SESSION_DEFAULTS, RunConfig
+from tfrs_pipeline.config import SessionConfig
 from tfrs_pipeline.data.sessions import load_sessions
 from tfrs_pipeline.export.savedmodels import SessionExport
 from tfrs_pipeline.pipelines.session import SessionCatalog, build_model, session_neighbours
@@ -35,7 +35,7 @@ def exports(data_dir: pathlib.Path) -> tuple[dict[str, SessionExport], list[np.n
     """{"transformer": ..., "transformer_and_session_knn": ...} over the data set, and its test prefixes."""
     data = load_sessions(data_dir, "srgnn")
     catalog = SessionCatalog(data.train_sessions)
-    config = RunConfig(task="session", **SESSION_DEFAULTS)  # what train --task=session runs with
+    config = SessionConfig()  # what train --task=session runs with
     model = build_model(config, catalog, data.train_sessions)
     top_k = index.build_top_k("brute_force", tf.constant(catalog.item_ids.astype(str)),
                               model.catalog_embeddings()[1:], TOP_K)

@@ -34,10 +34,10 @@ def small_export(shared_data_dir, tmp_path_factory):
     Trained once per test session and shared: the serving, client and export tests all query the
     same real SavedModels a user would get from ``python -m tfrs_pipeline.train``.
     """
-    from tfrs_pipeline.config import RunConfig
+    from tfrs_pipeline.config import TwoStageConfig
     from tfrs_pipeline.pipelines import two_stage
 
     export_dir = tmp_path_factory.mktemp("export")
-    config = RunConfig(data_dir=str(shared_data_dir / "ml-1m"), export_dir=str(export_dir), **SMALL_RUN)
+    config = TwoStageConfig(data_dir=str(shared_data_dir / "ml-1m"), export_dir=str(export_dir), **SMALL_RUN)
     metrics = two_stage.run(config)
     return export_dir, metrics

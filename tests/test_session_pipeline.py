@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrs_pipeline import index, recommend, train
-from tfrs_pipeline.config import SESSION_DEFAULTS, RunConfig
+from tfrs_pipeline import index, recommend
+from tfrs_pipeline.config import SessionConfig
 from tfrs_pipeline.data.sessions import load_sessions
 from tfrs_pipeline.export.savedmodels import SessionExport, save_session
 from tfrs_pipeline.export.serving_config import read_config
@@ -34,7 +34,7 @@ def session_export(shared_data_dir, tmp_path_factory):
         with open(source / name) as file:
             (folder / name).write_text("".join(line for _, line in zip(range(lines), file)))
     export_dir = tmp_path_factory.mktemp("session_export")
-    config = RunConfig(task="session", data_dir=str(folder), export_dir=str(export_dir), **SMALL_SESSION_RUN)
+    config = SessionConfig(data_dir=str(folder), export_dir=str(export_dir), **SMALL_SESSION_RUN)
     return export_dir, session.run(config), folder
 
 
@@ -65,7 +65,7 @@ def test_the_transformer_beats_popularity_and_reports_the_session_metrics(sessio
     assert evaluation["transformer"]["p@20"] > 3 * evaluation["popularity"]["p@20"]
     assert evaluation["transformer"]["mrr@20"] > evaluation["popularity"]["mrr@20"]
     # The session-kNN weight: the best P@20 on the most recent 2% of the training sessions, held out.
-    assert metrics["held_out_sessions"] == int(SLICE_SESSIONS * RunConfig.neighbour_validation_share)
+    assert metrics["held_out_sessions"] == int(SLICE_SESSIONS * SessionConfig.neighbour_validation_share)
     held_out_p20 = {float(weight): value for weight, value in metrics["held_out_p20_by_neighbour_weight"].items()}
     assert set(held_out_p20) == set(session.NEIGHBOUR_WEIGHTS)
     assert held_out_p20[metrics["neighbour_weight"]] == max(held_out_p20.values())
@@ -147,7 +147,7 @@ def slice_model(shared_data_dir, tmp_path_factory):
     for name, lines in (("train_sessions.txt", 800), ("test.tsv", 200)):
         with open(shared_data_dir / "diginetica" / name) as file:
             (folder / name).write_text("".join(line for _, line in zip(range(lines), file)))
-    config = RunConfig(task="session", data_dir=str(folder), **{**SMALL_SESSION_RUN, "epochs": 1})
+    config = SessionConfig(data_dir=str(folder), **{**SMALL_SESSION_RUN, "epochs": 1})
     data = load_sessions(folder, "srgnn")
     catalog = session.SessionCatalog(data.train_sessions)
     model, _ = session.train(config, data, catalog)
@@ -173,7 +173,7 @@ def test_session_knn_alone_ranks_by_its_scores_then_by_clicks(session_export):
     _, _, folder = session_export
     data = load_sessions(folder, "srgnn")
     catalog = session.SessionCatalog(data.train_sessions)
-    config = RunConfig(task="session", **SMALL_SESSION_RUN)
+    config = SessionConfig(**SMALL_SESSION_RUN)
     sessions = [catalog.indices(items) for items in data.train_sessions]
     neighbours = session.session_neighbours(config, len(catalog), sessions)
     prefixes, targets = data.test_prefixes, data.test_targets
@@ -227,13 +227,3 @@ def test_served_lists_add_the_bonuses_as_the_evaluation_does(slice_model, neighb
         save_session(export, tmp_path / "1", uses_scann=False)  # the neighbours' tables travel with the export
         reloaded = predict_in_fresh_process(tmp_path / "1", [list(prefix) for prefix in prefixes])
         assert reloaded["item_ids"] == served["item_ids"].numpy().astype(str).tolist()
-
-
-def test_the_session_command_starts_from_the_session_defaults_and_flags_override_them():
-    config = train.parse_config(["--task=session", "--epochs=3", "--num_negatives=0"])
-    assert config.epochs == 3 and config.num_negatives is None  # given: the whole-catalog softmax
-    assert {name: getattr(config, name) for name in SESSION_DEFAULTS if name not in ("epochs", "num_negatives")} == {
-        name: value for name, value in SESSION_DEFAULTS.items() if name not in ("epochs", "num_negatives")}
-    movielens = train.parse_config([])
-    assert movielens.num_negatives is None and movielens.max_length == RunConfig.max_length
-

@@ -52,7 +52,7 @@ class RunOutputs:
 
     Attributes:
       run_dir: the run folder.
-      config: config.json (the ``RunConfig`` fields).
+      config: config.json (the task and its ``TwoStageConfig`` fields).
       metrics: metrics.json (``training``, ``evaluation`` unless ``--holdout=none``, ``index``).
       details: evaluation_details.npz as a dict of arrays (absent with ``--holdout=none``).
       embeddings: index_embeddings.npz as a dict of arrays.

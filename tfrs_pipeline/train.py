@@ -16,6 +16,7 @@ import tfrs_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow builds an
 from tfrs_pipeline.config import TASKS, TaskConfig, TwoStageConfig, config_for_task
 from tfrs_pipeline.data.errors import DataError
 
+_PROG = "python -m tfrs_pipeline.train"
 _TASK_HELP = ("two_stage: retrieval + ranking on user histories; session: the next item of anonymous "
               "sessions, with its own defaults (see --task=session --help)")
 # Annotations are strings under ``from __future__ import annotations``.
@@ -24,7 +25,7 @@ _FLAG_TYPES = {"int": int, "int | None": int, "float": float}
 
 def _parser(config_class: type[TaskConfig]) -> argparse.ArgumentParser:
     """The flags of ``config_class``: one per field, plus ``--task``."""
-    parser = argparse.ArgumentParser(prog="python -m tfrs_pipeline.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=_PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=TASKS, default=config_class.task, help=f"{_TASK_HELP} (default: "
                         f"{config_class.task})")
     for field in dataclasses.fields(config_class):
@@ -33,6 +34,7 @@ def _parser(config_class: type[TaskConfig]) -> argparse.ArgumentParser:
 
 
 def _add_flag(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+    """``--<field>`` with the field's default, help and choices: the dataclass is the only place they live."""
     help_text = field.metadata["help"] + (f" (default: {field.default})" if field.default is not None else "")
     if field.type == "bool":
         parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default,
@@ -44,7 +46,9 @@ def _add_flag(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None
 
 def parse_config(argv: Sequence[str]) -> TaskConfig:
     """The run's configuration from command-line flags; flags left out take the task's defaults."""
-    task = _parser(TwoStageConfig).parse_known_args(argv)[0].task
+    task_only = argparse.ArgumentParser(prog=_PROG, add_help=False)  # --help must describe the chosen task's flags
+    task_only.add_argument("--task", choices=TASKS, default=TwoStageConfig.task)
+    task = task_only.parse_known_args(argv)[0].task
     values = vars(_parser(config_for_task(task)).parse_args(argv))
     del values["task"]
     return config_for_task(task)(**values)

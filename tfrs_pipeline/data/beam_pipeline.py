@@ -58,7 +58,7 @@ def build_pipeline(pipeline: beam.Pipeline, data_dir: str, output_dir: str, *, m
       data_dir: a folder holding ``ratings.dat``, ``movies.dat`` and ``users.dat`` (local, ``gs://``,
         ``s3://``: whatever Beam's file systems read).
       output_dir: receives the layout described in `tfrecords`.
-      max_length, holdout, max_users: as the `RunConfig` fields of the same names, which they must
+      max_length, holdout, max_users: as the `TwoStageConfig` fields of the same names, which they must
         match for `train --examples_dir` to accept the output.
       num_shards: TFRecord shards of examples (0 lets the runner decide).
       chunk_bytes: size of the pieces of ratings.dat that are parsed in parallel.

@@ -1,1 +1,1 @@
-"""End-to-end runs: each turns a RunConfig into trained, evaluated, exported models."""
+"""End-to-end runs: each turns its task's config (``tfrs_pipeline.config``) into trained, evaluated, exported models."""

@@ -1,0 +1,55 @@
+"""The configuration classes and the command line built from them agree, default for default."""
+import contextlib
+import dataclasses
+import io
+import json
+
+import pytest
+
+from tfrs_pipeline import train
+from tfrs_pipeline.config import SessionConfig, TwoStageConfig, config_for_task
+
+
+def test_each_task_runs_its_config_class_and_flags_override_its_defaults():
+    assert train.parse_config([]) == TwoStageConfig()
+    assert train.parse_config(["--task=session"]) == SessionConfig()
+    given = train.parse_config(["--task=session", "--epochs=3", "--num_negatives=0"])
+    assert given == SessionConfig(epochs=3, num_negatives=None)  # 0: the whole-catalog softmax
+    assert (SessionConfig.max_length, SessionConfig.num_negatives, SessionConfig.num_blocks) == (50, 2048, 2)
+    assert (TwoStageConfig.max_length, TwoStageConfig.num_negatives, TwoStageConfig.num_blocks) == (200, None, 4)
+
+
+def test_a_flag_of_the_other_task_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_config(["--task=session", "--ranking_epochs=2"])
+    assert "unrecognized arguments: --ranking_epochs=2" in capsys.readouterr().err
+    assert "session_neighbours" not in {field.name for field in dataclasses.fields(TwoStageConfig)}
+
+
+@pytest.mark.parametrize("task", ["two_stage", "session"])
+def test_help_lists_every_field_once_with_its_default(task):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit):
+        train.parse_config([f"--task={task}", "--help"])
+    text = " ".join(printed.getvalue().split())
+    for field in dataclasses.fields(config_for_task(task)):
+        assert text.count(f"--{field.name} ") + text.count(f"--{field.name}, ") == 2  # usage line, description
+        if field.default is not None:
+            assert f"(default: {field.default})" in text
+
+
+def test_a_bad_value_names_its_field():
+    with pytest.raises(ValueError, match="holdout must be one of"):
+        TwoStageConfig(holdout="later")
+    with pytest.raises(ValueError, match="session_neighbours must be at least 0"):
+        SessionConfig(session_neighbours=-1)
+    with pytest.raises(ValueError, match=r"neighbour_validation_share must be in \[0, 1\)"):
+        SessionConfig(neighbour_validation_share=1.0)
+    with pytest.raises(ValueError, match="task must be one of"):
+        config_for_task("ranking")
+
+
+def test_the_written_config_names_its_task_and_every_field(tmp_path):
+    SessionConfig(epochs=3).write(tmp_path / "config.json")
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written == {"task": "session", **dataclasses.asdict(SessionConfig(epochs=3))}
