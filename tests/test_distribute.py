@@ -57,35 +57,36 @@ def _train(distribution: str, data_dir: str) -> dict:
     """Trains the tiny retrieval model under ``distribution``; returns what the test compares."""
     import tensorflow as tf
 
-    from tfrs_pipeline.data.movielens import GENRE_NAMES, load_movielens
-    from tfrs_pipeline.data.sequence_examples import training_windows, with_user_features
+    from tfrs_pipeline.data.dataset import load_dataset
+    from tfrs_pipeline.data.sequence_examples import examples_as_tensors, training_windows
     from tfrs_pipeline.data.split import leave_last_out, user_sequences
     from tfrs_pipeline.models.item_tower import ItemTower
     from tfrs_pipeline.models.query_tower import QueryTower
     from tfrs_pipeline.models.retrieval import RetrievalModel
     from tfrs_pipeline.pipelines import common, two_stage
 
-    movielens = load_movielens(data_dir, max_users=MAX_USERS)
-    catalog = two_stage.Catalog(movielens)
-    train, _ = leave_last_out(user_sequences(movielens.ratings))
-    examples = with_user_features(training_windows(train.user_ids, train.item_ids, MAX_LENGTH), movielens.users)
+    inputs = two_stage.TwoStageInputs.from_data(load_dataset(data_dir, max_users=MAX_USERS))
+    train, _ = leave_last_out(user_sequences(inputs.data.interactions))
+    examples = training_windows(train.user_ids, train.item_ids, MAX_LENGTH)
     full_windows = np.flatnonzero((examples["target_item_ids"] != "").all(axis=1))
     full_windows = full_windows[:len(full_windows) // BATCH_SIZE * BATCH_SIZE]
     examples = {name: values[full_windows] for name, values in examples.items()}
+    schema = inputs.data.schema.features
 
     tf.keras.utils.set_random_seed(0)
     strategy = strategy_for(distribution)
     with strategy.scope():  # variables are made on first use: that must happen in the scope too
-        item_tower = ItemTower(list(catalog.item_ids), list(catalog.movies["movie_title"]),
-                               list(catalog.movies["movie_genres"]), len(GENRE_NAMES), 16)
-        query_tower = QueryTower(item_tower, MAX_LENGTH, 16, num_blocks=1, num_heads=2, dropout=0.0)
-        model = RetrievalModel(query_tower, item_tower, catalog.popularity(train), num_negatives=None)
+        item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features, 16)
+        query_tower = QueryTower(item_tower, MAX_LENGTH, 16, schema.user_features, inputs.users.lookup(train.user_ids),
+                                 num_blocks=1, num_heads=2, dropout=0.0)
+        model = RetrievalModel(query_tower, item_tower, inputs.catalog.counts(train.item_ids), num_negatives=None)
         model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
         initial_embeddings = item_tower.embed_catalog().numpy()
-        all_examples = common.examples_as_tensors(examples)
+        all_examples = examples_as_tensors({**examples, **inputs.users.lookup(examples["user_id"])})
         losses = [float(model.compute_loss(all_examples))]
         for _ in range(EPOCHS):
-            model.fit(common.training_dataset(examples, BATCH_SIZE, seed=0), epochs=1, verbose=0)
+            model.fit(common.training_dataset(examples, BATCH_SIZE, seed=0, user_features=inputs.users), epochs=1,
+                      verbose=0)
             losses.append(float(model.compute_loss(all_examples)))
     return {"replicas": strategy.num_replicas_in_sync, "losses": losses,
             "initial_embeddings": initial_embeddings.tolist(), "embeddings": item_tower.embed_catalog().numpy().tolist()}

@@ -5,13 +5,14 @@ import sys
 import textwrap
 
 import numpy as np
-import pandas as pd
 
-from tfrs_pipeline.data.movielens import load_movielens
+from tfrs_pipeline.contracts import TWO_STAGE_MODELS, ExportDescription
+from tfrs_pipeline.data.dataset import load_dataset
 from tfrs_pipeline.data.split import leave_last_out, user_sequences
 from tfrs_pipeline.export.serving_config import read_config
+from tfrs_pipeline.features.arrays import FeatureRows
 
-MODELS = ("retrieval", "retrieval_brute_force", "ranking")
+MODELS = TWO_STAGE_MODELS
 
 
 def _run_in_fresh_process(code: str) -> dict:
@@ -31,19 +32,24 @@ def test_export_layout_and_serving_config(small_export):
     assert json.loads((export_dir / "metrics.json").read_text()) == json.loads(
         (export_dir / "runs" / "1" / "metrics.json").read_text())
     assert json.loads((export_dir / "runs" / "1" / "config.json").read_text())["holdout"] == "test"
-    assert (export_dir / "items.tsv").read_text().startswith("movie_id\tmovie_title\n")
+    assert (export_dir / "items.tsv").read_text().startswith("item_id\ttitle\tpopularity\n")
+    description = ExportDescription.read(export_dir / "schema.json")
+    assert [spec.name for spec in description.features.user_features] == [
+        "user_gender", "bucketized_user_age", "user_occupation_label", "user_zip_code"]
+    assert {spec.name: spec.kind for spec in description.features.item_features} == {
+        "movie_title": "text", "movie_genres": "multi_categorical", "release_year": "numeric"}
 
 
 def test_metrics_cover_every_system_on_the_full_catalog(small_export, shared_data_dir):
     _, metrics = small_export
     evaluation = metrics["evaluation"]
     assert evaluation["users"] == 150
-    rated_movies = load_movielens(shared_data_dir / "ml-1m", max_users=150).ratings.movie_id.nunique()
-    assert evaluation["catalog_items"] == rated_movies  # every movie of the catalog, never a sample
+    catalog = load_dataset(shared_data_dir / "ml-1m", max_users=150).items
+    assert evaluation["catalog_items"] == len(catalog)  # every movie of the catalog, never a sample
     for system in ("retrieval", "two_stage", "popularity"):
         values = evaluation[system]
         for name in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr", "coverage",
-                     "popularity_percentile", "genre_diversity"):
+                     "popularity_percentile", "category_diversity"):
             assert 0.0 <= values[name] <= 1.0, (system, name)
         assert values["hr@10"] <= values["hr@50"] <= values["hr@200"]
     # Retrieving 100 candidates, the two stages can only reorder them: they agree at cut-off 100 and beyond.
@@ -65,13 +71,13 @@ def test_retrieval_export_serves_unseen_items_in_a_fresh_process(small_export, s
                           "scores": result["scores"].numpy().tolist()}}
         print(json.dumps(out))
     """)
-    ratings = load_movielens(shared_data_dir / "ml-1m", max_users=2).ratings
+    ratings = load_dataset(shared_data_dir / "ml-1m", max_users=2).interactions
     for name, result in served.items():
         item_ids, scores = np.array(result["item_ids"]), np.array(result["scores"])
         assert item_ids.shape == (3, 100) and scores.shape == (3, 100)
         assert (np.diff(scores, axis=1) <= 1e-6).all(), "best first"
         for row, user_id in enumerate(["1", "2"]):
-            rated = ratings[ratings.user_id == user_id].sort_values("timestamp", kind="stable").movie_id.to_numpy()
+            rated = ratings[ratings.user_id == user_id].sort_values("timestamp", kind="stable").item_id.to_numpy()
             already_known = set(rated[:-1])  # the held-out last rating is fair game
             assert not already_known & set(item_ids[row]), f"{name} recommended an item user {user_id} rated"
             assert len(set(item_ids[row])) == 100
@@ -87,8 +93,8 @@ def test_query_features_signature_excludes_the_given_history(small_export):
         import json, tfrs_pipeline, tensorflow as tf
         model = tf.saved_model.load("{export_dir}/retrieval_brute_force/1")
         result = model.signatures["query_features"](
-            user_gender=tf.constant([True, False]), bucketized_user_age=tf.constant([25.0, 35.0]),
-            user_occupation_label=tf.constant([4, 7], tf.int64), user_zip_code=tf.constant(["55455", ""]),
+            user_gender=tf.constant(["M", "F"]), bucketized_user_age=tf.constant(["25", "not-an-age"]),
+            user_occupation_label=tf.constant(["programmer", ""]), user_zip_code=tf.constant(["55455", ""]),
             history_item_ids=tf.constant([["1", "2", "260", "not-a-movie", ""], ["", "", "", "", ""]]))
         print(json.dumps(result["item_ids"].numpy().astype(str).tolist()))
     """)
@@ -99,38 +105,38 @@ def test_query_features_signature_excludes_the_given_history(small_export):
 def test_exports_reproduce_the_evaluated_models(small_export, shared_data_dir, tmp_path):
     """The exports precompute each user's query and ranking context; served lists must be the evaluated ones.
 
-    Served by user id (precomputed) and by explicit features (the query tower run per request), the
-    retrieval lists and the retrieve-then-rank lists must match what the run evaluated in memory.
+    Served by user id (precomputed) and by fresh features and history (both towers run per request,
+    as for a user the snapshot does not hold), the retrieval lists and the retrieve-then-rank lists
+    must match what the run evaluated in memory.
     """
     export_dir, _ = small_export
-    movielens = load_movielens(shared_data_dir / "ml-1m", max_users=150)
-    kept, _ = leave_last_out(user_sequences(movielens.ratings))
-    users = movielens.users.set_index("user_id").loc[kept.user_ids]
-    features = {"user_id": list(kept.user_ids), "user_gender": users.user_gender.tolist(),
-                "bucketized_user_age": users.bucketized_user_age.tolist(),
-                "user_occupation_label": users.user_occupation_label.tolist(),
-                "user_zip_code": users.user_zip_code.tolist(),
+    data = load_dataset(shared_data_dir / "ml-1m", max_users=150)
+    kept, _ = leave_last_out(user_sequences(data.interactions))
+    users = FeatureRows.from_table(data.users, "user_id", data.schema.features.user_features).lookup(kept.user_ids)
+    features = {"user_id": list(kept.user_ids), **{name: values.tolist() for name, values in users.items()},
                 "history_item_ids": [[*items, *[""] * (max(kept.lengths()) - len(items))] for items in kept.item_ids]}
     (tmp_path / "features.json").write_text(json.dumps(features))
     served = _run_in_fresh_process(f"""
         import json, numpy as np, tfrs_pipeline, tensorflow as tf
         with open("{tmp_path / 'features.json'}") as file:
-            features = {{name: tf.constant(values, tf.int64 if name == "user_occupation_label" else None)
-                         for name, values in json.load(file).items()}}
+            features = {{name: tf.constant(values) for name, values in json.load(file).items()}}
         user_ids = features.pop("user_id")
         retrieval = tf.saved_model.load("{export_dir}/retrieval_brute_force/1").signatures
-        ranking = tf.saved_model.load("{export_dir}/ranking/1").signatures["serving_default"]
+        ranking = tf.saved_model.load("{export_dir}/ranking/1").signatures
         candidates = retrieval["serving_default"](user_id=user_ids)["item_ids"]
         live = retrieval["query_features"](**features)["item_ids"]
-        order = np.argsort(-ranking(user_id=user_ids, item_ids=candidates)["scores"].numpy(), axis=1, kind="stable")
-        candidates = candidates.numpy().astype(str)
-        print(json.dumps({{"retrieval": candidates[:, :10].tolist(), "live": live.numpy().astype(str)[:, :10].tolist(),
-                           "two_stage": np.take_along_axis(candidates, order, 1)[:, :10].tolist()}}))
+        by_id = ranking["serving_default"](user_id=user_ids, item_ids=candidates)["scores"].numpy()
+        fresh = ranking["query_features"](**features, item_ids=live)["scores"].numpy()
+        candidates, live = candidates.numpy().astype(str), live.numpy().astype(str)
+        best_first = lambda lists, scores: np.take_along_axis(lists, np.argsort(-scores, axis=1, kind="stable"), 1)
+        print(json.dumps({{"retrieval": candidates[:, :10].tolist(), "live": live[:, :10].tolist(),
+                           "two_stage": best_first(candidates, by_id)[:, :10].tolist(),
+                           "live_two_stage": best_first(live, fresh)[:, :10].tolist()}}))
     """)
     details = np.load(export_dir / "runs" / "1" / "evaluation_details.npz")
-    item_ids = np.array(["", *pd.read_csv(export_dir / "items.tsv", sep="\t", dtype=str).movie_id])
+    item_ids = np.array(["", *data.items.item_id])  # catalog indices follow the items table
     evaluated = {"retrieval": item_ids[details["retrieval_top10"]], "live": item_ids[details["retrieval_top10"]],
-                 "two_stage": item_ids[details["two_stage_top10"]]}
+                 "two_stage": item_ids[details["two_stage_top10"]], "live_two_stage": item_ids[details["two_stage_top10"]]}
     for name, lists in served.items():
         # Float rounding may swap two near-equal neighbours; anything more is a different model.
         assert np.mean(np.array(lists) == evaluated[name]) >= 0.99, name

@@ -3,7 +3,7 @@
 Every metric ranks the target against the whole catalog, never against sampled negatives (sampled
 metrics can reverse the order of models, Krichene & Rendle 2020), with the user's already-rated
 items removed from the ranking. Beyond accuracy, the lists are judged by how much of the catalog
-they reach, how popular their items are, and how varied their genres are, because a model can win
+they reach, how popular their items are, and how varied their categories are, because a model can win
 offline hit rate by recommending blockbusters to everyone.
 """
 from __future__ import annotations
@@ -76,27 +76,28 @@ def accuracy_metrics(ranks: np.ndarray, cutoffs: Iterable[int] = CUTOFFS,
 
 
 def beyond_accuracy_metrics(top_lists: np.ndarray, item_popularity: np.ndarray,
-                            item_genres: np.ndarray) -> dict[str, float]:
+                            item_categories: np.ndarray) -> dict[str, float]:
     """Coverage, popularity and diversity of recommendation lists.
 
     Args:
       top_lists: [users, k] catalog indices of each user's list.
       item_popularity: [items] training interactions per catalog index (index 0 unused).
-      item_genres: [items, genres] multi-hot genre membership per catalog index.
+      item_categories: [items, C] multi-hot category membership per catalog index
+        (``features.arrays.category_matrix``: genres of a film, departments of a shop).
 
     Returns:
       ``coverage``: share of the catalog (indices 1..N) in at least one list;
       ``popularity_percentile``: mean percentile of the recommended items' popularity in the catalog
       (0.5 for a popularity-blind recommender, near 1.0 for "recommend the blockbusters");
-      ``genre_diversity``: mean over lists of the mean pairwise Jaccard distance of genre sets.
+      ``category_diversity``: mean over lists of the mean pairwise Jaccard distance of category sets.
     """
     num_items = len(item_popularity) - 1
     popularity = item_popularity[1:]
     percentile = np.zeros(len(item_popularity))
     percentile[1:] = (np.argsort(np.argsort(popularity, kind="stable"), kind="stable") + 0.5) / num_items
-    genres = item_genres[top_lists].astype(np.float32)  # [users, k, genres]
-    shared = np.einsum("ukg,ulg->ukl", genres, genres)
-    sizes = genres.sum(-1)
+    categories = item_categories[top_lists].astype(np.float32)  # [users, k, C]
+    shared = np.einsum("ukc,ulc->ukl", categories, categories)
+    sizes = categories.sum(-1)
     union = sizes[:, :, np.newaxis] + sizes[:, np.newaxis, :] - shared
     distance = 1.0 - np.divide(shared, union, out=np.ones_like(shared), where=union > 0)
     k = top_lists.shape[1]
@@ -104,5 +105,19 @@ def beyond_accuracy_metrics(top_lists: np.ndarray, item_popularity: np.ndarray,
     return {
         "coverage": float(len(np.unique(top_lists)) / num_items),
         "popularity_percentile": float(percentile[top_lists].mean()),
-        "genre_diversity": float(distance.sum(axis=(1, 2)).mean() / pairs) if pairs else 0.0,
+        "category_diversity": float(distance.sum(axis=(1, 2)).mean() / pairs) if pairs else 0.0,
     }
+
+
+def format_metrics_table(evaluation_metrics: dict) -> str:
+    """The evaluation as a fixed-width table, one row per system (each dict-valued entry is a system)."""
+    systems = [name for name, values in evaluation_metrics.items() if isinstance(values, dict)]
+    columns = list(evaluation_metrics[systems[0]])
+    widths = [max(10, len(name) + 2) for name in columns]
+    label_width = max(12, *(len(system) + 2 for system in systems))
+    lines = ["system".ljust(label_width) + "".join(f"{name:>{width}}" for name, width in zip(columns, widths))]
+    for system in systems:
+        values = evaluation_metrics[system]
+        lines.append(system.ljust(label_width)
+                     + "".join(f"{values[name]:>{width}.4f}" for name, width in zip(columns, widths)))
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Optional
 
 import numpy as np
@@ -238,6 +239,62 @@ def _widened(params: ScannParams, num_candidates: int) -> ScannParams:
     return dataclasses.replace(
         params, num_reordering_candidates=min(num_candidates, 2 * params.num_reordering_candidates)
     )
+
+
+LATENCY_QUERIES = 200  # queries timed one by one when an index is checked
+
+
+def build_checked_indexes(item_ids: np.ndarray, candidate_embeddings: tf.Tensor, queries: tf.Tensor, k: int,
+                          target_recall: float = 0.99, overrides: dict | None = None) -> tuple[dict, dict]:
+    """Brute-force and ScaNN top-k layers over a catalog, ScaNN tuned to agree with exact top-10.
+
+    Args:
+      item_ids: [n] the ids the layers return, aligned with ``candidate_embeddings``.
+      candidate_embeddings: [n, dim].
+      queries: [queries, dim] real queries (the evaluated users'), to tune on and to check with.
+      k: results per query the layers serve.
+      target_recall: share of queries whose ScaNN top-10 must equal the exact top-10.
+      overrides: ScaNN settings given by the user (``ScannParams`` field names); no tuning then.
+
+    Returns:
+      The layers by kind (``TOP_K_KINDS``) and the check: settings, top-10 agreement, recall@10,
+      and latency per single query and per batch of each kind.
+    """
+    k = min(k, len(item_ids))
+    if overrides:
+        params = dataclasses.replace(scann_params_for(len(item_ids), 10), **overrides)
+    else:
+        params = tune_scann(candidate_embeddings, queries, k=min(10, len(item_ids)), target_recall=target_recall)
+    layers = {kind: build_top_k(kind, tf.constant(np.asarray(item_ids).astype(str)), candidate_embeddings, k,
+                                params=params) for kind in TOP_K_KINDS}
+    _, exact = layers["brute_force"](queries, k=min(10, k))
+    _, approximate = layers["scann"](queries, k=min(10, k))
+    sample = queries[:LATENCY_QUERIES]
+    latency = {kind: latency_ms(layer, sample) for kind, layer in layers.items()}
+    return layers, {
+        "scann_params": {name: int(value) for name, value in vars(params).items()},
+        "top10_agreement": top_k_agreement(exact.numpy(), approximate.numpy()),
+        "recall_at_10": recall_at_k(exact.numpy(), approximate.numpy()),
+        "latency_ms": latency,
+        "scann_speedup_single_query": latency["brute_force"]["single_query"] / latency["scann"]["single_query"],
+    }
+
+
+def latency_ms(layer: tf.keras.Model, queries: tf.Tensor, k: int = 10) -> dict:
+    """Median milliseconds per single query and per batch of all ``queries`` (after a warm-up)."""
+    layer(queries[:1], k=k)
+    single = []
+    for row in range(len(queries)):
+        start = time.perf_counter()
+        layer(queries[row:row + 1], k=k)
+        single.append(time.perf_counter() - start)
+    batch = []
+    for _ in range(5):
+        start = time.perf_counter()
+        layer(queries, k=k)
+        batch.append(time.perf_counter() - start)
+    return {"single_query": 1e3 * float(np.median(single)), "batch": 1e3 * float(np.median(batch)),
+            "batch_size": int(len(queries))}
 
 
 def load_top_k(path: str):

@@ -10,8 +10,9 @@ two paths cannot drift apart:
   - every rating carries its line number, the tie-break of equal timestamps, so a user's ratings are
     put back in file order after the shuffle and `split.user_sequences` orders them exactly as it
     does on the whole table;
-  - per user (a GroupByKey), `leave_last_out`, `training_windows` and `with_user_features` build
-    the same training windows as `pipelines/two_stage.py`.
+  - per user (a GroupByKey), `leave_last_out` and `training_windows` build the same training windows
+    as `pipelines/two_stage.py` (user features are looked up per batch at training time, not stored
+    with every window).
 The dimension tables (users, movies: thousands of rows here, 100K items at our target scale) reach
 the workers as side inputs; the ratings, which grow with traffic, are the only table that is
 shuffled. Output: sharded TFRecords, vocabularies and a manifest (`data/tfrecords.py` has the layout).
@@ -42,7 +43,7 @@ from tfrs_pipeline.data import tfrecords
 from tfrs_pipeline.data.errors import DataError
 from tfrs_pipeline.data.movielens import (MovieLens, keep_first_users, parse_movies, parse_ratings,
                                           parse_users)
-from tfrs_pipeline.data.sequence_examples import training_windows, with_user_features
+from tfrs_pipeline.data.sequence_examples import training_windows
 from tfrs_pipeline.data.split import UserSequences, leave_last_out, user_order, user_sequences
 
 LOCAL_RUNNER = "DirectRunner"
@@ -76,8 +77,7 @@ def build_pipeline(pipeline: beam.Pipeline, data_dir: str, output_dir: str, *, m
                                          movies=beam.pvalue.AsSingleton(movies),
                                          users=beam.pvalue.AsSingleton(users))
         | "GroupByUser" >> beam.GroupByKey())
-    examples = ratings_by_user | "TrainingWindows" >> beam.FlatMap(
-        _user_training_examples, max_length, holdout, users=beam.pvalue.AsSingleton(users))
+    examples = ratings_by_user | "TrainingWindows" >> beam.FlatMap(_user_training_examples, max_length, holdout)
     shards = examples | "WriteExamples" >> beam.io.WriteToTFRecord(
         f"{output_dir}/examples/train", file_name_suffix=".tfrecord", num_shards=num_shards)
 
@@ -154,15 +154,15 @@ def _parse_rating_chunk(chunk: tuple[int, bytes], path: str, max_users: int | No
 
 
 def _user_training_examples(user_ratings: tuple[str, Iterable[tuple[int, str, float, int]]], max_length: int,
-                            holdout: str, users: pd.DataFrame) -> Iterator[bytes]:
+                            holdout: str) -> Iterator[bytes]:
     """One user's training windows, built by the in-memory path's functions, as serialized examples."""
     user_id, ratings = user_ratings
     _, movie_ids, rating_values, timestamps = zip(*sorted(ratings))  # file order, before the stable sort
-    table = pd.DataFrame({"user_id": user_id, "movie_id": list(movie_ids),
-                          "user_rating": np.asarray(rating_values, np.float32),
+    table = pd.DataFrame({"user_id": user_id, "item_id": list(movie_ids),
+                          "rating": np.asarray(rating_values, np.float32),
                           "timestamp": np.asarray(timestamps, np.int64)})
     train = retrieval_training_sequences(user_sequences(table), holdout)
-    examples = with_user_features(training_windows(train.user_ids, train.item_ids, max_length), users)
+    examples = training_windows(train.user_ids, train.item_ids, max_length)
     yield from tfrecords.encode_examples(examples)
 
 

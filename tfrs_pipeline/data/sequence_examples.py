@@ -10,10 +10,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 WIDTH_STEP = 32
-USER_FEATURES = ("user_gender", "bucketized_user_age", "user_occupation_label", "user_zip_code")
 
 
 def _left_pad(rows: Sequence[np.ndarray], length: int) -> np.ndarray:
@@ -56,10 +54,9 @@ def next_item_examples(user_ids: np.ndarray, item_sequences: Sequence[np.ndarray
     }
 
 
-def with_user_features(examples: dict, users: pd.DataFrame) -> dict:
-    """Adds the demographic columns of ``users`` (indexed by ``user_id``) to every example."""
-    rows = users.set_index("user_id").loc[examples["user_id"]]
-    return {**examples, **{name: rows[name].to_numpy() for name in USER_FEATURES}}
+def examples_as_tensors(examples: dict) -> dict:
+    """The example arrays with object (string) columns as ``str`` arrays, which TensorFlow accepts."""
+    return {name: (values.astype(str) if values.dtype == object else values) for name, values in examples.items()}
 
 
 def length_bucketed_batches(examples: dict, batch_size: int, rng: np.random.Generator, width_step: int = WIDTH_STEP):

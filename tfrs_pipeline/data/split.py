@@ -1,10 +1,14 @@
-"""Per-user chronological sequences and the leave-last-out split.
+"""Per-user chronological sequences, and the splits that hold out what a user did next.
 
 Sequential recommenders (and the standard ML-1M benchmark protocol) train on each user's history
 and evaluate on what the user did next: the last rating is the test target, the one before it the
 validation target. Anything the model sees during training must therefore come strictly before the
 target in time; ties in timestamp (ML-1M has many, to the second) are broken by file order, the
 only order the publisher gives, so the split is the same on every run.
+
+A data set's ``SplitRule`` chooses the test items: each user's last item (``leave_last_out``, the
+sequential benchmarks' protocol), or everything at or after one moment (``time_cut``, what a
+deployment sees: the model trained up to a day answers the days after it).
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+
+from tfrs_pipeline.data.schema import LEAVE_LAST_OUT, SplitRule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,13 +59,13 @@ class UserSequences:
 
 
 def user_sequences(ratings: pd.DataFrame) -> UserSequences:
-    """Groups a ratings table (`MovieLens.ratings` columns) into chronological per-user sequences.
+    """Groups an interactions table (`InteractionData.interactions`) into chronological per-user sequences.
 
     One stable sort by (user, timestamp) keeps rows with equal timestamps in table order, which is
     file order for tables from `load_movielens`.
 
     Args:
-      ratings: a table with `user_id`, `movie_id`, `user_rating`, `timestamp`, rows in file order.
+      ratings: a table with `user_id`, `item_id`, `rating`, `timestamp`, rows in file order.
 
     Returns:
       Users ordered by numeric id when every id is a number, else lexicographically.
@@ -74,9 +80,9 @@ def user_sequences(ratings: pd.DataFrame) -> UserSequences:
     boundaries = np.flatnonzero(np.diff(row_user_rank[order])) + 1
     return UserSequences(
         user_ids=unique_user_ids[user_order(unique_user_ids)],
-        item_ids=np.split(ratings["movie_id"].to_numpy(dtype=str)[order], boundaries),
+        item_ids=np.split(ratings["item_id"].to_numpy(dtype=str)[order], boundaries),
         timestamps=np.split(timestamps[order], boundaries),
-        ratings=np.split(ratings["user_rating"].to_numpy(np.float32)[order], boundaries),
+        ratings=np.split(ratings["rating"].to_numpy(np.float32)[order], boundaries),
     )
 
 
@@ -122,3 +128,51 @@ def user_order(user_ids: np.ndarray) -> np.ndarray:
     if all(user_id.lstrip("-").isdigit() for user_id in user_ids):
         return np.argsort(user_ids.astype(np.int64), kind="stable")
     return np.argsort(user_ids, kind="stable")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutSplit:
+    """What a model may learn from, and what it is tested on.
+
+    Attributes:
+      history: every user's interactions before their test item: all a model may see.
+      test_rows: [T] rows of ``history`` whose users have a test item.
+      test_targets: [T] each of those users' test item (their first one after the cut, for ``time_cut``).
+    """
+
+    history: UserSequences
+    test_rows: np.ndarray
+    test_targets: np.ndarray
+
+    def tested_history(self) -> UserSequences:
+        """The histories of the tested users, aligned with ``test_targets``."""
+        return self.history.select(self.test_rows)
+
+
+def hold_out(sequences: UserSequences, rule: SplitRule) -> HeldOutSplit:
+    """Holds out each user's test item as ``rule`` says.
+
+    ``time_cut`` keeps the users with at least one interaction before the cut; those with one at or
+    after it are tested on the first such item (its successors would need the model to know it).
+    """
+    if rule.kind == LEAVE_LAST_OUT:
+        history, targets = leave_last_out(sequences)
+        return HeldOutSplit(history, np.arange(len(history)), targets)
+    cut = rule.test_start if rule.test_start is not None else time_of_share(sequences, rule.test_share)
+    before = [int(np.searchsorted(timestamps, cut, side="left")) for timestamps in sequences.timestamps]
+    trimmed = UserSequences(
+        user_ids=sequences.user_ids,
+        item_ids=[items[:end] for items, end in zip(sequences.item_ids, before)],
+        timestamps=[timestamps[:end] for timestamps, end in zip(sequences.timestamps, before)],
+        ratings=[ratings[:end] for ratings, end in zip(sequences.ratings, before)],
+    )
+    kept = np.flatnonzero(trimmed.lengths() > 0)
+    has_target = np.array([before[user] < len(sequences.item_ids[user]) for user in kept], dtype=bool)
+    targets = np.array([sequences.item_ids[user][before[user]] for user in kept[has_target]], dtype=str)
+    return HeldOutSplit(trimmed.select(kept), np.flatnonzero(has_target), targets)
+
+
+def time_of_share(sequences: UserSequences, share: float) -> int:
+    """The time at or after which about ``share`` of all interactions happen."""
+    timestamps = np.sort(np.concatenate(sequences.timestamps))
+    return int(timestamps[min(len(timestamps) - 1, int(len(timestamps) * (1 - share)))])

@@ -25,19 +25,13 @@ import tensorflow as tf
 
 from tfrs_pipeline.data.errors import DataError
 
-FORMAT = "tfrs_pipeline.training_windows/1"
+FORMAT = "tfrs_pipeline.training_windows/2"  # /2: no user features (looked up at training time)
 MANIFEST = "manifest.json"
 USER_VOCABULARY = "vocabularies/user_ids.txt"
 ITEM_VOCABULARY = "vocabularies/item_ids.txt"
 SEQUENCE_FEATURES = ("history_item_ids", "target_item_ids")
-# Per-example columns of `with_user_features` and their dtypes in the examples dict.
-SCALAR_FEATURES = {
-    "user_id": object,
-    "user_gender": np.bool_,
-    "bucketized_user_age": np.float32,
-    "user_occupation_label": np.int64,
-    "user_zip_code": object,
-}
+# Per-example scalar columns of `training_windows` and their dtypes in the examples dict.
+SCALAR_FEATURES = {"user_id": object}
 WINDOW = "window"  # 0 for a user's most recent window, 1 for the one before, ...
 # The settings that decide which examples a folder holds; `train` refuses a folder made with others.
 SPLIT_SETTINGS = ("max_length", "holdout", "max_users")
@@ -47,8 +41,8 @@ def encode_examples(examples: Mapping[str, np.ndarray]) -> Iterator[bytes]:
     """Serialized ``tf.train.Example`` of every row of an examples dict (rows of a user kept together).
 
     Args:
-      examples: ``with_user_features(training_windows(...), users)``: the scalar columns of
-        `SCALAR_FEATURES` and the left-padded [E, L] `SEQUENCE_FEATURES`.
+      examples: ``training_windows(...)``: the scalar columns of `SCALAR_FEATURES` and the
+        left-padded [E, L] `SEQUENCE_FEATURES`.
     """
     window = 0
     for row in range(len(examples["user_id"])):
@@ -57,14 +51,8 @@ def encode_examples(examples: Mapping[str, np.ndarray]) -> Iterator[bytes]:
         for name in SEQUENCE_FEATURES:
             items = examples[name][row]
             features[name] = _bytes([item for item in items if item != ""])
-        for name, dtype in SCALAR_FEATURES.items():
-            value = examples[name][row]
-            if dtype is object:
-                features[name] = _bytes([value])
-            elif dtype is np.float32:
-                features[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-            else:
-                features[name] = _int64s([int(value)])
+        for name in SCALAR_FEATURES:
+            features[name] = _bytes([examples[name][row]])
         yield tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
@@ -78,7 +66,7 @@ def read_training_examples(examples_dir: str | os.PathLike, expected_settings: M
 
     Returns:
       ``user_id`` [E], ``history_item_ids`` and ``target_item_ids`` [E, max_length] ("" left padding),
-      and the user feature columns, in the in-memory path's order and dtypes.
+      in the in-memory path's order and dtypes.
 
     Raises:
       DataError: no manifest, a manifest of another format or other settings, or missing shards.

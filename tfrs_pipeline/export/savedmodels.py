@@ -2,8 +2,10 @@
 
 A client of the retrieval or ranking model sends only user ids: each export carries a snapshot of
 every user's features, recent history and rated items, taken at export time, and looks them up
-inside the graph. A second retrieval signature takes features and history explicitly, for callers
-with fresher data (a feature store, the session of a user who just rated something).
+inside the graph. A second signature of both models, ``query_features``, takes the user's features
+(the data set's declared user features, each named as its column) and history explicitly, for
+callers with fresher data (a feature store, a user who just did something, a user the snapshot does
+not hold): retrieval and ranking then give a two-stage answer from features and history alone.
 
 The towers are frozen at export, so everything that depends only on the snapshot (each known user's
 query embedding and ranking context, the catalog's embeddings) is computed once at export time and
@@ -23,6 +25,9 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfrs_pipeline.contracts import (CANDIDATES_INPUT, HISTORY_INPUT, ITEM_IDS_OUTPUT, QUERY_FEATURES_SIGNATURE,
+                                     SCORES_OUTPUT, SERVING_SIGNATURE, SESSION_INPUT, USER_ID_INPUT, FeatureSpec)
+from tfrs_pipeline.features.arrays import FeatureRows, input_spec
 from tfrs_pipeline.index import SCANN_SAVE_OPTIONS
 from tfrs_pipeline.models.encoders import most_recent_left_padded
 from tfrs_pipeline.models.query_tower import QueryTower
@@ -30,39 +35,37 @@ from tfrs_pipeline.models.ranking import RankingModel
 from tfrs_pipeline.models.session import SessionModel
 from tfrs_pipeline.models.session_knn import SessionNeighbours, sum_by_row
 
-SERVING_SIGNATURE = "serving_default"
-QUERY_FEATURES_SIGNATURE = "query_features"
-SESSION_INPUT = "session_item_ids"
-USER_FEATURE_SPECS = {
-    "user_gender": tf.TensorSpec([None], tf.bool, name="user_gender"),
-    "bucketized_user_age": tf.TensorSpec([None], tf.float32, name="bucketized_user_age"),
-    "user_occupation_label": tf.TensorSpec([None], tf.int64, name="user_occupation_label"),
-    "user_zip_code": tf.TensorSpec([None], tf.string, name="user_zip_code"),
-}
+_USER_ID_SPEC = tf.TensorSpec([None], tf.string, name=USER_ID_INPUT)
+_HISTORY_SPEC = tf.TensorSpec([None, None], tf.string, name=HISTORY_INPUT)
+_CANDIDATES_SPEC = tf.TensorSpec([None, None], tf.string, name=CANDIDATES_INPUT)
+
+
+def fresh_feature_specs(user_specs: Sequence[FeatureSpec]) -> dict[str, tf.TensorSpec]:
+    """The inputs of a ``query_features`` signature: each user feature, named as its column, and the history."""
+    return {**{spec.name: input_spec(spec) for spec in user_specs}, HISTORY_INPUT: _HISTORY_SPEC}
 
 
 class UserSnapshot(tf.Module):
     """Users' features, recent histories and rated items at export time, looked up by user id.
 
-    Unknown user ids get row 0: no history, nothing excluded and neutral demographics, so the
-    model answers with what it knows for a new user rather than failing the whole batch.
+    Unknown user ids get row 0: no history, nothing excluded and no features, so the model answers
+    with what it knows for a new user rather than failing the whole batch.
 
     Args:
-      user_ids: [U] ids.
-      features: demographic columns (``USER_FEATURE_SPECS`` names), each [U].
-      histories: per user, all rated item ids in chronological order.
+      users: the users' features (``features.arrays.FeatureRows``); rows of ``user_ids`` are looked up.
+      user_ids: [U] ids of the users the snapshot holds.
+      histories: per user, all their item ids in chronological order.
       max_length: history slots of the query tower.
     """
 
-    def __init__(self, user_ids: Sequence[str], features: dict[str, np.ndarray], histories: Sequence[np.ndarray],
-                 max_length: int):
+    def __init__(self, users: FeatureRows, user_ids: Sequence[str], histories: Sequence[np.ndarray], max_length: int):
         super().__init__()
+        self.specs = users.specs
         self._lookup = tf.keras.layers.StringLookup(vocabulary=list(user_ids), mask_token=None)
         self._user_ids = tf.constant(["", *map(str, user_ids)])  # row 0 is the unknown user
-        self._features = {
-            name: tf.constant(np.concatenate([[_NEUTRAL[name]], features[name]]).astype(spec.dtype.as_numpy_dtype))
-            for name, spec in USER_FEATURE_SPECS.items()
-        }
+        rows = np.concatenate([[0], users.rows(list(user_ids))])
+        self._features = {name: tf.constant(values[rows].astype(str) if values.dtype == object else values[rows])
+                          for name, values in users.arrays.items()}
         recent = [np.asarray(items[-max_length:], dtype=object) for items in histories]
         padded = np.full((len(recent) + 1, max_length), "", dtype=object)
         for row, items in enumerate(recent, start=1):
@@ -79,8 +82,8 @@ class UserSnapshot(tf.Module):
 
     def _features_of_rows(self, rows: tf.Tensor) -> dict:
         looked_up = {name: tf.gather(values, rows) for name, values in self._features.items()}
-        return {**looked_up, "user_id": tf.gather(self._user_ids, rows),
-                "history_item_ids": tf.gather(self._histories, rows)}
+        return {**looked_up, USER_ID_INPUT: tf.gather(self._user_ids, rows),
+                HISTORY_INPUT: tf.gather(self._histories, rows)}
 
     def precompute(self, compute: Callable[[dict], dict], batch_size: int = 512) -> dict[str, tf.Variable]:
         """``compute``(features) for every snapshot row, as per-row tables to ``tf.gather`` with ``rows``.
@@ -99,11 +102,15 @@ class UserSnapshot(tf.Module):
         return tf.gather(self._rated, self._lookup(user_id)).to_tensor(default_value="")
 
 
-_NEUTRAL = {"user_gender": False, "bucketized_user_age": 25.0, "user_occupation_label": 0, "user_zip_code": ""}
+def _fresh_query_features(features: dict, max_length: int) -> dict:
+    """A ``query_features`` request as the query tower reads it: the most recent items, no user id."""
+    history = features[HISTORY_INPUT]
+    recent = most_recent_left_padded(history, max_length)
+    return {**features, HISTORY_INPUT: recent, USER_ID_INPUT: tf.fill([tf.shape(history)[0]], "")}
 
 
 class RetrievalExport(tf.Module):
-    """Retrieval for serving: user id (or explicit features) -> top-K item ids and scores.
+    """Retrieval for serving: user id (or fresh features and history) -> top-K item ids and scores.
 
     Args:
       query_tower: the trained query tower.
@@ -123,24 +130,18 @@ class RetrievalExport(tf.Module):
         self.k = k
         self._user_queries = user_queries
         self._catalog_embeddings = catalog_embeddings
+        self.serve = tf.function(self._serve, input_signature=[_USER_ID_SPEC])
+        self.serve_features = tf.function(self._serve_features, input_signature=[fresh_feature_specs(users.specs)])
 
-    def _query(self, features: dict) -> tf.Tensor:
-        return self.query_tower.query(features, False, self._catalog_embeddings)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
-    def serve(self, user_id: tf.Tensor) -> dict:
+    def _serve(self, user_id: tf.Tensor) -> dict:
         queries = tf.gather(self._user_queries, self.users.rows(user_id))
         return self._retrieve(queries, self.users.rated_items(user_id))
 
-    @tf.function(input_signature=[{**USER_FEATURE_SPECS,
-                                   "history_item_ids": tf.TensorSpec([None, None], tf.string, name="history_item_ids")}])
-    def serve_features(self, features: dict) -> dict:
-        """Explicit features; ``history_item_ids`` any length, "" padded; its items are excluded."""
-        history = features["history_item_ids"]
-        recent = most_recent_left_padded(history, self.query_tower.max_length)
-        batch = tf.shape(history)[0]
-        query_features = {**features, "history_item_ids": recent, "user_id": tf.fill([batch], "")}
-        return self._retrieve(self._query(query_features), history)
+    def _serve_features(self, features: dict) -> dict:
+        """Fresh features; ``history_item_ids`` any length, "" padded; its items are excluded."""
+        query_features = _fresh_query_features(features, self.query_tower.max_length)
+        queries = self.query_tower.query(query_features, False, self._catalog_embeddings)
+        return self._retrieve(queries, features[HISTORY_INPUT])
 
     def _retrieve(self, queries: tf.Tensor, excluded_item_ids: tf.Tensor) -> dict:
         """Top-k without the excluded ids: over-fetch by the widest exclusion list, then drop them.
@@ -157,11 +158,11 @@ class RetrievalExport(tf.Module):
             tf.stack([tf.shape(excluded, out_type=tf.int64)[0], item_tower.id_lookup.vocabulary_size()])) > 0
         is_excluded = tf.gather(excluded_mask, item_tower.indices(item_ids), batch_dims=1)
         kept_scores, positions = tf.math.top_k(tf.where(is_excluded, -np.inf, scores), k=self.k)
-        return {"item_ids": tf.gather(item_ids, positions, batch_dims=1), "scores": kept_scores}
+        return {ITEM_IDS_OUTPUT: tf.gather(item_ids, positions, batch_dims=1), SCORES_OUTPUT: kept_scores}
 
 
 class RankingExport(tf.Module):
-    """Ranking for serving: user id + candidate item ids [batch, N] -> scores [batch, N].
+    """Ranking for serving: user id (or fresh features and history) + candidate item ids [batch, N] -> scores.
 
     Args:
       ranking_model: the trained ranker.
@@ -177,13 +178,20 @@ class RankingExport(tf.Module):
         self.users = users
         self._user_context = user_context
         self._catalog_embeddings = catalog_embeddings
+        self.serve = tf.function(self._serve, input_signature=[_USER_ID_SPEC, _CANDIDATES_SPEC])
+        self.serve_features = tf.function(self._serve_features, input_signature=[
+            {**fresh_feature_specs(users.specs), CANDIDATES_INPUT: _CANDIDATES_SPEC}])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
-                                  tf.TensorSpec([None, None], tf.string, name="item_ids")])
-    def serve(self, user_id: tf.Tensor, item_ids: tf.Tensor) -> dict:
+    def _serve(self, user_id: tf.Tensor, item_ids: tf.Tensor) -> dict:
         rows = self.users.rows(user_id)
         context = {name: tf.gather(table, rows) for name, table in self._user_context.items()}
-        return {"scores": self.ranking_model.score(context, item_ids, self._catalog_embeddings)}
+        return {SCORES_OUTPUT: self.ranking_model.score(context, item_ids, self._catalog_embeddings)}
+
+    def _serve_features(self, features: dict) -> dict:
+        """Fresh features and history, as retrieval's ``query_features`` takes them, plus the candidates."""
+        query_features = _fresh_query_features(features, self.ranking_model.query_tower.max_length)
+        context = self.ranking_model.user_context(query_features, self._catalog_embeddings)
+        return {SCORES_OUTPUT: self.ranking_model.score(context, features[CANDIDATES_INPUT], self._catalog_embeddings)}
 
 
 class SessionExport(tf.Module):
@@ -224,8 +232,8 @@ class SessionExport(tf.Module):
         scores, item_ids = self._with_bonuses(queries, recent, *self.top_k(queries, k=self.k))
         has_items = tf.reduce_any(tf.not_equal(recent, ""), axis=1, keepdims=True)
         return {
-            "item_ids": tf.where(has_items, item_ids, self._popular_item_ids[tf.newaxis]),
-            "scores": tf.where(has_items, scores, self._popular_scores[tf.newaxis]),
+            ITEM_IDS_OUTPUT: tf.where(has_items, item_ids, self._popular_item_ids[tf.newaxis]),
+            SCORES_OUTPUT: tf.where(has_items, scores, self._popular_scores[tf.newaxis]),
         }
 
     def _with_bonuses(self, queries: tf.Tensor, recent: tf.Tensor, index_scores: tf.Tensor,
@@ -275,7 +283,9 @@ def save_retrieval(module: RetrievalExport, path: str | os.PathLike, uses_scann:
 
 
 def save_ranking(module: RankingExport, path: str | os.PathLike) -> None:
-    tf.saved_model.save(module, os.fspath(path), signatures={SERVING_SIGNATURE: module.serve})
+    """Saves the user-id signature and the fresh-feature one (same inputs as retrieval's, plus the candidates)."""
+    signatures = {SERVING_SIGNATURE: module.serve, QUERY_FEATURES_SIGNATURE: module.serve_features}
+    tf.saved_model.save(module, os.fspath(path), signatures=signatures)
 
 
 def save_session(module: SessionExport, path: str | os.PathLike, uses_scann: bool) -> None:

@@ -1,4 +1,4 @@
-"""The query tower: a user's demographics and ordered history become one query embedding per position.
+"""The query tower: a user's schema-declared features and ordered history become one query per position.
 
 The history is encoded by the causal transformer over the candidate tower's own item embeddings, so
 the query and candidate spaces are tied. A per-user id embedding is optional: at tens of millions of
@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
+from tfrs_pipeline.contracts import HISTORY_INPUT, USER_ID_INPUT, FeatureSpec
+from tfrs_pipeline.features.encoders import FeatureEncoder
 from tfrs_pipeline.models.encoders import CausalTransformerEncoder
 from tfrs_pipeline.models.item_tower import ItemTower
-
-AGE_BUCKETS = [1, 18, 25, 35, 45, 50, 56]
-NUM_OCCUPATIONS = 22
-ZIP_PREFIX_BINS = 1000
 
 
 class QueryTower(tf.keras.Model):
@@ -26,40 +25,37 @@ class QueryTower(tf.keras.Model):
       item_tower: the candidate tower whose item embeddings encode the history.
       max_length: history slots; the export keeps each user's most recent items.
       dim: embedding width (equal to the item tower's).
+      user_specs: the user features the query reads (may be empty).
+      user_features: ``features.arrays.feature_arrays`` of the training users (fits their vocabularies).
       user_ids: vocabulary of a per-user embedding, or None for a tower without one.
       num_blocks, num_heads, dropout: shape of the transformer.
     """
 
-    def __init__(self, item_tower: ItemTower, max_length: int, dim: int, user_ids: Sequence[str] | None = None,
+    def __init__(self, item_tower: ItemTower, max_length: int, dim: int, user_specs: Sequence[FeatureSpec] = (),
+                 user_features: dict[str, np.ndarray] | None = None, user_ids: Sequence[str] | None = None,
                  num_blocks: int = 2, num_heads: int = 2, dropout: float = 0.2, **kwargs):
         super().__init__(**kwargs)
         self.item_tower = item_tower
         self.max_length = max_length
+        self.dim = dim
+        self.user_specs = tuple(user_specs)
         self.encoder = CausalTransformerEncoder(max_length, dim, num_blocks, num_heads, dropout)
+        self._user_features = FeatureEncoder(self.user_specs, user_features or {}, dim) if self.user_specs else None
         self._user_id_lookup = None
         if user_ids is not None:
             self._user_id_lookup = tf.keras.layers.StringLookup(vocabulary=list(user_ids), mask_token=None)
             self._user_id_embedding = tf.keras.layers.Embedding(len(user_ids) + 1, dim)
-        self._age_lookup = tf.keras.layers.IntegerLookup(vocabulary=AGE_BUCKETS, mask_token=None)
-        self._age_embedding = tf.keras.layers.Embedding(len(AGE_BUCKETS) + 1, dim)
-        self._gender_embedding = tf.keras.layers.Embedding(2, dim)
-        self._occupation_embedding = tf.keras.layers.Embedding(NUM_OCCUPATIONS + 1, dim)
-        self._zip_hashing = tf.keras.layers.Hashing(ZIP_PREFIX_BINS)
-        self._zip_embedding = tf.keras.layers.Embedding(ZIP_PREFIX_BINS, dim)
-        self._user_projection = tf.keras.layers.Dense(dim)
 
     def user_embedding(self, features: dict) -> tf.Tensor:
-        """[batch, dim] from demographics (and the user id, where the tower has a table for it)."""
-        occupation = tf.clip_by_value(tf.cast(features["user_occupation_label"], tf.int64), 0, NUM_OCCUPATIONS)
-        parts = [
-            self._age_embedding(self._age_lookup(tf.cast(features["bucketized_user_age"], tf.int64))),
-            self._gender_embedding(tf.cast(features["user_gender"], tf.int64)),
-            self._occupation_embedding(occupation),
-            self._zip_embedding(self._zip_hashing(tf.strings.substr(features["user_zip_code"], 0, 3))),
-        ]
+        """[batch, dim] from the user's features (and id, where the tower has a table for it); zeros without."""
+        parts = []
+        if self._user_features is not None:
+            parts.append(self._user_features(features))
         if self._user_id_lookup is not None:
-            parts.append(self._user_id_embedding(self._user_id_lookup(features["user_id"])))
-        return self._user_projection(tf.add_n(parts))
+            parts.append(self._user_id_embedding(self._user_id_lookup(features[USER_ID_INPUT])))
+        if not parts:
+            return tf.zeros([tf.shape(features[HISTORY_INPUT])[0], self.dim])
+        return tf.add_n(parts)
 
     def sequence_embeddings(self, features: dict, training: bool = False,
                             catalog_embeddings: tf.Tensor | None = None) -> tf.Tensor:
@@ -87,5 +83,5 @@ class QueryTower(tf.keras.Model):
         """The history's item embeddings [batch, length, dim] and which slots hold an item [batch, length]."""
         if catalog_embeddings is None:
             catalog_embeddings = self.item_tower.embed_catalog()
-        history = features["history_item_ids"]
+        history = features[HISTORY_INPUT]
         return tf.gather(catalog_embeddings, self.item_tower.indices(history)), tf.not_equal(history, "")

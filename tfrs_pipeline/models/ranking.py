@@ -2,8 +2,8 @@
 
 Retrieval must score the whole catalog with one dot product; ranking sees only a few hundred
 candidates per user and can afford crossing features: the retrieval score itself, the elementwise
-product of query and candidate, how the candidate's genres match the user's history, how popular
-and how old it is, how close it is to the last item watched. A deep & cross network (Wang et al.
+product of query and candidate, how the candidate's categories match the user's history, how
+popular it is, how close it is to the last item the user chose. A deep & cross network (Wang et al.
 2020) learns those crosses explicitly.
 
 It is trained for what the two-stage pipeline needs: each training list is the candidates retrieval
@@ -17,7 +17,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrs_pipeline.contracts import HISTORY_INPUT
 from tfrs_pipeline.models.query_tower import QueryTower
+
+CANDIDATE_FEATURE = "candidate_item_ids"  # training and evaluation lists: [batch, N] item ids
 
 
 class RankingModel(tfrs.models.Model):
@@ -26,18 +29,19 @@ class RankingModel(tfrs.models.Model):
     Args:
       query_tower: the trained retrieval query tower (frozen: ranking adds to it, never moves it).
       item_popularity: [N + 1] training interactions per catalog index.
-      item_genres: [N + 1, genres] multi-hot genres per catalog index.
+      item_categories: [N + 1, C] multi-hot categories per catalog index (``features.arrays.category_matrix``;
+        C may be 0).
       hidden_units: widths of the deep part.
     """
 
-    def __init__(self, query_tower: QueryTower, item_popularity: np.ndarray, item_genres: np.ndarray,
+    def __init__(self, query_tower: QueryTower, item_popularity: np.ndarray, item_categories: np.ndarray,
                  hidden_units: tuple[int, ...] = (128, 64), dropout: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         self.query_tower = query_tower
         self.query_tower.trainable = False
         log_popularity = np.log1p(item_popularity.astype(np.float32))
         self._log_popularity = tf.constant(log_popularity / max(1.0, float(log_popularity.max())))
-        self._genres = tf.constant(item_genres.astype(np.float32))
+        self._categories = tf.constant(item_categories.astype(np.float32))
         self._cross = tfrs.layers.dcn.Cross(projection_dim=32)
         self._deep = tf.keras.Sequential(
             [layer for units in hidden_units
@@ -53,29 +57,29 @@ class RankingModel(tfrs.models.Model):
         """Scores [batch, N] for ``candidate_item_ids`` [batch, N] given user features and history."""
         catalog_embeddings = self.query_tower.item_tower.embed_catalog()
         context = self.user_context(features, catalog_embeddings)
-        return self.score(context, features["candidate_item_ids"], catalog_embeddings, training)
+        return self.score(context, features[CANDIDATE_FEATURE], catalog_embeddings, training)
 
     def user_context(self, features: dict, catalog_embeddings: tf.Tensor) -> dict:
         """What ranking needs of the user, independent of the candidates (and so computable ahead of time).
 
         Returns ``query`` [B, d] (the retrieval query), ``last_item`` [B, d] (the most recent item's
-        embedding) and ``history_genres`` [B, G] (the genre mix of the history). The towers are frozen,
+        embedding) and ``history_categories`` [B, C] (the category mix of the history). The towers are frozen,
         so an export can compute this once per known user instead of once per request.
         """
-        history = self.query_tower.item_tower.indices(features["history_item_ids"])  # [B, L]
+        history = self.query_tower.item_tower.indices(features[HISTORY_INPUT])  # [B, L]
         return {
             "query": self.query_tower.query(features, False, catalog_embeddings),
             "last_item": tf.gather(catalog_embeddings, history[:, -1]),
-            "history_genres": _mean_over_real_items(tf.gather(self._genres, history), history),
+            "history_categories": _mean_over_real_items(tf.gather(self._categories, history), history),
         }
 
     def score(self, context: dict, candidate_item_ids: tf.Tensor, catalog_embeddings: tf.Tensor,
               training: bool = False) -> tf.Tensor:
         """Scores [batch, N] of ``candidate_item_ids`` [batch, N] for users described by ``user_context``."""
-        query, history_genres = context["query"], context["history_genres"]
+        query, history_categories = context["query"], context["history_categories"]
         candidates = self.query_tower.item_tower.indices(candidate_item_ids)  # [B, N]
         candidate_embeddings = tf.gather(catalog_embeddings, candidates)  # [B, N, d]
-        candidate_genres = tf.gather(self._genres, candidates)  # [B, N, G]
+        candidate_categories = tf.gather(self._categories, candidates)  # [B, N, C]
         num_candidates = tf.shape(candidates)[1]
 
         def per_candidate(user_vector: tf.Tensor) -> tf.Tensor:
@@ -86,13 +90,13 @@ class RankingModel(tfrs.models.Model):
             [
                 retrieval_scores[..., tf.newaxis],
                 tf.einsum("bd,bnd->bn", context["last_item"], candidate_embeddings)[..., tf.newaxis],
-                tf.einsum("bg,bng->bn", history_genres, candidate_genres)[..., tf.newaxis],
+                tf.einsum("bc,bnc->bn", history_categories, candidate_categories)[..., tf.newaxis],
                 tf.gather(self._log_popularity, candidates)[..., tf.newaxis],
                 query[:, tf.newaxis, :] * candidate_embeddings,
                 per_candidate(query),
                 candidate_embeddings,
-                candidate_genres,
-                per_candidate(history_genres),
+                candidate_categories,
+                per_candidate(history_categories),
             ],
             axis=-1,
         )

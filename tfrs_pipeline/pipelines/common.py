@@ -1,31 +1,38 @@
-"""Pieces every pipeline run shares: feeding examples to Keras, recording training, writing results."""
+"""Pieces every pipeline run shares: feeding examples to Keras, the learning rate, recording training."""
 from __future__ import annotations
-
-import json
-import os
-import pathlib
 
 import numpy as np
 import tensorflow as tf
 
-from tfrs_pipeline.data.sequence_examples import WIDTH_STEP, length_bucketed_batches
+from tfrs_pipeline.contracts import USER_ID_INPUT
+from tfrs_pipeline.data.sequence_examples import WIDTH_STEP, examples_as_tensors, length_bucketed_batches
+from tfrs_pipeline.features.arrays import FeatureRows
 
 
-def examples_as_tensors(examples: dict) -> dict:
-    """The example arrays with object (string) columns as ``str`` arrays, which TensorFlow accepts."""
-    return {name: (values.astype(str) if values.dtype == object else values) for name, values in examples.items()}
+def training_dataset(examples: dict, batch_size: int, seed: int, width_step: int = WIDTH_STEP,
+                     user_features: FeatureRows | None = None) -> tf.data.Dataset:
+    """Shuffled, length-bucketed batches of ``examples`` (``length_bucketed_batches``), reshuffled every epoch.
 
-
-def training_dataset(examples: dict, batch_size: int, seed: int, width_step: int = WIDTH_STEP) -> tf.data.Dataset:
-    """Shuffled, length-bucketed batches of ``examples`` (``length_bucketed_batches``), reshuffled every epoch."""
+    ``user_features`` adds each example's user features to its batch: looked up per batch rather
+    than stored per example, so a user with a hundred windows keeps one copy of them.
+    """
     examples = examples_as_tensors(examples)
     rng = np.random.default_rng(seed)
+
+    def batches():
+        for batch in length_bucketed_batches(examples, batch_size, rng, width_step):
+            if user_features is not None:
+                batch.update(examples_as_tensors(user_features.lookup(batch[USER_ID_INPUT])))
+            yield batch
+
+    sample = next(length_bucketed_batches(examples, 1, np.random.default_rng(0), width_step))
+    if user_features is not None:
+        sample.update(examples_as_tensors(user_features.lookup(sample[USER_ID_INPUT])))
     signature = {
         name: tf.TensorSpec([None] * values.ndim, tf.string if values.dtype.kind in "US" else tf.as_dtype(values.dtype))
-        for name, values in examples.items()
+        for name, values in sample.items()
     }
-    return tf.data.Dataset.from_generator(
-        lambda: length_bucketed_batches(examples, batch_size, rng, width_step), output_signature=signature).prefetch(2)
+    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
 
 
 def learning_rate(initial: float, decay: str,
@@ -44,10 +51,3 @@ def learning_rate(initial: float, decay: str,
 def history(keras_history: tf.keras.callbacks.History) -> dict:
     """Per-epoch logs of ``model.fit`` as plain floats (JSON-ready)."""
     return {name: [float(value) for value in values] for name, values in keras_history.history.items()}
-
-
-def write_json_atomically(path: pathlib.Path, value: dict) -> None:
-    """Writes ``value`` as indented JSON through a temporary file and a rename (never half a file)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(temporary, path)

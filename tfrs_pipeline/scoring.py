@@ -1,0 +1,99 @@
+"""Trained towers applied to many users at once: queries, whole-catalog scores, candidate lists, re-ranking.
+
+Evaluation, the training callback that watches validation quality, index checks and benchmarks
+all score users the same way: the query after each user's full history (the last slot of the
+causal encoder), against every catalog item, with the user's own items excluded. One module does
+it, in batches of similar history length so the transformer spends little on padding.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfrs_pipeline import evaluation
+from tfrs_pipeline.catalog import Catalog
+from tfrs_pipeline.contracts import USER_ID_INPUT
+from tfrs_pipeline.data.sequence_examples import examples_as_tensors, length_sorted_batches, next_item_examples
+from tfrs_pipeline.data.split import UserSequences
+from tfrs_pipeline.features.arrays import FeatureRows
+from tfrs_pipeline.models.query_tower import QueryTower
+from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE, RankingModel
+
+BATCH = 512
+
+
+def user_examples(users: FeatureRows, sequences: UserSequences, max_length: int) -> dict:
+    """One example per user: id, features and most recent ``max_length`` items (left-padded), no target."""
+    empty = np.full(len(sequences), "", dtype=object)
+    examples = next_item_examples(sequences.user_ids, sequences.item_ids, empty, max_length)
+    examples.pop("target_item_ids")
+    return {**examples, **users.lookup(examples[USER_ID_INPUT])}
+
+
+def query_embeddings(query_tower: QueryTower, users: FeatureRows, sequences: UserSequences) -> np.ndarray:
+    """[U, dim] queries after each user's full history in ``sequences``."""
+    examples = examples_as_tensors(user_examples(users, sequences, query_tower.max_length))
+    batches = [(rows, query_tower(batch).numpy()) for rows, batch in length_sorted_batches(examples, BATCH)]
+    queries = np.empty((len(sequences), batches[0][1].shape[1]), np.float32)
+    for rows, values in batches:
+        queries[rows] = values
+    return queries
+
+
+def catalog_scores(query_tower: QueryTower, users: FeatureRows, sequences: UserSequences) -> np.ndarray:
+    """[U, N + 1] every user's score of every catalog index; the unknown item (0) scores -inf."""
+    scores = query_embeddings(query_tower, users, sequences) @ query_tower.item_tower.embed_catalog().numpy().T
+    scores[:, 0] = -np.inf
+    return scores
+
+
+def rated_indices(catalog: Catalog, sequences: UserSequences) -> list[np.ndarray]:
+    """Per user, the catalog indices of their items: what their lists must leave out."""
+    return [catalog.indices(items) for items in sequences.item_ids]
+
+
+def candidate_lists(catalog: Catalog, scores: np.ndarray, sequences: UserSequences, size: int) -> np.ndarray:
+    """[U, C] catalog indices of each user's best-scored items, their own items removed."""
+    return evaluation.top_k_excluding(scores, rated_indices(catalog, sequences), min(size, len(catalog) - 1))
+
+
+def ranking_features(catalog: Catalog, users: FeatureRows, sequences: UserSequences, candidates: np.ndarray,
+                     max_length: int) -> dict:
+    """What the ranker reads for each user's candidate list [U, C] of catalog indices."""
+    examples = user_examples(users, sequences, max_length)
+    examples[CANDIDATE_FEATURE] = catalog.item_ids[candidates - 1]
+    return examples_as_tensors(examples)
+
+
+def rerank(ranking_model: RankingModel, features: dict, candidates: np.ndarray) -> np.ndarray:
+    """The candidate lists in the ranking model's order."""
+    scores = np.concatenate([
+        ranking_model({name: values[start:start + BATCH] for name, values in features.items()}).numpy()
+        for start in range(0, len(candidates), BATCH)
+    ])
+    return np.take_along_axis(candidates, np.argsort(-scores, axis=1, kind="stable"), axis=1)
+
+
+class ValidationRanking(tf.keras.callbacks.Callback):
+    """Adds ``val_loss``, ``val_hr@10`` and ``val_ndcg@10`` of the validation items to each epoch's logs.
+
+    HR and NDCG on the full catalog are what the run is judged by, so progress bars, TensorBoard and
+    the report show them per epoch. ``val_loss`` is the full-catalog softmax cross-entropy, taken from
+    the same scores: exact even when training samples its negatives, and with no second pass over
+    the validation users.
+    """
+
+    def __init__(self, catalog: Catalog, users: FeatureRows, query_tower: QueryTower, history: UserSequences,
+                 targets: np.ndarray):
+        super().__init__()
+        self._users, self._query_tower, self._history = users, query_tower, history
+        self._rated = rated_indices(catalog, history)
+        self._target_indices = catalog.indices(targets)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        scores = catalog_scores(self._query_tower, self._users, self._history)
+        loss = evaluation.softmax_cross_entropy(scores[:, 1:], self._target_indices - 1)
+        ranks = evaluation.rank_of_targets(scores, self._target_indices, self._rated)
+        metrics = evaluation.accuracy_metrics(ranks, cutoffs=(10,))
+        if logs is not None:
+            logs["val_loss"], logs["val_hr@10"], logs["val_ndcg@10"] = loss, metrics["hr@10"], metrics["ndcg@10"]
