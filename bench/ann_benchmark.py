@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import io
 import json
 import math
 import os
 import pathlib
 import sys
-import tempfile
 import threading
 import time
 from typing import Callable, Iterator, Sequence
@@ -47,6 +47,7 @@ import tensorflow as tf  # noqa: E402
 from scann.scann_ops.py import scann_ops_pybind  # noqa: E402
 
 from tfrs_pipeline import index  # noqa: E402
+from tfrs_pipeline.atomic import write_bytes_atomically, write_json_atomically  # noqa: E402
 from tfrs_pipeline.data.movielens import load_movielens  # noqa: E402
 
 K = 10
@@ -522,15 +523,9 @@ def plot(results: dict, path: pathlib.Path) -> None:
             axis.grid(True, which="both", alpha=0.3)
             axis.legend()
     figure.tight_layout()
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as temporary:
-        figure.savefig(temporary.name, dpi=110)
-    os.replace(temporary.name, path)
-
-
-def write_json_atomically(data: dict, path: pathlib.Path) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".json", delete=False) as temporary:
-        json.dump(data, temporary, indent=1)
-    os.replace(temporary.name, path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=110)
+    write_bytes_atomically(path, png.getvalue())
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -588,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         results["movielens_layers"] = movielens_layer_latency(item_embeddings, user_embeddings)
     for size in args.sizes:
         results["sizes"].append(run_size(size, item_generator, user_generator, args.peers, args))
-        write_json_atomically(results, out)
+        write_json_atomically(out, results)
     plot(results, out.with_suffix(".png"))
     print(markdown_tables(results))
     print(f"\nwrote {out} and {out.with_suffix('.png')}")

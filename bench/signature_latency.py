@@ -22,7 +22,8 @@ import tensorflow as tf
 from scann import scann_ops  # noqa: F401  (registers the ScaNN ops the retrieval export uses)
 
 from tfrs_pipeline.export.versioning import existing_versions
-from tfrs_pipeline.serving.client import Catalog
+from tfrs_pipeline.catalog import read_items_file
+from tfrs_pipeline.contracts import ITEMS_FILE
 
 BATCH_SIZES = (1, 16)
 MOVIELENS_USERS = 6040  # user ids 1..6040, all known to a full MovieLens-1M export
@@ -57,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     exports = dict(argument.split("=", 1) for argument in args.exports)
     signatures = {label: load_retrieval(pathlib.Path(path)) for label, path in exports.items()}
-    items = {label: list(Catalog.read(pathlib.Path(path) / "items.tsv").popular_item_ids)
+    items = {label: list(read_items_file(pathlib.Path(path) / ITEMS_FILE)[0].item_ids)  # most popular first
              for label, path in exports.items()}
     rng = np.random.default_rng(0)
     cases = [(label, name, batch_size, inputs)

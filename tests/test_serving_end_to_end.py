@@ -4,7 +4,9 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2
 
-from tfrs_pipeline.serving.client import Catalog, GrpcTransport, RestTransport, TwoStageClient
+from tfrs_pipeline.catalog import read_items_file
+from tfrs_pipeline.contracts import ITEMS_FILE
+from tfrs_pipeline.serving.client import LATEST, GrpcTransport, RestTransport, TwoStageClient
 from test_serving_server import RunningServer, retrieval_request
 
 USERS = ["1", "2", "3", "10", "42"]
@@ -42,10 +44,10 @@ def test_served_answers_equal_the_savedmodels_called_in_process(served_export):
 
 def test_two_stage_recommendations_have_titles_and_exclude_rated_items(served_export, shared_data_dir):
     export_dir, running = served_export
-    catalog = Catalog.read(export_dir / "items.tsv")
+    catalog, _ = read_items_file(export_dir / ITEMS_FILE)
     for transport in (GrpcTransport(f"127.0.0.1:{running.server.grpc_port}"), RestTransport(running.rest_url)):
         answer = TwoStageClient(transport, catalog, timeout_s=10).recommend("1", k=10)
-        assert answer.source == "two_stage" and answer.arm == "latest"  # the train command sets no labels
+        assert answer.source == "two_stage" and answer.arm == LATEST  # the train command sets no labels
         assert len(answer.items) == 10 and all(item.title for item in answer.items)
         assert len({item.item_id for item in answer.items}) == 10
         assert not {item.item_id for item in answer.items} & rated_items(shared_data_dir, "1")

@@ -20,6 +20,7 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as file:
+            os.fchmod(file.fileno(), 0o644)  # mkstemp makes it private; a server or client may run as another user
             file.write(data)
             file.flush()
             os.fsync(file.fileno())

@@ -8,13 +8,14 @@ recommendations; ``--transport=rest`` uses the REST API (give the REST port in `
 """
 import argparse
 import json
-import os
 import pathlib
 import sys
-import tempfile
 
-from tfrs_pipeline.serving.client import (Catalog, GrpcTransport, PredictError, Recommendations, RestTransport,
-                                          TwoStageClient)
+from tfrs_pipeline.atomic import write_text_atomically
+from tfrs_pipeline.catalog import read_items_file
+from tfrs_pipeline.contracts import (CANARY_LABEL, ITEMS_COLUMNS, ITEMS_FILE, RANKING_MODEL, RETRIEVAL_MODEL,
+                                     SESSION_MODEL)
+from tfrs_pipeline.serving.client import GrpcTransport, PredictError, Recommendations, RestTransport, TwoStageClient
 
 
 def build_flag_parser() -> argparse.ArgumentParser:
@@ -27,16 +28,17 @@ def build_flag_parser() -> argparse.ArgumentParser:
     flag("--user_ids_file", help="a file with one user id per line (batch mode)")
     flag("--session", nargs="+", metavar="ITEM_ID",
          help="an anonymous session's item ids, oldest first: recommends its next items with the session model")
-    flag("--session_model", default="session")
+    flag("--session_model", default=SESSION_MODEL)
     flag("--output", help="write JSON lines here (batch mode; default: standard output)")
     flag("--k", type=int, default=10, help="how many items to recommend")
-    flag("--items", help="items.tsv (movie_id, movie_title; most popular first) for titles and the fallback")
-    flag("--canary_fraction", type=float, default=0.1, help="share of users routed to the 'canary' label")
+    flag("--items", help=f"the export's {ITEMS_FILE} ({', '.join(ITEMS_COLUMNS)}; most popular first) for titles "
+                         "and the popular fallback")
+    flag("--canary_fraction", type=float, default=0.1, help=f"share of users routed to the '{CANARY_LABEL}' label")
     flag("--timeout_s", type=float, default=1.0, help="deadline of each Predict call")
     flag("--retries", type=int, default=2, help="retries of a call that answers UNAVAILABLE")
     flag("--batch_size", type=int, default=256, help="users per Predict call in batch mode")
-    flag("--retrieval_model", default="retrieval")
-    flag("--ranking_model", default="ranking")
+    flag("--retrieval_model", default=RETRIEVAL_MODEL)
+    flag("--ranking_model", default=RANKING_MODEL)
     return parser
 
 
@@ -64,11 +66,7 @@ def write_json_lines(answers: list[Recommendations], output: str | None) -> None
     if not output:
         sys.stdout.write(text)
         return
-    target = pathlib.Path(output)
-    file_descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    with os.fdopen(file_descriptor, "w") as file:
-        file.write(text)
-    os.replace(temporary, target)
+    write_text_atomically(output, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print("recommend: give --user_id, --user_ids_file or --session", file=sys.stderr)
         return 2
     try:
-        catalog = Catalog.read(flags.items) if flags.items else None
+        catalog = read_items_file(flags.items)[0] if flags.items else None
     except (OSError, ValueError) as error:
         print(f"recommend: cannot read the items file: {error}", file=sys.stderr)
         return 2

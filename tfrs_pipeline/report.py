@@ -29,9 +29,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tfrs_pipeline import evaluation, index
-from tfrs_pipeline.pipelines import two_stage
+from tfrs_pipeline.atomic import write_text_atomically
+from tfrs_pipeline.run_layout import CONFIG_FILE, EVALUATION_DETAILS, INDEX_EMBEDDINGS, METRICS_FILE, REPORT_FILE
 
-REPORT_FILE = "report.html"
 SYSTEMS = ("retrieval", "two_stage", "popularity")
 SYSTEM_LABELS = {"retrieval": "retrieval", "two_stage": "retrieve + rank", "popularity": "popularity baseline"}
 SYSTEM_COLORS = {"retrieval": "tab:blue", "two_stage": "tab:orange", "popularity": "tab:gray"}
@@ -68,9 +68,9 @@ class RunOutputs:
 def load_run(run_dir: str | os.PathLike) -> RunOutputs:
     """Reads the outputs of the run in ``run_dir`` (``<export_dir>/runs/<version>/``)."""
     run_dir = pathlib.Path(run_dir)
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / METRICS_FILE
     if not metrics_path.is_file():
-        raise FileNotFoundError(f"{metrics_path}: no metrics.json; is {run_dir} the folder of a finished run?")
+        raise FileNotFoundError(f"{metrics_path}: no {METRICS_FILE}; is {run_dir} the folder of a finished run?")
 
     def arrays(name: str) -> dict[str, np.ndarray] | None:
         path = run_dir / name
@@ -79,13 +79,13 @@ def load_run(run_dir: str | os.PathLike) -> RunOutputs:
         with np.load(path) as stored:
             return {key: stored[key] for key in stored.files}
 
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_FILE
     return RunOutputs(
         run_dir=run_dir,
         config=json.loads(config_path.read_text()) if config_path.is_file() else {},
         metrics=json.loads(metrics_path.read_text()),
-        details=arrays(two_stage.EVALUATION_DETAILS),
-        embeddings=arrays(two_stage.INDEX_EMBEDDINGS),
+        details=arrays(EVALUATION_DETAILS),
+        embeddings=arrays(INDEX_EMBEDDINGS),
     )
 
 
@@ -307,9 +307,7 @@ def write_report(run_dir: str | os.PathLike) -> pathlib.Path:
                                    [[name, json.dumps(value)] for name, value in run.config.items()]))
     page = _page(f"Training report: version {run.metrics.get('version', '?')}", run.run_dir, sections)
     path = run.run_dir / REPORT_FILE
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(page, encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomically(path, page)
     return path
 
 

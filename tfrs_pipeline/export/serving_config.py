@@ -9,11 +9,12 @@ numbers (version labels such as ``stable`` and ``canary``). The same file drives
 import dataclasses
 import os
 import pathlib
-import tempfile
 from typing import Mapping, Sequence
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from tfrs_pipeline.atomic import write_text_atomically
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 ModelConfig = model_server_config_pb2.ModelConfig
@@ -123,15 +124,7 @@ def write_config(config: ModelServerConfig, path: str | os.PathLike) -> pathlib.
         raise ServingConfigError(path, "refusing to write an invalid config: " + "; ".join(problems))
     target = pathlib.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    file_descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(file_descriptor, "w") as file:
-            file.write(config_to_text(config))
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
+    write_text_atomically(target, config_to_text(config))
     return target
 
 

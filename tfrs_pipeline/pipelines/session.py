@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfrs_pipeline import evaluation, index
+from tfrs_pipeline import evaluation, index, run_layout
 from tfrs_pipeline.config import SessionConfig
+from tfrs_pipeline.contracts import SESSION_MODEL
 from tfrs_pipeline.data.sequence_examples import next_item_examples, training_windows
 from tfrs_pipeline.data.sessions import SessionData, load_sessions
 from tfrs_pipeline.export import serving_config, versioning
@@ -29,10 +30,9 @@ from tfrs_pipeline.export.savedmodels import SessionExport, save_session
 from tfrs_pipeline.models.cooccurrence import SequentialRules
 from tfrs_pipeline.models.session import SessionModel
 from tfrs_pipeline.models.session_knn import SessionNeighbours, evidence
-from tfrs_pipeline.pipelines.common import history, learning_rate, training_dataset, write_json_atomically
+from tfrs_pipeline.pipelines.common import history, learning_rate, training_dataset
 from tfrs_pipeline.pipelines.progress import stage
 
-MODEL_NAME = "session"
 CUTOFFS = (10, 20)
 EVALUATION_BATCH = 1024
 SESSION_WIDTH_STEP = 4  # sessions are a few clicks long: batch widths in steps of 4 slots, not 32
@@ -69,11 +69,8 @@ def run(config: SessionConfig) -> dict:
     with stage("load sessions"):
         data = load_sessions(config.data_dir, config.session_format, config.session_test_days)
         catalog = SessionCatalog(data.train_sessions)
-    export_dir = pathlib.Path(config.export_dir)
-    version = versioning.next_version(export_dir / MODEL_NAME)
-    run_dir = export_dir / "runs" / MODEL_NAME / str(version)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.write(run_dir / "config.json")
+    version = versioning.next_version(pathlib.Path(config.export_dir) / SESSION_MODEL)
+    run_dir = run_layout.start_run(config.export_dir, version, config, SESSION_MODEL)
 
     model, neighbours, metrics = train_with_neighbours(config, data, catalog)
     metrics = {"version": version, "data": data.source, "catalog_items": len(catalog), **metrics}
@@ -82,10 +79,9 @@ def run(config: SessionConfig) -> dict:
             metrics["evaluation"] = evaluate(model, catalog, data, neighbours=neighbours)
     with stage("build and check the ScaNN index"):
         top_k_layer, metrics["index"] = build_index(config, model, catalog, data)
-    with stage(f"export {MODEL_NAME} version {version}"):
+    with stage(f"export {SESSION_MODEL} version {version}"):
         export(config, version, model, catalog, top_k_layer, neighbours)
-    write_json_atomically(run_dir / "metrics.json", metrics)
-    write_json_atomically(export_dir / f"{MODEL_NAME}_metrics.json", metrics)
+    run_layout.write_metrics(config.export_dir, run_dir, metrics, SESSION_MODEL)
     if "evaluation" in metrics:
         print(format_metrics_table(metrics["evaluation"]))
     return metrics
@@ -365,7 +361,7 @@ def export(config: SessionConfig, version: int, model: SessionModel, catalog: Se
     module = SessionExport(model, top_k_layer, catalog.item_ids[:k], popular / catalog.click_counts.sum(), k,
                            neighbours)
     uses_scann = len(catalog) >= index.MIN_SCANN_CANDIDATES
-    base_path = pathlib.Path(config.export_dir) / MODEL_NAME
+    base_path = pathlib.Path(config.export_dir) / SESSION_MODEL
     versioning.write_version(base_path, lambda path: save_session(module, path, uses_scann), version)
     serving_config.upsert_model(config.serving_config_path,
-                                serving_config.ModelEntry(name=MODEL_NAME, base_path=os.path.abspath(base_path)))
+                                serving_config.ModelEntry(name=SESSION_MODEL, base_path=os.path.abspath(base_path)))

@@ -14,11 +14,9 @@ with their titles. Around that sit the things a production caller needs:
 - Fallbacks: if ranking fails the retrieval order is kept; if retrieval fails, the most popular
   items are returned, so a page never comes back empty.
 """
-import csv
 import dataclasses
 import hashlib
 import json
-import pathlib
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +27,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-STABLE, CANARY, LATEST = "stable", "canary", "latest"
+from tfrs_pipeline.catalog import Catalog
+from tfrs_pipeline.contracts import (CANARY_LABEL, CANDIDATES_INPUT, ITEM_IDS_OUTPUT, RANKING_MODEL, RETRIEVAL_MODEL,
+                                     SCORES_OUTPUT, SERVING_SIGNATURE, SESSION_INPUT, SESSION_MODEL, STABLE_LABEL,
+                                     USER_ID_INPUT)
+
+LATEST = "latest"  # the arm of answers served by the latest versions, where the server lacks the arm's label
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 LABEL_RECHECK_S = 60.0  # how long a label the server lacked is not asked for again
 GRPC_CODE_OF_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
@@ -49,7 +52,7 @@ class PredictError(Exception):
 class Transport(Protocol):
     def predict(self, model: str, label: str | None, inputs: Mapping[str, np.ndarray],
                 timeout_s: float) -> dict[str, np.ndarray]:
-        """Runs ``serving_default`` of ``model`` (at ``label``, or the latest version); raises PredictError."""
+        """Runs the serving signature of ``model`` (at ``label``, or the latest version); raises PredictError."""
 
 
 class GrpcTransport:
@@ -98,7 +101,7 @@ class RestTransport:
     def _single_output_name(self, model: str, label: str | None, timeout_s: float) -> str:
         if (model, label) not in self._single_output_names:
             metadata = self._call(self._model_path(model, label) + "/metadata", None, timeout_s)
-            outputs = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["outputs"]
+            outputs = metadata["metadata"]["signature_def"]["signature_def"][SERVING_SIGNATURE]["outputs"]
             self._single_output_names[(model, label)] = next(iter(outputs))
         return self._single_output_names[(model, label)]
 
@@ -137,29 +140,7 @@ def _json_ready(value: np.ndarray) -> list:
 def ab_arm(user_id: str, canary_fraction: float) -> str:
     """``canary`` for a stable ``canary_fraction`` of user ids (by SHA-256), ``stable`` for the others."""
     digest = hashlib.sha256(str(user_id).encode("utf-8")).digest()
-    return CANARY if int.from_bytes(digest[:8], "big") / 2 ** 64 < canary_fraction else STABLE
-
-
-@dataclasses.dataclass(frozen=True)
-class Catalog:
-    """Item titles, and item ids from most to least popular (for the fallback)."""
-
-    titles: Mapping[str, str]
-    popular_item_ids: Sequence[str]
-
-    @classmethod
-    def read(cls, path: str | pathlib.Path) -> "Catalog":
-        """Reads ``items.tsv``: a header, then ``movie_id<TAB>movie_title``, most popular items first.
-
-        An optional ``popularity`` column (e.g. training rating counts) orders the fallback instead.
-        """
-        with open(path, newline="", encoding="utf-8") as file:
-            rows = list(csv.DictReader(file, delimiter="\t"))
-        if rows and not {"movie_id", "movie_title"} <= set(rows[0]):
-            raise ValueError(f"{path}: expected the columns movie_id and movie_title, got {sorted(rows[0])}")
-        if rows and "popularity" in rows[0]:
-            rows.sort(key=lambda row: -float(row["popularity"]))
-        return cls({row["movie_id"]: row["movie_title"] for row in rows}, [row["movie_id"] for row in rows])
+    return CANARY_LABEL if int.from_bytes(digest[:8], "big") / 2 ** 64 < canary_fraction else STABLE_LABEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,17 +169,18 @@ class TwoStageClient:
 
     Args:
       transport: ``GrpcTransport`` or ``RestTransport``.
-      catalog: titles and popularity; without one, titles are empty and there is no popular fallback.
+      catalog: the export's items file (``catalog.read_items_file``), most popular first: titles and the
+        popular fallback; without one, titles are empty and there is no fallback.
       canary_fraction: the share of users routed to the ``canary`` label (0 sends everyone to ``stable``).
       timeout_s: the deadline of each Predict call.
       retries: how many times an UNAVAILABLE call is retried (with doubling backoff).
     """
 
     def __init__(self, transport: Transport, catalog: Catalog | None = None, canary_fraction: float = 0.0,
-                 retrieval_model: str = "retrieval", ranking_model: str = "ranking", timeout_s: float = 1.0,
+                 retrieval_model: str = RETRIEVAL_MODEL, ranking_model: str = RANKING_MODEL, timeout_s: float = 1.0,
                  retries: int = 2, backoff_s: float = 0.05):
         self.transport = transport
-        self.catalog = catalog or Catalog({}, [])
+        self.catalog = catalog if catalog is not None else Catalog([])
         self.canary_fraction = canary_fraction
         self.retrieval_model = retrieval_model
         self.ranking_model = ranking_model
@@ -214,38 +196,39 @@ class TwoStageClient:
         """Recommendations for many users: one retrieval and one ranking call per A/B arm."""
         arms = {user_id: ab_arm(user_id, self.canary_fraction) for user_id in user_ids}
         answers = {}
-        for arm in (STABLE, CANARY):
+        for arm in (STABLE_LABEL, CANARY_LABEL):
             arm_users = [user_id for user_id in user_ids if arms[user_id] == arm]
             if arm_users:
                 answers.update({answer.user_id: answer for answer in self._recommend_arm(arm_users, arm, k)})
         return [answers[user_id] for user_id in user_ids]
 
     def recommend_next(self, session_item_ids: Sequence[str], k: int = 10,
-                       session_model: str = "session") -> Recommendations:
+                       session_model: str = SESSION_MODEL) -> Recommendations:
         """Next items for an anonymous session (its item ids, oldest first), from the session model.
 
         The session has no user id, so it is served by the ``stable`` label; when the session model
         cannot answer, popular items are returned, as for users.
         """
-        inputs = {"session_item_ids": np.array([list(session_item_ids) or [""]], dtype=object)}
+        inputs = {SESSION_INPUT: np.array([list(session_item_ids) or [""]], dtype=object)}
         try:
-            predicted, arm = self._predict(session_model, STABLE, inputs)
+            predicted, arm = self._predict(session_model, STABLE_LABEL, inputs)
         except PredictError as error:
-            return self._popular("", STABLE, k, error)
-        return Recommendations("", arm, "session", self._top_k(predicted["item_ids"][0], predicted["scores"][0], k))
+            return self._popular("", STABLE_LABEL, k, error)
+        return Recommendations("", arm, "session",
+                               self._top_k(predicted[ITEM_IDS_OUTPUT][0], predicted[SCORES_OUTPUT][0], k))
 
     def _recommend_arm(self, user_ids: list[str], arm: str, k: int) -> list[Recommendations]:
         users = np.array(user_ids, dtype=object)
         try:
-            retrieved, arm = self._predict(self.retrieval_model, arm, {"user_id": users})
+            retrieved, arm = self._predict(self.retrieval_model, arm, {USER_ID_INPUT: users})
         except PredictError as error:
             return [self._popular(user_id, arm, k, error) for user_id in user_ids]
-        candidates = retrieved["item_ids"]
+        candidates = retrieved[ITEM_IDS_OUTPUT]
         try:
-            ranked, arm = self._predict(self.ranking_model, arm, {"user_id": users, "item_ids": candidates})
-            scores, source, problem = ranked["scores"], "two_stage", ""
+            ranked, arm = self._predict(self.ranking_model, arm, {USER_ID_INPUT: users, CANDIDATES_INPUT: candidates})
+            scores, source, problem = ranked[SCORES_OUTPUT], "two_stage", ""
         except PredictError as error:
-            scores, source, problem = retrieved["scores"], "retrieval_only", str(error)
+            scores, source, problem = retrieved[SCORES_OUTPUT], "retrieval_only", str(error)
         return [Recommendations(user_id, arm, source, self._top_k(candidates[row], scores[row], k), problem)
                 for row, user_id in enumerate(user_ids)]
 
@@ -274,16 +257,20 @@ class TwoStageClient:
 
     def _top_k(self, item_ids: np.ndarray, scores: np.ndarray, k: int) -> list[Recommendation]:
         order = [index for index in np.argsort(-scores, kind="stable") if _text(item_ids[index])][:k]
-        return [self._item(_text(item_ids[index]), float(scores[index])) for index in order]
+        return self._items([_text(item_ids[index]) for index in order], [float(scores[index]) for index in order])
 
     def _popular(self, user_id: str, arm: str, k: int, error: PredictError) -> Recommendations:
-        if not self.catalog.popular_item_ids:
+        if not len(self.catalog):
             raise error
-        items = [self._item(item_id, None) for item_id in self.catalog.popular_item_ids[:k]]
-        return Recommendations(user_id, arm, "popular_fallback", items, str(error))
+        popular = list(self.catalog.item_ids[:k])  # the items file lists the most popular first
+        return Recommendations(user_id, arm, "popular_fallback", self._items(popular, [None] * len(popular)),
+                               str(error))
 
-    def _item(self, item_id: str, score: float | None) -> Recommendation:
-        return Recommendation(item_id, self.catalog.titles.get(item_id, ""), score)
+    def _items(self, item_ids: list[str], scores: Sequence[float | None]) -> list[Recommendation]:
+        """The recommendations with their titles; an item the catalog lacks gets an empty title."""
+        indices = self.catalog.indices(item_ids)
+        return [Recommendation(item_id, str(self.catalog.titles[index - 1]) if index else "", score)
+                for item_id, index, score in zip(item_ids, indices, scores)]
 
 
 def _text(value) -> str:

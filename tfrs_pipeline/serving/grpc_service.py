@@ -10,11 +10,12 @@ from google.protobuf import any_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
+from tfrs_pipeline.contracts import SERVING_SIGNATURE
 from tfrs_pipeline.serving import tensors
 from tfrs_pipeline.serving.errors import ServingError
 from tfrs_pipeline.serving.model_manager import ModelManager
 from tfrs_pipeline.serving.prediction import PredictionBackend
-from tfrs_pipeline.serving.servable import DEFAULT_SIGNATURE, Servable
+from tfrs_pipeline.serving.servable import Servable
 
 STATE_NUMBERS = get_model_status_pb2.ModelVersionStatus.State
 
@@ -55,7 +56,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
         version, label = requested_version(request.model_spec)
         inputs = {name: tensors.from_tensor_proto(name, proto) for name, proto in request.inputs.items()}
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature_name = request.model_spec.signature_name or SERVING_SIGNATURE
         servable, outputs = self._backend.predict(request.model_spec.name, version, label, signature_name, inputs,
                                                   list(request.output_filter), entrypoint="GRPC")
         response = predict_pb2.PredictResponse()

@@ -10,11 +10,12 @@ from typing import Mapping, Sequence
 import grpc
 import numpy as np
 
+from tfrs_pipeline.contracts import SERVING_SIGNATURE
 from tfrs_pipeline.serving.batching import Batcher, BatchingOptions
 from tfrs_pipeline.serving.errors import ServingError
 from tfrs_pipeline.serving.metrics import ServerMetrics
 from tfrs_pipeline.serving.model_manager import ModelManager
-from tfrs_pipeline.serving.servable import DEFAULT_SIGNATURE, Servable
+from tfrs_pipeline.serving.servable import Servable
 
 
 class PredictionBackend:
@@ -36,7 +37,7 @@ class PredictionBackend:
         try:
             servable = self.manager.servable(model_name, version, label)
             output_names = servable.check_request(signature_name, inputs, output_filter)
-            outputs = self._run(servable, signature_name or DEFAULT_SIGNATURE, inputs)
+            outputs = self._run(servable, signature_name or SERVING_SIGNATURE, inputs)
             status = grpc.StatusCode.OK.name
             return servable, {name: outputs[name] for name in output_names}
         except ServingError as error:

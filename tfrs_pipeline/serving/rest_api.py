@@ -21,11 +21,11 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 
+from tfrs_pipeline.contracts import SERVING_SIGNATURE
 from tfrs_pipeline.serving import tensors
 from tfrs_pipeline.serving.errors import ServingError, invalid_argument, not_found
 from tfrs_pipeline.serving.grpc_service import model_status_response, signature_def_map
 from tfrs_pipeline.serving.prediction import PredictionBackend
-from tfrs_pipeline.serving.servable import DEFAULT_SIGNATURE
 
 MODEL_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                         r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
@@ -131,7 +131,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         if suffix != ":predict":
             raise not_found(f"no POST route for {self.path}; use /v1/models/NAME[/versions/N|/labels/L]:predict")
         request = self._json_body()
-        signature_name = request.get("signature_name") or DEFAULT_SIGNATURE
+        signature_name = request.get("signature_name") or SERVING_SIGNATURE
         backend = self.server.backend
         signature_inputs = backend.manager.servable(name, version, label).signature_def(signature_name).inputs
         if ("instances" in request) == ("inputs" in request):

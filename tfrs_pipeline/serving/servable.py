@@ -14,9 +14,8 @@ import tensorflow as tf
 from scann import scann_ops  # noqa: F401  (registers the ScaNN ops, so ScaNN-indexed exports load)
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from tfrs_pipeline.contracts import SERVING_SIGNATURE
 from tfrs_pipeline.serving.errors import ServingError, invalid_argument
-
-DEFAULT_SIGNATURE = "serving_default"
 
 
 class Servable:
@@ -31,7 +30,7 @@ class Servable:
         self._functions = dict(self._saved_model.signatures)
 
     def signature_def(self, signature_name: str) -> meta_graph_pb2.SignatureDef:
-        signature_name = signature_name or DEFAULT_SIGNATURE
+        signature_name = signature_name or SERVING_SIGNATURE
         if signature_name not in self._functions:
             raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"Serving signature name: \"{signature_name}\" not found in signature def of model "
@@ -51,7 +50,7 @@ class Servable:
         unknown = sorted(set(inputs) - set(expected))
         if missing or unknown:
             problems = ([f"missing {missing}"] if missing else []) + ([f"unknown {unknown}"] if unknown else [])
-            raise invalid_argument(f"signature '{signature_name or DEFAULT_SIGNATURE}' expects inputs "
+            raise invalid_argument(f"signature '{signature_name or SERVING_SIGNATURE}' expects inputs "
                                    f"{_describe(expected)}; " + "; ".join(problems))
         for input_name, tensor_info in expected.items():
             _check_tensor(input_name, inputs[input_name], tensor_info)
@@ -66,7 +65,7 @@ class Servable:
         expected = self.signature_def(signature_name).inputs
         tensors = {name: tf.constant(value, dtype=tf.as_dtype(expected[name].dtype)) for name, value in inputs.items()}
         try:
-            outputs = self._functions[signature_name or DEFAULT_SIGNATURE](**tensors)
+            outputs = self._functions[signature_name or SERVING_SIGNATURE](**tensors)
         except tf.errors.InvalidArgumentError as error:
             raise invalid_argument(f"model {self.name} version {self.version}: {error.message}") from None
         return {name: tensor.numpy() for name, tensor in outputs.items()}
