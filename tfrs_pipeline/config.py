@@ -100,6 +100,9 @@ class TwoStageConfig(TaskConfig):
 
     max_users: int | None = _field(None, "use only the users with the smallest ids (quick runs)", minimum=1)
     user_id_embedding: bool = _field(False, "give the query tower a per-user embedding table")
+    new_users_share: float = _field(0.0, "share of the tested users kept out of all training and export, and "
+                                         "evaluated through the fresh-feature path as users who arrive after "
+                                         "training (cold start); 0: none", minimum=0)
     ranking_candidates: int = _field(200, "retrieved items the ranking model re-scores", minimum=1)
     ranking_epochs: int = _field(5, "ranking model training epochs", minimum=1)
     ranking_batch_size: int = _field(32, "users per ranking training batch", minimum=1)

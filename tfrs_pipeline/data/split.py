@@ -176,3 +176,25 @@ def time_of_share(sequences: UserSequences, share: float) -> int:
     """The time at or after which about ``share`` of all interactions happen."""
     timestamps = np.sort(np.concatenate(sequences.timestamps))
     return int(timestamps[min(len(timestamps) - 1, int(len(timestamps) * (1 - share)))])
+
+
+def set_aside_users(split: HeldOutSplit, share: float, seed: int) -> tuple[HeldOutSplit, HeldOutSplit]:
+    """Moves a random ``share`` of the tested users out of ``split``, to play users who arrive after training.
+
+    Returns (what the models train and are tested on, the set-aside users with their own test items):
+    no part of the models may see the set-aside users' interactions, so their evaluation measures
+    what a user the model has never met gets from their features and history alone.
+    """
+    rng = np.random.default_rng(seed)
+    set_aside = np.zeros(len(split.history), bool)
+    set_aside[split.test_rows[rng.random(len(split.test_rows)) < share]] = True
+    is_tested = np.zeros(len(split.history), bool)
+    is_tested[split.test_rows] = True
+    targets_by_row = dict(zip(split.test_rows.tolist(), split.test_targets))
+
+    def part(rows: np.ndarray) -> HeldOutSplit:
+        tested = rows[is_tested[rows]]
+        return HeldOutSplit(split.history.select(rows), np.flatnonzero(is_tested[rows]),
+                            np.array([targets_by_row[row] for row in tested.tolist()], dtype=str))
+
+    return part(np.flatnonzero(~set_aside)), part(np.flatnonzero(set_aside))

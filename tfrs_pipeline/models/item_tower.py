@@ -3,8 +3,12 @@
 The tower keeps its catalog's features preprocessed, so any item id (a candidate, or an item in a
 user's history) is embedded from its id alone, with the same weights. Tying the history's input
 embeddings to the candidate embeddings is what SASRec does; the feature part lets rarely seen items
-borrow strength from their categories and words, and embeds items the model was never trained on
-(cold start: their id row is the shared unknown row, their features are their own).
+borrow strength from their categories and words.
+
+Items with no training interaction (new items, or items listed in the catalog that nobody chose yet)
+get no id row of their own: an id row that only ever appears as a negative learns "never
+recommend me", so they share the unknown item's row, which learns how likely an unseen item is, and
+are told apart by their features. That is what makes a new item retrievable without retraining.
 """
 from __future__ import annotations
 
@@ -28,13 +32,17 @@ class ItemTower(tf.keras.Model):
       item_features: ``features.arrays.feature_arrays`` of the catalog, rows aligned with ``item_ids``.
       specs: the item features (may be empty: an id-only tower).
       dim: embedding width.
+      has_interactions: [N] whether each item occurs in the training data (None: all do); the others
+        share the unknown item's id row.
     """
 
     def __init__(self, item_ids: Sequence[str], item_features: dict[str, np.ndarray], specs: Sequence[FeatureSpec],
-                 dim: int, **kwargs):
+                 dim: int, has_interactions: np.ndarray | None = None, **kwargs):
         super().__init__(**kwargs)
         self.id_lookup = tf.keras.layers.StringLookup(vocabulary=list(item_ids), mask_token=None, num_oov_indices=1)
         self._id_embedding = tf.keras.layers.Embedding(len(item_ids) + 1, dim)
+        own_row = np.ones(len(item_ids), bool) if has_interactions is None else np.asarray(has_interactions, bool)
+        self._id_rows = tf.constant(np.concatenate([[0], np.where(own_row, np.arange(1, len(item_ids) + 1), 0)]))
         self.specs = tuple(specs)
         self.features = FeatureEncoder(self.specs, item_features, dim) if self.specs else None
         catalog_features = concatenate_rows(missing_rows(self.specs), item_features) if self.specs else {}
@@ -43,13 +51,13 @@ class ItemTower(tf.keras.Model):
                                              for name, values in catalog_features.items()}})
 
     def _preprocess(self, features: dict) -> dict:
-        preprocessed = {"index": self.id_lookup(features["item_id"])}
+        preprocessed = {"id_row": tf.gather(self._id_rows, self.id_lookup(features["item_id"]))}
         if self.features is not None:
             preprocessed.update(self.features.preprocess(features))
         return preprocessed
 
     def _embed(self, preprocessed: dict) -> tf.Tensor:
-        embeddings = self._id_embedding(preprocessed["index"])
+        embeddings = self._id_embedding(preprocessed["id_row"])
         if self.features is not None:
             embeddings += self.features.embed(preprocessed)
         return embeddings

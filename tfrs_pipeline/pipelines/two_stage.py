@@ -27,7 +27,8 @@ from tfrs_pipeline.data import tfrecords
 from tfrs_pipeline.data.dataset import load_dataset
 from tfrs_pipeline.data.interactions import InteractionData
 from tfrs_pipeline.data.sequence_examples import training_windows
-from tfrs_pipeline.data.split import HeldOutSplit, UserSequences, hold_out, leave_last_out, user_sequences
+from tfrs_pipeline.data.split import (HeldOutSplit, UserSequences, hold_out, leave_last_out, set_aside_users,
+                                      user_sequences)
 from tfrs_pipeline.export import savedmodels, serving_config, versioning
 from tfrs_pipeline.features.arrays import FeatureRows, category_matrix, feature_arrays
 from tfrs_pipeline.models.item_tower import ItemTower
@@ -78,7 +79,7 @@ def run(config: TwoStageConfig) -> dict:
     with stage("load data"):
         inputs = TwoStageInputs.from_data(load_dataset(config.data_dir, max_users=config.max_users))
     with stage("split"):
-        split = _split(config, inputs.data)
+        split, new_users = _split(config, inputs.data)
         retrieval_train, ranking_targets = leave_last_out(split.history)
     version = max(versioning.next_version(pathlib.Path(config.export_dir) / name) for name in TWO_STAGE_MODELS)
     run_dir = pathlib.Path(config.export_dir) / "runs" / str(version)
@@ -98,6 +99,8 @@ def run(config: TwoStageConfig) -> dict:
             metrics["evaluation"], details = _evaluate(config, inputs, query_tower, ranking_model, split,
                                                        retrieval_train)
             np.savez_compressed(run_dir / EVALUATION_DETAILS, **details)
+            metrics["cold_start"] = _evaluate_cold_start(config, inputs, query_tower, ranking_model, split, details,
+                                                         new_users, retrieval_train)
     with stage("build and check the ScaNN index"):
         candidate_embeddings = query_tower.item_tower.embed_catalog()[1:]
         queries = scoring.query_embeddings(query_tower, inputs.users, split.history)
@@ -117,11 +120,15 @@ def run(config: TwoStageConfig) -> dict:
     return metrics
 
 
-def _split(config: TwoStageConfig, data: InteractionData) -> HeldOutSplit:
+def _split(config: TwoStageConfig, data: InteractionData) -> tuple[HeldOutSplit, HeldOutSplit | None]:
+    """The models' split, and the users set aside as newcomers (``new_users_share``; None without)."""
     sequences = user_sequences(data.interactions)
-    if config.holdout == "test":
-        return hold_out(sequences, data.schema.split)
-    return HeldOutSplit(sequences, np.array([], np.int64), np.array([], str))
+    if config.holdout != "test":
+        return HeldOutSplit(sequences, np.array([], np.int64), np.array([], str)), None
+    split = hold_out(sequences, data.schema.split)
+    if not config.new_users_share:
+        return split, None
+    return set_aside_users(split, config.new_users_share, config.seed)
 
 
 def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserSequences,
@@ -129,7 +136,7 @@ def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: User
     with stage("build retrieval model"):
         schema = inputs.data.schema.features
         item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features,
-                               config.embedding_dim)
+                               config.embedding_dim, has_interactions=inputs.catalog.counts(train.item_ids)[1:] > 0)
         query_tower = QueryTower(item_tower, config.max_length, config.embedding_dim, schema.user_features,
                                  inputs.users.lookup(train.user_ids),
                                  user_ids=list(train.user_ids) if config.user_id_embedding else None,
@@ -224,6 +231,29 @@ def _evaluate(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: Query
         "two_stage": report(two_stage_ranks, reranked),
         "popularity": report(popularity_ranks, popularity_lists),
     }, details
+
+
+def _evaluate_cold_start(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower,
+                         ranking_model: RankingModel, split: HeldOutSplit, details: dict,
+                         new_users: HeldOutSplit | None, retrieval_train: UserSequences) -> dict:
+    """How the models do where they cannot lean on memory: new items, and users they never trained on.
+
+    ``new_items``: the test cases whose item no training interaction holds (it is in the catalog
+    through its features alone). ``new_users``: the set-aside users (``new_users_share``), answered
+    from their features and history as the ``query_features`` signatures answer a user the export
+    does not know.
+    """
+    seen = inputs.catalog.counts(split.history.item_ids) > 0
+    is_new_item = ~seen[inputs.catalog.indices(split.test_targets)]
+    cold_start = {"new_items": {"cases": int(is_new_item.sum()), **{
+        system: evaluation.accuracy_metrics(details[f"{system}_ranks"][is_new_item], cutoffs=(10, 50))
+        for system in ("retrieval", "two_stage") if is_new_item.any()}}}
+    if new_users is not None and len(new_users.test_targets):
+        metrics, _ = _evaluate(config, inputs, query_tower, ranking_model, new_users, retrieval_train)
+        cold_start["new_users"] = {"users": metrics["users"], **{
+            system: {name: metrics[system][name] for name in ("hr@10", "ndcg@10", "hr@50", "mrr")}
+            for system in ("retrieval", "two_stage", "popularity")}}
+    return cold_start
 
 
 def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, history: UserSequences,
