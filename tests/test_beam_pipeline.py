@@ -6,8 +6,8 @@ import pytest
 
 from tfrs_pipeline.data import beam_pipeline, tfrecords
 from tfrs_pipeline.data.errors import DataError
-from tfrs_pipeline.data.movielens import load_movielens
-from tfrs_pipeline.data.sequence_examples import training_windows, with_user_features
+from tfrs_pipeline.data.dataset import load_dataset
+from tfrs_pipeline.data.sequence_examples import training_windows
 from tfrs_pipeline.data.split import user_sequences
 
 MAX_USERS = 100
@@ -26,13 +26,13 @@ def beam_output(shared_data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def movielens_slice(shared_data_dir):
-    return load_movielens(shared_data_dir / "ml-1m", max_users=MAX_USERS)
+    return load_dataset(shared_data_dir / "ml-1m", max_users=MAX_USERS)
 
 
 def test_beam_and_in_memory_paths_give_identical_examples(beam_output, movielens_slice):
-    sequences = user_sequences(movielens_slice.ratings)
+    sequences = user_sequences(movielens_slice.interactions)
     train = beam_pipeline.retrieval_training_sequences(sequences, "test")
-    in_memory = with_user_features(training_windows(train.user_ids, train.item_ids, MAX_LENGTH), movielens_slice.users)
+    in_memory = training_windows(train.user_ids, train.item_ids, MAX_LENGTH)
 
     from_beam = tfrecords.read_training_examples(beam_output, SETTINGS)
 
@@ -44,7 +44,7 @@ def test_beam_and_in_memory_paths_give_identical_examples(beam_output, movielens
 
 
 def test_held_out_items_never_reach_the_training_examples(beam_output, movielens_slice):
-    sequences = user_sequences(movielens_slice.ratings)
+    sequences = user_sequences(movielens_slice.interactions)
     from_beam = tfrecords.read_training_examples(beam_output, SETTINGS)
     for user_id, items in zip(sequences.user_ids, sequences.item_ids):
         rows = from_beam["user_id"] == user_id
@@ -58,8 +58,8 @@ def test_manifest_and_vocabularies_describe_the_output(beam_output, movielens_sl
     user_ids = (beam_output / tfrecords.USER_VOCABULARY).read_text().splitlines()
     item_ids = (beam_output / tfrecords.ITEM_VOCABULARY).read_text().splitlines()
     assert user_ids == [str(user_id) for user_id in range(1, MAX_USERS + 1)]
-    rated = set(movielens_slice.ratings["movie_id"])
-    assert item_ids == [movie_id for movie_id in movielens_slice.movies["movie_id"] if movie_id in rated]
+    rated = set(movielens_slice.interactions["item_id"])
+    assert item_ids == [item_id for item_id in movielens_slice.items["item_id"] if item_id in rated]
     assert (manifest["num_users"], manifest["num_items"]) == (len(user_ids), len(item_ids))
 
 

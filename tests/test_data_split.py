@@ -3,13 +3,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfrs_pipeline.data.movielens import load_movielens
-from tfrs_pipeline.data.split import UserSequences, leave_last_out, user_sequences
+from tfrs_pipeline.data.dataset import load_dataset
+from tfrs_pipeline.data.schema import TIME_CUT, SplitRule
+from tfrs_pipeline.data.split import UserSequences, hold_out, leave_last_out, set_aside_users, user_sequences
 
 
 @pytest.fixture(scope="module")
 def ratings(shared_data_dir) -> pd.DataFrame:
-    return load_movielens(shared_data_dir / "ml-1m").ratings
+    return load_dataset(shared_data_dir / "ml-1m").interactions
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def sequences(ratings) -> UserSequences:
 def file_rows(ratings: pd.DataFrame, user_id: str, item_ids: np.ndarray) -> np.ndarray:
     """Row (file line - 1) of each of a user's ratings; ML-1M has one rating per (user, movie)."""
     rows_of_user = ratings.index[ratings["user_id"] == user_id]
-    row_of_item = pd.Series(rows_of_user, index=ratings.loc[rows_of_user, "movie_id"])
+    row_of_item = pd.Series(rows_of_user, index=ratings.loc[rows_of_user, "item_id"])
     return row_of_item.loc[item_ids].to_numpy()
 
 
@@ -38,7 +39,7 @@ def test_sequences_are_chronological_with_ties_in_file_order(ratings, sequences)
         rows = file_rows(ratings, user_id, items)
         timestamps = ratings["timestamp"].to_numpy()[rows]
         assert (timestamps == sequences.timestamps[index]).all()
-        assert (ratings["user_rating"].to_numpy()[rows] == sequences.ratings[index]).all()
+        assert (ratings["rating"].to_numpy()[rows] == sequences.ratings[index]).all()
         same_time = timestamps[1:] == timestamps[:-1]
         assert (timestamps[1:] >= timestamps[:-1]).all()
         assert (rows[1:][same_time] > rows[:-1][same_time]).all()
@@ -47,8 +48,8 @@ def test_sequences_are_chronological_with_ties_in_file_order(ratings, sequences)
 def test_ties_keep_table_order_on_a_small_table():
     table = pd.DataFrame({
         "user_id": ["10", "9", "10", "10", "9", "100"],
-        "movie_id": ["c", "x", "a", "b", "y", "z"],
-        "user_rating": np.array([1, 2, 3, 4, 5, 1], np.float32),
+        "item_id": ["c", "x", "a", "b", "y", "z"],
+        "rating": np.array([1, 2, 3, 4, 5, 1], np.float32),
         "timestamp": np.array([5, 7, 5, 3, 7, 1], np.int64),
     })
     sequences = user_sequences(table)
@@ -74,7 +75,7 @@ def test_train_valid_test_split_does_not_leak(ratings, sequences):
         all_rows_of_user = np.flatnonzero(user_of_row == user_id)
         assert len(rows) == len(all_rows_of_user)  # nothing lost, nothing after the target kept
         last = max(all_rows_of_user, key=lambda row: (ratings["timestamp"].iat[row], row))
-        assert rows[-1] == last and ratings["movie_id"].iat[last] == test_targets[index]
+        assert rows[-1] == last and ratings["item_id"].iat[last] == test_targets[index]
         assert valid_targets[index] not in train.item_ids[index]
         assert test_targets[index] not in history.item_ids[index]
 
@@ -92,8 +93,8 @@ def test_leave_n_out_equals_repeated_leave_one_out(sequences):
 def test_users_too_short_for_a_target_are_dropped_from_both_outputs():
     table = pd.DataFrame({
         "user_id": ["1", "2", "2", "3", "3", "3"],
-        "movie_id": ["a", "b", "c", "d", "e", "f"],
-        "user_rating": np.ones(6, np.float32),
+        "item_id": ["a", "b", "c", "d", "e", "f"],
+        "rating": np.ones(6, np.float32),
         "timestamp": np.arange(6, dtype=np.int64),
     })
     history, test_targets = leave_last_out(user_sequences(table))
@@ -104,3 +105,38 @@ def test_users_too_short_for_a_target_are_dropped_from_both_outputs():
     assert [timestamps.tolist() for timestamps in train.timestamps] == [[3]]
     with pytest.raises(ValueError):
         leave_last_out(history, n=0)
+
+
+def _table(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
+    user_ids, item_ids, timestamps = zip(*rows)
+    return pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "rating": np.ones(len(rows), np.float32),
+                         "timestamp": np.array(timestamps, np.int64)})
+
+
+def test_a_time_cut_tests_each_user_on_their_first_item_after_it():
+    table = _table([("1", "a", 10), ("1", "b", 20), ("1", "c", 30), ("1", "d", 40),  # tested on c
+                    ("2", "e", 15),  # nothing after the cut: trains, is not tested
+                    ("3", "f", 35), ("3", "g", 36),  # nothing before the cut: a newcomer, not in the split
+                    ("4", "h", 29), ("4", "i", 30)])  # an item exactly at the cut is a test item
+    split = hold_out(user_sequences(table), SplitRule(kind=TIME_CUT, test_start=30))
+    assert split.history.user_ids.tolist() == ["1", "2", "4"]
+    assert [items.tolist() for items in split.history.item_ids] == [["a", "b"], ["e"], ["h"]]
+    assert split.test_rows.tolist() == [0, 2] and split.test_targets.tolist() == ["c", "i"]
+    assert split.tested_history().user_ids.tolist() == ["1", "4"]
+    # Without a start time, the cut leaves the given share of interactions after it.
+    # (9 interactions: the cut falls on the 7th time, 35.)
+    by_share = hold_out(user_sequences(table), SplitRule(kind=TIME_CUT, test_share=0.3))
+    assert by_share.history.user_ids.tolist() == ["1", "2", "4"] and by_share.test_targets.tolist() == ["d"]
+    assert all((stamps < 35).all() for stamps in by_share.history.timestamps)
+
+
+def test_set_aside_users_leave_no_trace_in_the_training_split(sequences):
+    split = hold_out(sequences, SplitRule())
+    kept, newcomers = set_aside_users(split, share=0.1, seed=0)
+    assert 450 < len(newcomers.history) < 760
+    assert len(kept.history) + len(newcomers.history) == len(split.history)
+    assert not set(kept.history.user_ids) & set(newcomers.history.user_ids)
+    assert len(newcomers.test_targets) == len(newcomers.history)  # every ML-1M user is tested
+    row_of = {user_id: row for row, user_id in enumerate(split.history.user_ids)}
+    for user_id, target in zip(newcomers.tested_history().user_ids, newcomers.test_targets):
+        assert split.test_targets[row_of[user_id]] == target

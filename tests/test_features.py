@@ -91,3 +91,15 @@ def test_a_feature_with_no_usable_values_still_builds(kind):
     encoder = FeatureEncoder((FeatureSpec("x", kind),), empty, dim=4)
     assert encoder({"x": tf.constant(empty["x"].astype(str) if empty["x"].dtype == object else empty["x"])}
                    ).shape == (2, 4)
+
+
+def test_items_without_interactions_share_the_unknown_id_row():
+    tf.keras.utils.set_random_seed(0)
+    twins = pd.DataFrame({"item_id": ["old", "new", "newer"], "brand": ["acme"] * 3})
+    specs = (FeatureSpec("brand", CATEGORICAL),)
+    arrays = feature_arrays(twins, specs)
+    catalog = ItemTower(list(twins.item_id), arrays, specs, dim=8,
+                        has_interactions=np.array([True, False, False])).embed_catalog().numpy()
+    # Same features, no interactions: the same embedding, the unknown id's row plus their features.
+    np.testing.assert_array_equal(catalog[2], catalog[3])
+    assert not np.allclose(catalog[1], catalog[2])  # the item with interactions has an id row of its own
