@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from tfrs_pipeline.data import beam_pipeline, tfrecords
-from tfrs_pipeline.data.errors import DataError
 from tfrs_pipeline.data.dataset import load_dataset
+from tfrs_pipeline.data.errors import DataError
 from tfrs_pipeline.data.sequence_examples import training_windows
 from tfrs_pipeline.data.split import user_sequences
 

@@ -37,7 +37,8 @@ def test_mirrored_training_on_two_devices_matches_one_device(shared_data_dir):
     losses = np.array([default["losses"], mirrored["losses"]])
     assert losses[0, -1] < 0.95 * losses[0, 0]  # it trained: the comparison is not between two no-ops
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
-    np.testing.assert_allclose(mirrored["embeddings"], default["embeddings"], atol=0.03)  # Adam: rare items amplify float error
+    # Adam: rare items amplify float error.
+    np.testing.assert_allclose(mirrored["embeddings"], default["embeddings"], atol=0.03)
     moved = np.abs(np.subtract(default["embeddings"], default["initial_embeddings"])).mean()
     drift = np.abs(np.subtract(mirrored["embeddings"], default["embeddings"])).mean()
     assert drift < 0.01 * moved
@@ -89,12 +90,14 @@ def _train(distribution: str, data_dir: str) -> dict:
                       verbose=0)
             losses.append(float(model.compute_loss(all_examples)))
     return {"replicas": strategy.num_replicas_in_sync, "losses": losses,
-            "initial_embeddings": initial_embeddings.tolist(), "embeddings": item_tower.embed_catalog().numpy().tolist()}
+            "initial_embeddings": initial_embeddings.tolist(),
+            "embeddings": item_tower.embed_catalog().numpy().tolist()}
 
 
 if __name__ == "__main__":
-    import tfrs_pipeline  # noqa: F401  (Keras 2)
     import tensorflow as tf
+
+    import tfrs_pipeline  # noqa: F401  (Keras 2)
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)

@@ -82,7 +82,8 @@ def test_retrieval_export_serves_unseen_items_in_a_fresh_process(small_export, s
             assert not already_known & set(item_ids[row]), f"{name} recommended an item user {user_id} rated"
             assert len(set(item_ids[row])) == 100
         assert len(set(item_ids[2])) == 100  # an unknown user gets recommendations, not an error
-    exact, approximate = np.array(served["retrieval_brute_force"]["item_ids"]), np.array(served["retrieval"]["item_ids"])
+    exact = np.array(served["retrieval_brute_force"]["item_ids"])
+    approximate = np.array(served["retrieval"]["item_ids"])
     overlap = np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(exact, approximate)])
     assert overlap >= 0.9
 
@@ -135,8 +136,8 @@ def test_exports_reproduce_the_evaluated_models(small_export, shared_data_dir, t
     """)
     details = np.load(export_dir / "runs" / "1" / "evaluation_details.npz")
     item_ids = np.array(["", *data.items.item_id])  # catalog indices follow the items table
-    evaluated = {"retrieval": item_ids[details["retrieval_top10"]], "live": item_ids[details["retrieval_top10"]],
-                 "two_stage": item_ids[details["two_stage_top10"]], "live_two_stage": item_ids[details["two_stage_top10"]]}
+    retrieval, two_stage = item_ids[details["retrieval_top10"]], item_ids[details["two_stage_top10"]]
+    evaluated = {"retrieval": retrieval, "live": retrieval, "two_stage": two_stage, "live_two_stage": two_stage}
     for name, lists in served.items():
         # Float rounding may swap two near-equal neighbours; anything more is a different model.
         assert np.mean(np.array(lists) == evaluated[name]) >= 0.99, name

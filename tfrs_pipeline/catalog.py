@@ -72,6 +72,7 @@ def read_items_file(path: str | os.PathLike) -> tuple[Catalog, np.ndarray]:
     table = pd.read_csv(path, sep="\t", dtype={"item_id": str, "title": str}, keep_default_na=False)
     missing = set(ITEMS_COLUMNS) - set(table.columns)
     if missing:
-        raise ValueError(f"{path}: expected the columns {', '.join(ITEMS_COLUMNS)}; missing {', '.join(sorted(missing))}")
+        raise ValueError(f"{path}: expected the columns {', '.join(ITEMS_COLUMNS)}; "
+                         f"missing {', '.join(sorted(missing))}")
     popularity = np.concatenate([[0.0], table["popularity"].to_numpy(np.float64)])
     return Catalog(table["item_id"].to_numpy(dtype=object), table["title"].to_numpy(dtype=object)), popularity

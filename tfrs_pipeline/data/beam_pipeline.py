@@ -41,8 +41,7 @@ import tfrs_pipeline  # noqa: F401  (selects Keras 2 before TensorFlow is import
 from tfrs_pipeline.config import HOLDOUTS
 from tfrs_pipeline.data import tfrecords
 from tfrs_pipeline.data.errors import DataError
-from tfrs_pipeline.data.movielens import (MovieLens, keep_first_users, parse_movies, parse_ratings,
-                                          parse_users)
+from tfrs_pipeline.data.movielens import MovieLens, keep_first_users, parse_movies, parse_ratings, parse_users
 from tfrs_pipeline.data.sequence_examples import training_windows
 from tfrs_pipeline.data.split import UserSequences, leave_last_out, user_order, user_sequences
 

@@ -25,8 +25,17 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfrs_pipeline.contracts import (CANDIDATES_INPUT, HISTORY_INPUT, ITEM_IDS_OUTPUT, QUERY_FEATURES_SIGNATURE,
-                                     SCORES_OUTPUT, SERVING_SIGNATURE, SESSION_INPUT, USER_ID_INPUT, FeatureSpec)
+from tfrs_pipeline.contracts import (
+    CANDIDATES_INPUT,
+    HISTORY_INPUT,
+    ITEM_IDS_OUTPUT,
+    QUERY_FEATURES_SIGNATURE,
+    SCORES_OUTPUT,
+    SERVING_SIGNATURE,
+    SESSION_INPUT,
+    USER_ID_INPUT,
+    FeatureSpec,
+)
 from tfrs_pipeline.features.arrays import FeatureRows, input_spec
 from tfrs_pipeline.index import SCANN_SAVE_OPTIONS
 from tfrs_pipeline.models.encoders import most_recent_left_padded

@@ -108,7 +108,8 @@ class SessionModel(tfrs.models.Model):
         Hou et al. 2022) keeps the model from leaning on a few directions of each item; on
         DIGINETICA it added 0.005 P@20 and MRR@20 (docs/benchmarks.md).
         """
-        return tf.math.l2_normalize(self._candidate_dropout(self._item_embedding.embeddings, training=training), axis=-1)
+        embeddings = self._candidate_dropout(self._item_embedding.embeddings, training=training)
+        return tf.math.l2_normalize(embeddings, axis=-1)
 
 
 class PrefixRepeats:
@@ -167,4 +168,5 @@ class PrefixRepeats:
         kept = tf.logical_and(self._listed, columns >= 0)
         rows = tf.broadcast_to(tf.range(tf.shape(columns)[0])[:, tf.newaxis], tf.shape(columns))
         indices = tf.stack([tf.boolean_mask(rows, kept), tf.boolean_mask(columns, kept)], axis=1)
-        return tf.scatter_nd(indices, tf.boolean_mask(values, kept), tf.stack([tf.shape(columns)[0], tf.size(candidates)]))
+        shape = tf.stack([tf.shape(columns)[0], tf.size(candidates)])
+        return tf.scatter_nd(indices, tf.boolean_mask(values, kept), shape)

@@ -21,14 +21,27 @@ from tfrs_pipeline import distribute, evaluation, index, report, scoring
 from tfrs_pipeline.atomic import write_json_atomically
 from tfrs_pipeline.catalog import Catalog
 from tfrs_pipeline.config import TwoStageConfig
-from tfrs_pipeline.contracts import (DESCRIPTION_FILE, ITEMS_FILE, RANKING_MODEL, RETRIEVAL_BRUTE_FORCE_MODEL,
-                                     RETRIEVAL_MODEL, TWO_STAGE_MODELS, ExportDescription)
+from tfrs_pipeline.contracts import (
+    DESCRIPTION_FILE,
+    ITEMS_FILE,
+    RANKING_MODEL,
+    RETRIEVAL_BRUTE_FORCE_MODEL,
+    RETRIEVAL_MODEL,
+    TWO_STAGE_MODELS,
+    ExportDescription,
+)
 from tfrs_pipeline.data import tfrecords
 from tfrs_pipeline.data.dataset import load_dataset
 from tfrs_pipeline.data.interactions import InteractionData
 from tfrs_pipeline.data.sequence_examples import training_windows
-from tfrs_pipeline.data.split import (HeldOutSplit, UserSequences, hold_out, leave_last_out, set_aside_users,
-                                      user_sequences)
+from tfrs_pipeline.data.split import (
+    HeldOutSplit,
+    UserSequences,
+    hold_out,
+    leave_last_out,
+    set_aside_users,
+    user_sequences,
+)
 from tfrs_pipeline.export import savedmodels, serving_config, versioning
 from tfrs_pipeline.features.arrays import FeatureRows, category_matrix, feature_arrays
 from tfrs_pipeline.models.item_tower import ItemTower
