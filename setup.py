@@ -29,7 +29,7 @@ setup(
         "scale": ["apache-beam==2.77.*", "google-crc32c>=1.5", "faiss-cpu>=1.8", "pyyaml>=6", "jsonschema>=4"],
         "notebooks": ["nbformat>=5", "nbclient>=0.10", "ipykernel>=6"],
         "test": [
-            "pytest>=8",
+            "pytest>=8", "ruff~=0.17.0",  # the lint step of .ci/run (ruff.toml); a new minor may sort imports anew
             "apache-beam==2.77.*", "google-crc32c>=1.5", "faiss-cpu>=1.8", "pyyaml>=6", "jsonschema>=4",
             "nbformat>=5", "nbclient>=0.10", "ipykernel>=6",
         ],

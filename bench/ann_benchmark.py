@@ -41,6 +41,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import tfrs_pipeline  # noqa: E402,F401  (Keras 2 before TensorFlow loads)
+
+# isort: split
 import faiss  # noqa: E402
 import psutil  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -164,7 +166,8 @@ def search_difficulty(items: np.ndarray, queries: np.ndarray) -> dict:
     slots = np.sort(np.bincount(exact_ids.ravel(), minlength=len(items)))[::-1]
     return {
         "scann_recall_at_10_mean_of_builds": {
-            f"leaves={leaves}/{params.num_leaves}": round(float(np.mean(values)), 3) for leaves, values in recall.items()
+            f"leaves={leaves}/{params.num_leaves}": round(float(np.mean(values)), 3)
+            for leaves, values in recall.items()
         },
         "top10_slots_held_by_top1pct_items": round(float(slots[:max(1, len(items) // 100)].sum() / slots.sum()), 3),
         "distinct_items_in_top10s": int((slots > 0).sum()),
@@ -299,7 +302,8 @@ def build_faiss_ivf_flat(items: np.ndarray, threads: int) -> Iterator[OperatingP
     num_lists = max(1, round(4 * math.sqrt(len(items))))
     quantizer = faiss.IndexFlatIP(items.shape[1])
     ivf = faiss.IndexIVFFlat(quantizer, items.shape[1], num_lists, faiss.METRIC_INNER_PRODUCT)
-    training = items[np.random.default_rng(0).choice(len(items), size=min(len(items), 50 * num_lists, IVF_MAX_TRAINING_POINTS), replace=False)]
+    training_size = min(len(items), 50 * num_lists, IVF_MAX_TRAINING_POINTS)
+    training = items[np.random.default_rng(0).choice(len(items), size=training_size, replace=False)]
     ivf.train(training)
     ivf.add(items)
     probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= num_lists]
@@ -470,12 +474,15 @@ def markdown_tables(results: dict) -> str:
                 lines.append(
                     f"| {size_result['num_items']:,} | {peer['peer']} | {label} | {point['recall_at_10']:.3f} "
                     f"| {point['qps_batch']:,.0f} | {point['qps_single']:,.0f} "
-                    f"| {point['qps_batch'] / exact['qps_batch']:.1f} / {point['qps_single'] / exact['qps_single']:.1f} "
-                    f"| {peer['build_seconds']:.1f} | {peer['rss_retained_mb']:,.0f} | {peer['rss_peak_during_build_mb']:,.0f} |"
+                    f"| {point['qps_batch'] / exact['qps_batch']:.1f} "
+                    f"/ {point['qps_single'] / exact['qps_single']:.1f} "
+                    f"| {peer['build_seconds']:.1f} | {peer['rss_retained_mb']:,.0f} "
+                    f"| {peer['rss_peak_during_build_mb']:,.0f} |"
                 )
     latency = results.get("movielens_layers")
     if latency:
-        lines += ["", f"TFRS layers on the real ML-1M catalog ({latency['num_items']} items), ScaNN {latency['scann_params']}:",
+        lines += ["", f"TFRS layers on the real ML-1M catalog ({latency['num_items']} items), "
+                      f"ScaNN {latency['scann_params']}:",
                   "", "| layer | single p50 / p99 ms | batch 256 p50 / p99 ms | top-10 agreement (6040 users) |",
                   "| --- | ---: | ---: | ---: |"]
         for kind in index.TOP_K_KINDS:
@@ -514,7 +521,8 @@ def plot(results: dict, path: pathlib.Path) -> None:
                 recall = [p["recall_at_10"] for p in peer["points"]]
                 qps = [p[f"qps_{mode}"] for p in peer["points"]]
                 frontier = pareto_frontier(recall, qps)
-                line, = axis.plot([recall[i] for i in frontier], [qps[i] for i in frontier], marker="o", label=peer["peer"])
+                line, = axis.plot([recall[i] for i in frontier], [qps[i] for i in frontier], marker="o",
+                                  label=peer["peer"])
                 axis.scatter(recall, qps, s=12, alpha=0.35, color=line.get_color())
             axis.set_yscale("log")
             axis.set_xlabel("recall@10 vs exact")
@@ -534,11 +542,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=64, help="embedding dimension (SVD rank)")
     parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "ann_figures" / "ann_benchmark.json"),
                         help="JSON results; the plot is written next to it as <stem>.png")
-    parser.add_argument("--data_dir", default=os.environ.get("TFRS_PIPELINE_DATA_DIR", str(REPO_ROOT.parent / "shared" / "data" / "ml-1m")),
+    default_data_dir = str(REPO_ROOT.parent / "shared" / "data" / "ml-1m")
+    parser.add_argument("--data_dir", default=os.environ.get("TFRS_PIPELINE_DATA_DIR", default_data_dir),
                         help="MovieLens-1M folder or zip (the real embeddings the generator is fitted to)")
-    parser.add_argument("--peers", default=",".join(PEERS), help=f"subset of {','.join(PEERS)} (brute_force first: it is the ground truth)")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"subset of {','.join(PEERS)} (brute_force first: it is the ground truth)")
     parser.add_argument("--num_queries", type=int, default=1024)
-    parser.add_argument("--hnsw_max_size", type=int, default=1_000_000, help="skip HNSW above this size (its build is the slowest)")
+    parser.add_argument("--hnsw_max_size", type=int, default=1_000_000,
+                        help="skip HNSW above this size (its build is the slowest)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every peer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_movielens_layers", action="store_true", help="do not time the exported TFRS layers")
@@ -578,7 +589,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "synthetic": search_difficulty(item_generator.sample(len(item_embeddings), rng),
                                        user_generator.sample(len(user_embeddings), rng)),
     }
-    print(f"generator fidelity (real vs synthetic at {len(item_embeddings)} items): {results['generator_fidelity']}", flush=True)
+    print(f"generator fidelity (real vs synthetic at {len(item_embeddings)} items): {results['generator_fidelity']}",
+          flush=True)
     if not args.skip_movielens_layers:
         results["movielens_layers"] = movielens_layer_latency(item_embeddings, user_embeddings)
     for size in args.sizes:

@@ -32,6 +32,8 @@ import time
 import numpy as np
 
 import tfrs_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
+
+# isort: split
 import tensorflow as tf
 from scann import scann_ops  # noqa: F401  (the ScaNN retrieval export needs its ops)
 

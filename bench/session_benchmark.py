@@ -51,7 +51,8 @@ def sasrec_movielens(path: pathlib.Path) -> tuple[SessionData, list[np.ndarray]]
     histories = np.split(pairs[:, 1].astype(str).astype(object), starts[1:])
     train = [items[:-2] for items in histories if len(items) >= 4]
     prefixes = [items[:-1] for items in histories]
-    return SessionData(train, prefixes, np.asarray([items[-1] for items in histories], dtype=object), str(path)), prefixes
+    targets = np.asarray([items[-1] for items in histories], dtype=object)
+    return SessionData(train, prefixes, targets, str(path)), prefixes
 
 
 def run_dataset(name: str, data_root: pathlib.Path, settings: dict) -> dict:

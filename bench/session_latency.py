@@ -18,6 +18,8 @@ import time
 import numpy as np
 
 import tfrs_pipeline  # noqa: F401  (selects Keras 2 first)
+
+# isort: split
 import tensorflow as tf
 
 from tfrs_pipeline import index

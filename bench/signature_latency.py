@@ -18,12 +18,14 @@ import time
 import numpy as np
 
 import tfrs_pipeline  # noqa: F401  (selects Keras 2 first)
+
+# isort: split
 import tensorflow as tf
 from scann import scann_ops  # noqa: F401  (registers the ScaNN ops the retrieval export uses)
 
-from tfrs_pipeline.export.versioning import existing_versions
 from tfrs_pipeline.catalog import read_items_file
 from tfrs_pipeline.contracts import ITEMS_FILE
+from tfrs_pipeline.export.versioning import existing_versions
 
 BATCH_SIZES = (1, 16)
 MOVIELENS_USERS = 6040  # user ids 1..6040, all known to a full MovieLens-1M export

@@ -18,6 +18,8 @@ import time
 import numpy as np
 
 import tfrs_pipeline  # noqa: F401
+
+# isort: split
 import tensorflow as tf
 
 from tfrs_pipeline.models.sampled_softmax import full_softmax_cross_entropy

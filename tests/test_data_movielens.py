@@ -9,8 +9,14 @@ import pytest
 
 from tfrs_pipeline.data.errors import DataError
 from tfrs_pipeline.data.movielens import (
-    DATA_DIR_ENV, GENRE_NAMES, ML1M_FILES, OCCUPATION_NAMES, TFDS_RATING_FEATURES, MovieLens,
-    from_tfds_records, load_movielens,
+    DATA_DIR_ENV,
+    GENRE_NAMES,
+    ML1M_FILES,
+    OCCUPATION_NAMES,
+    TFDS_RATING_FEATURES,
+    MovieLens,
+    from_tfds_records,
+    load_movielens,
 )
 
 
@@ -116,7 +122,8 @@ def test_tfds_records_convert_to_the_same_tables(movielens, shared_data_dir):
 
     expected_ratings = movielens.ratings.iloc[:rating_count]
     pd.testing.assert_frame_equal(converted.ratings, expected_ratings)
-    expected_users = movielens.users[movielens.users["user_id"].isin(expected_ratings["user_id"])].reset_index(drop=True)
+    rated = movielens.users["user_id"].isin(expected_ratings["user_id"])
+    expected_users = movielens.users[rated].reset_index(drop=True)
     pd.testing.assert_frame_equal(converted.users, expected_users)
     pd.testing.assert_frame_equal(converted.movies, movielens.movies)
 
@@ -148,7 +155,8 @@ def test_synthetic_files_load(tmp_path):
     ("ratings.dat", "7::10::4::1000\n7::10::4::abc\n", 2, "timestamp", "'abc' is not an integer"),
     ("ratings.dat", "7,10,4,1000\n", 1, None, "found 1: '7,10,4,1000' (this looks comma-separated)"),
     ("ratings.dat", "7\t10\t4\t1000\n", 1, None, "contains a tab"),
-    ("ratings.dat", "7::10::4::1000\n8::20::1::1001\n8::20::1\n", 3, None, "expected 4 fields separated by '::', found 3"),
+    ("ratings.dat", "7::10::4::1000\n8::20::1::1001\n8::20::1\n", 3, None,
+     "expected 4 fields separated by '::', found 3"),
     ("ratings.dat", "7::10::4::1000\n\n8::20::1::1001\n", 2, None, "found 1"),
     ("ratings.dat", "7::10::4::1000\n8::20::6::1001\n", 2, "user_rating", "'6' is not a rating from 1 to 5"),
     ("ratings.dat", "7::10::4::1000\n8::30::1::1001\n", 2, "movie_id", "'30' is not an id in movies.dat"),
@@ -157,9 +165,11 @@ def test_synthetic_files_load(tmp_path):
     ("ratings.dat", "", None, None, "file is empty"),
     ("movies.dat", "10::A Made Up Film (2001)::Comedy\n20::Another One (1999)::Comedy|Cartoon\n", 2,
      "movie_genres", "unknown genre 'Cartoon'"),
-    ("movies.dat", "10::A Made Up Film (2001)::Comedy\n10::Another One (1999)::Drama\n", 2, "movie_id", "'10' is already defined"),
+    ("movies.dat", "10::A Made Up Film (2001)::Comedy\n10::Another One (1999)::Drama\n", 2, "movie_id",
+     "'10' is already defined"),
     ("users.dat", "7::F::25::4::12345\n8::X::56::0::54321\n", 2, "user_gender", "'X' is not 'M' or 'F'"),
-    ("users.dat", "7::F::25::4::12345\n8::M::30::0::54321\n", 2, "bucketized_user_age", "'30' is not an ML-1M age bucket"),
+    ("users.dat", "7::F::25::4::12345\n8::M::30::0::54321\n", 2, "bucketized_user_age",
+     "'30' is not an ML-1M age bucket"),
     ("users.dat", "7::F::25::21::12345\n", 1, "user_occupation_label", "'21' is not an ML-1M occupation code"),
     ("users.dat", "seven::F::25::4::12345\n", 1, "user_id", "'seven' is not an integer"),
 ])

@@ -141,7 +141,8 @@ def test_server_flags_are_tensorflow_model_server_flags_that_our_server_parses(m
     for name, deployment in _of_kind(manifests, "Deployment").items():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         flag_names = {arg[2:].split("=")[0] for arg in container["args"]}
-        allowed = TF_SERVING_FLAGS | (OUR_SERVER_ONLY_FLAGS if container["image"].startswith("tfrs-pipeline") else set())
+        ours = container["image"].startswith("tfrs-pipeline")
+        allowed = TF_SERVING_FLAGS | (OUR_SERVER_ONLY_FLAGS if ours else set())
         assert flag_names <= allowed, (name, flag_names - allowed)
         flags = build_flag_parser().parse_args(container["args"])
         assert flags.enable_batching and flags.model_config_file
@@ -155,7 +156,8 @@ def test_config_files_named_by_flags_are_mounted_and_parse(manifests):
         container = pod["containers"][0]
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in container["volumeMounts"]}
-        assert mounts[models_mount]["persistentVolumeClaim"]["claimName"] in _of_kind(manifests, "PersistentVolumeClaim")
+        claims = _of_kind(manifests, "PersistentVolumeClaim")
+        assert mounts[models_mount]["persistentVolumeClaim"]["claimName"] in claims
         flags = build_flag_parser().parse_args(container["args"])
         files = {}
         for path in (flags.model_config_file, flags.batching_parameters_file, flags.monitoring_config_file):
@@ -196,8 +198,9 @@ def test_services_probes_and_autoscalers_point_at_what_exists(manifests):
                 if action in container.get(probe, {}):
                     assert container[probe][action]["port"] in port_names
     for service in _of_kind(manifests, "Service").values():
+        selector = service["spec"]["selector"].items()
         selected = [deployment for deployment in deployments.values()
-                    if service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()]
+                    if selector <= deployment["spec"]["template"]["metadata"]["labels"].items()]
         assert len(selected) == 1, service["metadata"]["name"]
         container_ports = {port["name"] for port in selected[0]["spec"]["template"]["spec"]["containers"][0]["ports"]}
         assert {port["targetPort"] for port in service["spec"]["ports"]} <= container_ports

@@ -22,7 +22,8 @@ def test_last_state_is_the_full_pass_last_slot_for_left_padded_rows():
 def test_session_query_is_the_last_slot_of_the_per_slot_queries():
     tf.keras.utils.set_random_seed(1)
     sessions = tf.constant([["", "", "a", "b", "a"], ["", "", "", "", "c"], ["b", "c", "a", "b", "c"]])
-    model = SessionModel(["a", "b", "c"], np.ones(4), max_length=8, dim=8, num_blocks=2, num_heads=2, num_negatives=None)
+    model = SessionModel(["a", "b", "c"], np.ones(4), max_length=8, dim=8, num_blocks=2, num_heads=2,
+                         num_negatives=None)
     per_slot = model.sequence_queries(sessions).numpy()
     np.testing.assert_allclose(model.query(sessions).numpy(), per_slot[:, -1], rtol=1e-5, atol=1e-5)
     assert not np.allclose(per_slot[0, -1], per_slot[1, -1])  # sessions differ, so must their queries

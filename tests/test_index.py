@@ -65,7 +65,8 @@ def test_scann_matches_brute_force_once_tuned(factorization):
     assert index.top_k_agreement(exact_ids.numpy(), scann_ids.numpy()) >= 0.98
     same_set = (np.sort(scann_ids, axis=1) == np.sort(exact_ids, axis=1)).all(axis=1)
     np.testing.assert_allclose(  # reordering re-scores exactly: where the sets agree, so do the scores
-        np.sort(scann_scores.numpy()[same_set], axis=1), np.sort(exact_scores.numpy()[same_set], axis=1), rtol=1e-4, atol=1e-4
+        np.sort(scann_scores.numpy()[same_set], axis=1), np.sort(exact_scores.numpy()[same_set], axis=1),
+        rtol=1e-4, atol=1e-4
     )
 
 

@@ -26,7 +26,7 @@ def test_notebooks_are_committed_without_outputs_and_open_in_colab():
         nbformat.validate(notebook)
         code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
         assert all(not cell.outputs and cell.execution_count is None for cell in code_cells), name
-        assert f"colab.research.google.com/github/" in notebook.cells[0].source
+        assert "colab.research.google.com/github/" in notebook.cells[0].source
         assert f"notebooks/{name}.ipynb" in notebook.cells[0].source
         assert "pip" in code_cells[0].source and "find_spec(\"tfrs_pipeline\")" in code_cells[0].source
 

@@ -5,8 +5,14 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from tfrs_pipeline.export.serving_config import (ModelEntry, ServingConfigError, build_config, read_config,
-                                                 upsert_model, write_config)
+from tfrs_pipeline.export.serving_config import (
+    ModelEntry,
+    ServingConfigError,
+    build_config,
+    read_config,
+    upsert_model,
+    write_config,
+)
 from tfrs_pipeline.serving.batching import BatchingOptions
 from tfrs_pipeline.serving.server_protos import BatchingParameters, MonitoringConfig
 

@@ -13,13 +13,19 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     model_management_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from tfrs_pipeline.export.serving_config import ModelEntry, build_config, write_config
 from tfrs_pipeline.serving.server import ModelServer, build_flag_parser
-from test_serving_toy_models import (ToyRetrieval, export_broken, export_toy, toy_exports)  # noqa: F401
+from test_serving_toy_models import ToyRetrieval, export_broken, export_toy, toy_exports  # noqa: F401
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.Value("AVAILABLE")
 END = get_model_status_pb2.ModelVersionStatus.State.Value("END")

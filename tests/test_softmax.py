@@ -1,4 +1,4 @@
-"""The retrieval losses: the hand-fused whole-catalog softmax against TensorFlow's own op, and the sampled one's corrections."""
+"""The retrieval losses: the hand-fused whole-catalog softmax against TensorFlow's, and the sampled corrections."""
 import numpy as np
 import pytest
 import tensorflow as tf

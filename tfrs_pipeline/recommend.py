@@ -13,8 +13,14 @@ import sys
 
 from tfrs_pipeline.atomic import write_text_atomically
 from tfrs_pipeline.catalog import read_items_file
-from tfrs_pipeline.contracts import (CANARY_LABEL, ITEMS_COLUMNS, ITEMS_FILE, RANKING_MODEL, RETRIEVAL_MODEL,
-                                     SESSION_MODEL)
+from tfrs_pipeline.contracts import (
+    CANARY_LABEL,
+    ITEMS_COLUMNS,
+    ITEMS_FILE,
+    RANKING_MODEL,
+    RETRIEVAL_MODEL,
+    SESSION_MODEL,
+)
 from tfrs_pipeline.serving.client import GrpcTransport, PredictError, Recommendations, RestTransport, TwoStageClient
 
 

@@ -99,7 +99,8 @@ def train_with_neighbours(config: SessionConfig, data: SessionData,
     but it chose a better weight: served P@20 0.5396 instead of 0.5376 (plain V-SKNN). With no neighbours
     (``session_neighbours=0``) or no held-out session, the run serves the transformer alone.
     """
-    held_out_count = int(len(data.train_sessions) * config.neighbour_validation_share) if config.session_neighbours else 0
+    held_out_share = config.neighbour_validation_share if config.session_neighbours else 0.0
+    held_out_count = int(len(data.train_sessions) * held_out_share)
     fit_count = len(data.train_sessions) - held_out_count
     fit_sessions = data.train_sessions[:fit_count]
     model, record = train(config, dataclasses.replace(data, train_sessions=fit_sessions), catalog)
@@ -257,7 +258,7 @@ def _ranked(scores: np.ndarray, target_indices: np.ndarray, excluded: list[np.nd
 
 
 def left_padded_indices(catalog: SessionCatalog, prefixes: list[np.ndarray], width: int) -> np.ndarray:
-    """[cases, width] each prefix's most recent ``width`` catalog indices, left-padded with 0 (as serving reads them)."""
+    """[cases, width] each prefix's last ``width`` catalog indices, left-padded with 0 (as serving reads them)."""
     padded = np.zeros((len(prefixes), width), np.int64)
     for row, prefix in enumerate(prefixes):
         recent = catalog.indices(prefix[-width:]) if len(prefix) else np.zeros(0, np.int64)
@@ -272,11 +273,13 @@ def repeat_bonuses(model: SessionModel, catalog: SessionCatalog,
     lengths = np.asarray([len(items) for items in recent])
     cases = np.repeat(np.arange(len(recent)), lengths)
     items = catalog.indices(np.concatenate(recent)) if len(cases) else np.zeros(0, np.int64)
-    clicks_ago = np.repeat(lengths - 1, lengths) - (np.arange(len(cases)) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    position_in_prefix = np.arange(len(cases)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    clicks_ago = np.repeat(lengths - 1, lengths) - position_in_prefix
     return cases, items, model.repeat_bonus.numpy()[clicks_ago]
 
 
-def _ranks_in_batches(scores: Callable[[slice], np.ndarray], target_indices: np.ndarray, excluded: list[np.ndarray] | None) -> np.ndarray:
+def _ranks_in_batches(scores: Callable[[slice], np.ndarray], target_indices: np.ndarray,
+                      excluded: list[np.ndarray] | None) -> np.ndarray:
     """Ranks from ``scores(rows)`` [rows, N + 1], a batch at a time (the full matrix would not fit in memory)."""
     ranks = []
     for start in range(0, len(target_indices), EVALUATION_BATCH):

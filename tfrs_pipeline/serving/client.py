@@ -28,9 +28,19 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfrs_pipeline.catalog import Catalog
-from tfrs_pipeline.contracts import (CANARY_LABEL, CANDIDATES_INPUT, ITEM_IDS_OUTPUT, RANKING_MODEL, RETRIEVAL_MODEL,
-                                     SCORES_OUTPUT, SERVING_SIGNATURE, SESSION_INPUT, SESSION_MODEL, STABLE_LABEL,
-                                     USER_ID_INPUT)
+from tfrs_pipeline.contracts import (
+    CANARY_LABEL,
+    CANDIDATES_INPUT,
+    ITEM_IDS_OUTPUT,
+    RANKING_MODEL,
+    RETRIEVAL_MODEL,
+    SCORES_OUTPUT,
+    SERVING_SIGNATURE,
+    SESSION_INPUT,
+    SESSION_MODEL,
+    STABLE_LABEL,
+    USER_ID_INPUT,
+)
 
 LATEST = "latest"  # the arm of answers served by the latest versions, where the server lacks the arm's label
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)

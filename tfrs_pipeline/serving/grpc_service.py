@@ -7,8 +7,14 @@ client, in any language, talks to this server unchanged.
 """
 import grpc
 from google.protobuf import any_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from tfrs_pipeline.contracts import SERVING_SIGNATURE
 from tfrs_pipeline.serving import tensors
