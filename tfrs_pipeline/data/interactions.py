@@ -1,17 +1,88 @@
-"""The generic data contract every data set is read into: interactions, items and users tables.
+"""The generic data contract every data set is read into, and the reader of a user's own folder.
 
-A user's own folder holds ``interactions.csv`` (or ``.tsv``, ``.parquet``) and optionally
-``items.csv`` and ``users.csv``; MovieLens releases and TFDS are adapters onto the same tables
-(``data/movielens.py``). Everything downstream (split, catalog, towers, export) reads only
-``InteractionData`` and its schema.
+A user's own folder holds ``interactions.csv`` (or ``.tsv``, ``.parquet``: UTF-8, a header row)
+with the columns ``user_id``, ``item_id``, ``timestamp`` (Unix seconds, or ISO 8601 dates and times,
+UTC unless they say otherwise) and optionally ``rating`` or ``weight`` (1.0 where there is neither);
+other columns are ignored. Optionally ``items.csv`` (``item_id`` and item features) and ``users.csv``
+(``user_id`` and user features) sit beside it, in the same formats. A ``dataset.yaml`` or
+``dataset.json`` may rename, retype, filter and choose the split (``data/schema.py``).
+
+Every other column of the feature files is a feature, its kind inferred from its values
+(``schema.infer_feature_kind``): numbers are numeric, unless one is written with a leading zero
+(zip codes stay categorical); values of several words, mostly distinct, are text; values holding
+``|`` are multi-categorical (``Comedy|Drama``); anything else is categorical.
+
+Bad input either stops the read with a ``DataError`` naming the file, the line (the header is line
+1; for Parquet, the row) and the column, or falls under a stated policy whose applications are
+counted in ``InteractionData.policy_counts``:
+
+- errors: a missing file or required column, an empty file, text that is not UTF-8, an empty id,
+  a timestamp or rating that does not parse, an id listed twice in a feature file, a value that is
+  not of its declared kind;
+- ``items_missing_from_items_file``: items that are interacted with but have no row in the items
+  file are kept, with every feature missing (likewise ``users_missing_from_users_file``);
+- ``items_without_interactions``: items of the items file that nobody interacted with are kept:
+  they are the cold-start catalog (likewise ``users_without_interactions``);
+- ``interactions_filtered_out``: rows a configured filter removed.
+
+Everything downstream (split, catalog, towers, export) reads only ``InteractionData`` and its schema.
+MovieLens releases and TFDS are adapters onto the same tables (``data/movielens.py``).
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import math
+import os
+import pathlib
+import re
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
-from tfrs_pipeline.data.schema import DatasetSchema
+from tfrs_pipeline.contracts import (
+    CATEGORICAL,
+    MULTI_CATEGORICAL,
+    MULTI_VALUE_SEPARATOR,
+    NUMERIC,
+    TEXT,
+    FeatureSchema,
+    FeatureSpec,
+)
+from tfrs_pipeline.data.errors import DataError
+from tfrs_pipeline.data.schema import (
+    CONFIG_FILES,
+    IGNORE,
+    ITEM_ID,
+    RATING,
+    TIMESTAMP,
+    USER_ID,
+    DatasetConfig,
+    DatasetSchema,
+    RowFilter,
+    TableConfig,
+    infer_feature_kind,
+    is_list_cell,
+    read_dataset_config,
+    unix_seconds,
+)
+from tfrs_pipeline.data.split import user_order
+
+INTERACTIONS = "interactions"
+ITEMS = "items"
+USERS = "users"
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+WEIGHT = "weight"  # read as the rating where a file has no rating column
+DEFAULT_TITLE = "title"  # the item feature shown as the title unless dataset.yaml names another
+
+# Policy counters (``InteractionData.policy_counts``).
+ITEMS_MISSING_FROM_ITEMS_FILE = "items_missing_from_items_file"
+USERS_MISSING_FROM_USERS_FILE = "users_missing_from_users_file"
+ITEMS_WITHOUT_INTERACTIONS = "items_without_interactions"
+USERS_WITHOUT_INTERACTIONS = "users_without_interactions"
+INTERACTIONS_FILTERED_OUT = "interactions_filtered_out"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,3 +112,386 @@ class InteractionData:
     schema: DatasetSchema
     source: str = ""
     policy_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def read_interaction_folder(folder: str | os.PathLike) -> InteractionData:
+    """Reads a user's own data folder (the contract in this module's docstring).
+
+    Args:
+      folder: holds ``interactions.csv|.tsv|.parquet``, optionally ``items.*``, ``users.*`` and
+        ``dataset.yaml|.json``.
+
+    Returns:
+      The tables, their schema (kinds inferred or configured) and the policy counts.
+
+    Raises:
+      DataError: any of the errors listed in this module's docstring, or a bad configuration.
+    """
+    folder = pathlib.Path(folder)
+    config = read_dataset_config(folder)
+    interactions, filtered_out = _read_interactions(_table_path(folder, INTERACTIONS, config), config)
+    items, item_features, missing_items = _read_features(folder, ITEMS, ITEM_ID, config, interactions[ITEM_ID])
+    users, user_features, missing_users = _read_features(folder, USERS, USER_ID, config, interactions[USER_ID])
+    counts = policy_counts(interactions, items, users, missing_items=missing_items, missing_users=missing_users,
+                           filtered_out=filtered_out)
+    schema = DatasetSchema(FeatureSchema(user_features, item_features), _title(config, item_features), config.split)
+    return InteractionData(interactions, items, users, schema, str(folder), counts)
+
+
+def is_interaction_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds the own-data contract: an ``interactions.*`` file or a dataset configuration."""
+    folder = pathlib.Path(folder)
+    names = [INTERACTIONS + suffix for suffix in TABLE_SUFFIXES] + list(CONFIG_FILES)
+    return any((folder / name).is_file() for name in names)
+
+
+def policy_counts(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, *, missing_items: int = 0,
+                  missing_users: int = 0, filtered_out: int = 0) -> dict[str, int]:
+    """Every policy counter: the reader's counts as given, the tables' coverage counted."""
+    return {ITEMS_MISSING_FROM_ITEMS_FILE: missing_items, USERS_MISSING_FROM_USERS_FILE: missing_users,
+            INTERACTIONS_FILTERED_OUT: filtered_out, **_coverage_counts(interactions, items, users)}
+
+
+def _coverage_counts(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -> dict[str, int]:
+    # isin over the distinct ids: pandas' string arrays look each value of the argument up one by one.
+    return {
+        ITEMS_WITHOUT_INTERACTIONS: int((~items[ITEM_ID].isin(interactions[ITEM_ID].unique())).sum()),
+        USERS_WITHOUT_INTERACTIONS: int((~users[USER_ID].isin(interactions[USER_ID].unique())).sum()),
+    }
+
+
+def first_user_ids(user_ids: Sequence[str], max_users: int) -> np.ndarray:
+    """The ``max_users`` smallest of ``user_ids``: in numeric order when all are integers, else as strings."""
+    user_ids = np.asarray(user_ids, dtype=str)
+    return user_ids[user_order(user_ids)[:max_users]]
+
+
+def keep_first_users(data: InteractionData, max_users: int) -> InteractionData:
+    """The interactions and features of the ``max_users`` first interacting users; the whole catalog.
+
+    A small, reproducible slice for tests and quick runs; the coverage counts describe the slice.
+    """
+    kept_user_ids = first_user_ids(pd.unique(data.interactions[USER_ID]), max_users)
+    interactions = data.interactions[data.interactions[USER_ID].isin(kept_user_ids)].reset_index(drop=True)
+    users = data.users[data.users[USER_ID].isin(kept_user_ids)].reset_index(drop=True)
+    counts = {**data.policy_counts, **_coverage_counts(interactions, data.items, users)}
+    return dataclasses.replace(data, interactions=interactions, users=users, policy_counts=counts)
+
+
+# --- Reading one file -----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SourceTable:
+    """A table as its file holds it: the file's columns (text for CSV and TSV), rows in file order.
+
+    Attributes:
+      path: the file, for messages.
+      rows: the table, RangeIndex.
+      line_of_row: the file line of a row (1-based; a quoted value may span lines).
+    """
+
+    path: str
+    rows: pd.DataFrame
+    line_of_row: Callable[[int], int]
+
+    def fail(self, row: int, column: str | None, problem: str) -> DataError:
+        """The error for ``row``'s ``column``, to raise."""
+        return DataError(self.path, self.line_of_row(row), column, problem)
+
+    def raise_at_first(self, bad: np.ndarray, column: str, problem: str) -> None:
+        """Raises for the first True of ``bad``, quoting that row's value of ``column``."""
+        raise_at_first(self.path, bad, self.rows[column], problem, self.line_of_row)
+
+
+def headerless_line(row: int) -> int:
+    """The line of a row in a file without a header."""
+    return row + 1
+
+
+def raise_at_first(path: str, bad: np.ndarray, values: pd.Series, problem: str,
+                   line_of_row: Callable[[int], int] = headerless_line) -> None:
+    """Raises a DataError for the first True in ``bad``, quoting that row's value of ``values``.
+
+    Checks run vectorised over whole columns; only a failing one looks for its first bad row.
+    """
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(path, line_of_row(row), str(values.name), f"{str(values.iloc[row])!r} {problem}")
+
+
+def read_table(path: str | os.PathLike) -> SourceTable:
+    """Reads a ``.csv``, ``.tsv`` (UTF-8, a header row; every column as text) or ``.parquet`` file.
+
+    Raises:
+      DataError: the file is empty, has no rows, is not UTF-8 or does not parse.
+    """
+    path = pathlib.Path(path)
+    if path.suffix == ".parquet":
+        return _read_parquet(path)
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(path, None, None, "file is empty")
+    text = decode_utf8(path, data)
+    separator = "\t" if path.suffix == ".tsv" else ","
+    try:  # The header is read as a row, so that a row longer than it is an error, not an index column.
+        rows = pd.read_csv(io.StringIO(text), sep=separator, header=None, dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as error:
+        raise tokenizer_error(path, error) from None
+    header = [name.strip() for name in rows.iloc[0]]
+    repeated = [name for position, name in enumerate(header) if name in header[:position]]
+    if repeated:
+        raise DataError(path, 1, repeated[0], "the column appears twice in the header")
+    rows = rows.iloc[1:].reset_index(drop=True)
+    rows.columns = header
+    if rows.empty:
+        raise DataError(path, None, None, "has a header but no rows")
+    return SourceTable(str(path), rows, _line_finder(text, separator))
+
+
+def decode_utf8(path: str | os.PathLike, data: bytes) -> str:
+    """``data`` as text; a byte that is not UTF-8 raises a DataError naming its line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(path, line, None, (
+            f"is not UTF-8 text (byte 0x{data[error.start]:02x}); save the file as UTF-8")) from None
+
+
+def tokenizer_error(path: str | os.PathLike, error: pd.errors.ParserError) -> DataError:
+    """pandas' error for a row of the wrong length, located and reworded (to raise)."""
+    counts = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
+    if counts is None:
+        return DataError(path, None, None, f"does not parse: {str(error).strip()}")
+    expected, line, found = map(int, counts.groups())
+    return DataError(path, line, None, f"{found} fields where the header has {expected} (a separator inside "
+                                       "a value needs the value in double quotes)")
+
+
+def _read_parquet(path: pathlib.Path) -> SourceTable:
+    import pyarrow  # pandas reads Parquet through it; named here for its error class.
+
+    try:
+        rows = pd.read_parquet(path)
+    except (pyarrow.ArrowException, OSError) as error:
+        raise DataError(path, None, None, f"is not a readable Parquet file: {error}") from None
+    if rows.empty:
+        raise DataError(path, None, None, "file is empty (no rows)")
+    rows = rows.reset_index(drop=True)
+    rows.columns = [str(name) for name in rows.columns]
+    return SourceTable(str(path), rows, lambda row: row + 1)
+
+
+def _line_finder(text: str, separator: str) -> Callable[[int], int]:
+    """The file line of a data row, worked out only when an error needs it.
+
+    pandas numbers rows, not lines: a quoted value can span lines and blank lines are skipped, so
+    the line is found by reading the file again with the same rules.
+    """
+    def line_of_row(row: int) -> int:
+        reader = csv.reader(io.StringIO(text), delimiter=separator)
+        index, start = -2, 1  # the first record that is not blank is the header, row -1
+        for record in reader:
+            index += bool(record)
+            if record and index == row:
+                return start
+            start = reader.line_num + 1
+        raise IndexError(f"row {row} is not in the file")
+
+    return line_of_row
+
+
+def _table_path(folder: pathlib.Path, table: str, config: DatasetConfig, *,
+                required: bool = True) -> pathlib.Path | None:
+    """The configured file of ``table``, or the one ``<table>.csv|.tsv|.parquet`` there is."""
+    named = getattr(config, table).file
+    if named is not None:
+        path = folder / named
+        if path.suffix not in TABLE_SUFFIXES:
+            raise config.fail(f"{table}.file", f"{named!r}: expected a {', '.join(TABLE_SUFFIXES)} file")
+        if not path.is_file():
+            raise config.fail(f"{table}.file", f"{path} does not exist")
+        return path
+    found = [folder / (table + suffix) for suffix in TABLE_SUFFIXES if (folder / (table + suffix)).is_file()]
+    if len(found) > 1:
+        raise DataError(folder, None, None, f"holds {' and '.join(path.name for path in found)}: keep one, "
+                                            f"or name the {table} file in dataset.yaml")
+    if not found and required:
+        raise DataError(folder, None, None, f"no {table}.csv, {table}.tsv or {table}.parquet here (the {table} "
+                                            f"file holds user_id, item_id, timestamp and optionally rating)")
+    return found[0] if found else None
+
+
+def _columns(source: SourceTable, table: TableConfig, config: DatasetConfig, table_name: str,
+             required: Sequence[str]) -> dict[str, str]:
+    """Every column's name in the pipeline -> its name in the file, renames applied and checked."""
+    header = list(source.rows.columns)
+    for name, column in table.columns.items():
+        if column not in header:
+            raise config.fail(f"{table_name}.columns.{name}", f"no column {column!r} in {source.path}; "
+                                                              f"its columns are {header}")
+    renamed = {column: name for name, column in table.columns.items()}
+    columns = {renamed.get(column, column): column for column in header}
+    if len(columns) != len(header):
+        raise config.fail(f"{table_name}.columns", f"renaming gives two columns of {source.path} the same name")
+    missing = [name for name in required if name not in columns]
+    if missing:
+        raise DataError(source.path, 1, None, (
+            f"no column {' and no '.join(map(repr, missing))}: the header has {header} "
+            f"(dataset.yaml renames columns: {table_name}: {{columns: {{{missing[0]}: <your column>}}}})"))
+    return columns
+
+
+def _read_interactions(path: pathlib.Path, config: DatasetConfig) -> tuple[pd.DataFrame, int]:
+    """The interactions table, then the configured filters; returns it and how many rows they removed."""
+    source = read_table(path)
+    table = config.interactions
+    columns = _columns(source, table, config, INTERACTIONS, required=(USER_ID, ITEM_ID, TIMESTAMP))
+    rating_column = columns.get(RATING, columns.get(WEIGHT))
+    interactions = pd.DataFrame({
+        USER_ID: _ids(source, columns[USER_ID]),
+        ITEM_ID: _ids(source, columns[ITEM_ID]),
+        TIMESTAMP: _timestamps(source, columns[TIMESTAMP]),
+        RATING: (np.ones(len(source.rows), np.float32) if rating_column is None
+                 else _numbers(source, rating_column, missing_allowed=False).astype(np.float32)),
+    })
+    keep = np.ones(len(interactions), dtype=bool)
+    for row_filter in table.filters:
+        keep &= _filter_keeps(source, interactions, columns, row_filter, config)
+    if not keep.any():
+        raise config.fail("interactions.filter", f"the filters keep none of the {len(keep)} rows of {path}")
+    return interactions[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def _filter_keeps(source: SourceTable, interactions: pd.DataFrame, columns: dict[str, str], row_filter: RowFilter,
+                  config: DatasetConfig) -> np.ndarray:
+    """[N] which rows pass ``row_filter``; a row with no value in the column never passes a comparison of numbers."""
+    name = row_filter.column
+    if name not in columns and name not in interactions:
+        raise config.fail("interactions.filter", f"{row_filter.text!r}: no column {name!r} in {source.path}; "
+                                                 f"its columns are {list(source.rows.columns)}")
+    if isinstance(row_filter.value, str):
+        values = interactions[name] if name in interactions else _as_text(source.rows[columns[name]]).str.strip()
+        return row_filter.keeps(values.to_numpy())
+    if name in (TIMESTAMP, RATING):
+        numbers = interactions[name].to_numpy(np.float64)
+    else:
+        numbers = _numbers(source, columns[name], missing_allowed=True)
+    return row_filter.keeps(numbers) & ~np.isnan(numbers)
+
+
+def _read_features(folder: pathlib.Path, table_name: str, id_name: str, config: DatasetConfig,
+                   interacting_ids: pd.Series) -> tuple[pd.DataFrame, tuple[FeatureSpec, ...], int]:
+    """A feature table with a row for every interacting id; its specs; how many ids it had to add."""
+    table = getattr(config, table_name)
+    path = _table_path(folder, table_name, config, required=False)
+    if path is None:
+        if table.features or table.columns:
+            raise config.fail(table_name, f"there is no {table_name} file in {folder} to take features from")
+        return pd.DataFrame({id_name: pd.unique(interacting_ids)}), (), 0
+    source = read_table(path)
+    columns = _columns(source, table, config, table_name, required=(id_name,))
+    for name in table.features:
+        if name not in columns:
+            raise config.fail(f"{table_name}.features.{name}", f"no column {name!r} in {path}; "
+                                                               f"its columns are {list(columns)}")
+    ids = _ids(source, columns[id_name])
+    _check_unique(source, ids, columns[id_name])
+    specs, values = [], {id_name: ids}
+    for name, column in columns.items():
+        kind = None if name == id_name else table.features.get(name) or infer_feature_kind(source.rows[column])
+        if kind in (None, IGNORE):
+            continue
+        try:
+            specs.append(FeatureSpec(name, kind))
+        except ValueError as error:
+            raise DataError(path, 1, column, f"{error}: rename the column or ignore it in dataset.yaml") from None
+        values[name] = _cells(source, column, kind)
+    missing_ids = pd.unique(interacting_ids[~interacting_ids.isin(ids)])
+    features = pd.DataFrame(values)
+    if len(missing_ids):
+        features = pd.concat([features, _missing_rows(id_name, missing_ids, specs)], ignore_index=True)
+    return features, tuple(specs), len(missing_ids)
+
+
+def _missing_rows(id_name: str, ids: np.ndarray, specs: Sequence[FeatureSpec]) -> pd.DataFrame:
+    """Rows for ``ids`` with every feature missing (see ``InteractionData`` for each kind's missing value)."""
+    missing = {CATEGORICAL: "", MULTI_CATEGORICAL: (), NUMERIC: np.nan, TEXT: ""}
+    return pd.DataFrame({id_name: ids, **{spec.name: [missing[spec.kind]] * len(ids) for spec in specs}})
+
+
+def _title(config: DatasetConfig, item_features: Sequence[FeatureSpec]) -> str | None:
+    names = [spec.name for spec in item_features]
+    title = config.items.title
+    if title is None:
+        return DEFAULT_TITLE if DEFAULT_TITLE in names else None
+    if title not in names:
+        raise config.fail("items.title", f"{title!r} is not an item feature; the item features are {names}")
+    return title
+
+
+# --- Cells ---------------------------------------------------------------------------------------
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """Cells as strings, "" where missing; whole floats (Parquet's integers with gaps) without ".0"."""
+    if pd.api.types.is_float_dtype(values):
+        return values.map(lambda value: "" if math.isnan(value) else
+                          str(int(value)) if value.is_integer() else repr(value))
+    return values.fillna("").astype(str)
+
+
+def _ids(source: SourceTable, column: str) -> np.ndarray:
+    ids = _as_text(source.rows[column]).str.strip()
+    empty = (ids == "").to_numpy()
+    if empty.any():
+        raise source.fail(int(np.argmax(empty)), column, "the id is empty")
+    return ids.to_numpy(dtype=object)
+
+
+def _check_unique(source: SourceTable, ids: np.ndarray, column: str) -> None:
+    repeated = pd.Series(ids).duplicated().to_numpy()
+    if repeated.any():
+        row = int(np.argmax(repeated))
+        first = int(np.argmax(ids == ids[row]))
+        raise source.fail(row, column, f"{ids[row]!r} is already on line {source.line_of_row(first)}: "
+                                       "each id has one row")
+
+
+def _timestamps(source: SourceTable, column: str) -> np.ndarray:
+    seconds = unix_seconds(source.rows[column])
+    source.raise_at_first(seconds.isna().to_numpy(), column, (
+        "is not a time: the column holds Unix seconds or ISO 8601 dates and times (its first row says which)"))
+    return np.floor(seconds.to_numpy()).astype(np.int64)
+
+
+def _numbers(source: SourceTable, column: str, *, missing_allowed: bool) -> np.ndarray:
+    """[N] float64 of a column; NaN for blank cells where ``missing_allowed``, else they are errors."""
+    values = source.rows[column]
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        numbers = values.to_numpy(np.float64)
+        bad = np.zeros(len(numbers), dtype=bool) if missing_allowed else np.isnan(numbers)
+    else:
+        text = _as_text(values).str.strip()
+        numbers = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(numbers) & ((text != "").to_numpy() | (not missing_allowed))
+    source.raise_at_first(bad, column, "is not a number")
+    return numbers
+
+
+def _cells(source: SourceTable, column: str, kind: str) -> np.ndarray | list:
+    """A feature column in the representation of ``InteractionData``'s docstring."""
+    if kind == NUMERIC:
+        return _numbers(source, column, missing_allowed=True)
+    if kind == MULTI_CATEGORICAL:
+        return [_value_set(cell) for cell in source.rows[column]]
+    return _as_text(source.rows[column]).str.strip().to_numpy(dtype=object)
+
+
+def _value_set(cell: object) -> tuple[str, ...]:
+    if is_list_cell(cell):
+        parts = [str(value) for value in cell]
+    elif cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        parts = []
+    else:
+        parts = str(cell).split(MULTI_VALUE_SEPARATOR)
+    return tuple(part.strip() for part in parts if part.strip())
