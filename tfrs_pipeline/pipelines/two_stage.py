@@ -17,7 +17,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from tfrs_pipeline import distribute, evaluation, index, report, scoring
+from tfrs_pipeline import distribute, evaluation, index, report, run_layout, scoring
 from tfrs_pipeline.atomic import write_json_atomically
 from tfrs_pipeline.catalog import Catalog
 from tfrs_pipeline.config import TwoStageConfig
@@ -51,8 +51,6 @@ from tfrs_pipeline.models.retrieval import RetrievalModel
 from tfrs_pipeline.pipelines.common import history, learning_rate, training_dataset
 from tfrs_pipeline.pipelines.progress import stage
 
-EVALUATION_DETAILS = "evaluation_details.npz"  # per-user ranks and lists, for the report's plots
-INDEX_EMBEDDINGS = "index_embeddings.npz"  # the catalog and query vectors the index was built on
 RANKING_VALIDATION_SHARE = 0.1
 
 
@@ -95,9 +93,7 @@ def run(config: TwoStageConfig) -> dict:
         split, new_users = _split(config, inputs.data)
         retrieval_train, ranking_targets = leave_last_out(split.history)
     version = max(versioning.next_version(pathlib.Path(config.export_dir) / name) for name in TWO_STAGE_MODELS)
-    run_dir = pathlib.Path(config.export_dir) / "runs" / str(version)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.write(run_dir / "config.json")
+    run_dir = run_layout.start_run(config.export_dir, version, config)
 
     # Retrieval is built (its variables made), compiled and trained on the strategy's replicas. Ranking
     # (a few thousand lists) trains on one device: its Keras loss reduction is one tf.distribute refuses.
@@ -111,21 +107,20 @@ def run(config: TwoStageConfig) -> dict:
         with stage("evaluate on the full catalog"):
             metrics["evaluation"], details = _evaluate(config, inputs, query_tower, ranking_model, split,
                                                        retrieval_train)
-            np.savez_compressed(run_dir / EVALUATION_DETAILS, **details)
+            np.savez_compressed(run_dir / run_layout.EVALUATION_DETAILS, **details)
             metrics["cold_start"] = _evaluate_cold_start(config, inputs, query_tower, ranking_model, split, details,
                                                          new_users, retrieval_train)
     with stage("build and check the ScaNN index"):
         candidate_embeddings = query_tower.item_tower.embed_catalog()[1:]
         queries = scoring.query_embeddings(query_tower, inputs.users, split.history)
-        np.savez_compressed(run_dir / INDEX_EMBEDDINGS, candidate_embeddings=candidate_embeddings.numpy(),
+        np.savez_compressed(run_dir / run_layout.INDEX_EMBEDDINGS, candidate_embeddings=candidate_embeddings.numpy(),
                             query_embeddings=queries)
         top_k_layers, metrics["index"] = index.build_checked_indexes(
             inputs.catalog.item_ids, candidate_embeddings, tf.constant(queries), config.top_k,
             config.scann_target_recall, config.scann_overrides)
     with stage(f"export version {version}"):
         _export(config, version, inputs, split.history, query_tower, ranking_model, top_k_layers)
-    write_json_atomically(run_dir / "metrics.json", metrics)
-    write_json_atomically(pathlib.Path(config.export_dir) / "metrics.json", metrics)
+    run_layout.write_metrics(config.export_dir, run_dir, metrics)
     with stage("write report"):
         report.write_report(run_dir)
     if "evaluation" in metrics:
@@ -168,7 +163,7 @@ def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: User
             training_dataset(examples, config.batch_size, config.seed, user_features=inputs.users),
             epochs=config.epochs, verbose=config.verbose,
             callbacks=[scoring.ValidationRanking(inputs.catalog, inputs.users, query_tower, train, validation_targets),
-                       tf.keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / "retrieval"))],
+                       tf.keras.callbacks.TensorBoard(log_dir=str(run_layout.tensorboard_dir(run_dir, RETRIEVAL_MODEL)))],
         )
     return query_tower, history(fit_history)
 
@@ -200,7 +195,7 @@ def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: 
             validation_data=tf.data.Dataset.from_tensor_slices(validation_lists).batch(scoring.BATCH),
             epochs=config.ranking_epochs, verbose=config.verbose,
             callbacks=[tf.keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True),
-                       tf.keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / "ranking"))],
+                       tf.keras.callbacks.TensorBoard(log_dir=str(run_layout.tensorboard_dir(run_dir, RANKING_MODEL)))],
         )
     return ranking_model, history(fit_history)
 
