@@ -163,7 +163,7 @@ def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: User
             training_dataset(examples, config.batch_size, config.seed, user_features=inputs.users),
             epochs=config.epochs, verbose=config.verbose,
             callbacks=[scoring.ValidationRanking(inputs.catalog, inputs.users, query_tower, train, validation_targets),
-                       tf.keras.callbacks.TensorBoard(log_dir=str(run_layout.tensorboard_dir(run_dir, RETRIEVAL_MODEL)))],
+                       tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RETRIEVAL_MODEL))],
         )
     return query_tower, history(fit_history)
 
@@ -195,7 +195,7 @@ def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: 
             validation_data=tf.data.Dataset.from_tensor_slices(validation_lists).batch(scoring.BATCH),
             epochs=config.ranking_epochs, verbose=config.verbose,
             callbacks=[tf.keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True),
-                       tf.keras.callbacks.TensorBoard(log_dir=str(run_layout.tensorboard_dir(run_dir, RANKING_MODEL)))],
+                       tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RANKING_MODEL))],
         )
     return ranking_model, history(fit_history)
 
