@@ -91,32 +91,37 @@ def test_max_users_keeps_the_smallest_ids_and_file_order(movielens, shared_data_
     pd.testing.assert_frame_equal(sliced.movies, movielens.movies)
 
 
+def tfds_numpy_records(features, examples):
+    """What `tfds.as_numpy` yields for ``examples`` encoded by TFDS's own ``features``: strings as UTF-8 bytes."""
+    for example in examples:
+        record = {}
+        for name, value in features.encode_example(example).items():
+            value = np.asarray(value, dtype=np.int64 if name == "movie_genres" else None)
+            record[name] = value.item().encode("utf-8") if value.dtype == object else value
+        yield record
+
+
+def tfds_rating_batches(records, batch_size=1_000):
+    """Rating records batched as `tfds.as_numpy` batches them, with only the features the loader reads."""
+    records = list(records)
+    names = [name for name in TFDS_RATING_FEATURES if name in records[0]]
+    return [{name: np.array([record[name] for record in batch], dtype=object if isinstance(batch[0][name], bytes)
+                            else None) for name in names}
+            for batch in (records[start:start + batch_size] for start in range(0, len(records), batch_size))]
+
+
 def test_tfds_records_convert_to_the_same_tables(movielens, shared_data_dir):
     """TFDS's own 1M parser and feature encoders build the records that `tfds.load` would yield."""
     tfds = pytest.importorskip("tensorflow_datasets")
     from tensorflow_datasets.structured import movielens_parsing
 
-    def as_numpy_record(encoded):  # What `tfds.as_numpy` yields: strings as UTF-8 bytes, arrays of TFDS dtypes.
-        record = {}
-        for name, value in encoded.items():
-            value = np.asarray(value, dtype=np.int64 if name == "movie_genres" else None)
-            record[name] = value.item().encode("utf-8") if value.dtype == object else value
-        return record
-
-    def batch(records):
-        return {name: np.array([record[name] for record in records],
-                               dtype=object if isinstance(records[0][name], bytes) else None)
-                for name in TFDS_RATING_FEATURES}
-
-    rating_features = tfds.builder("movielens/1m-ratings").info.features
-    movie_features = tfds.builder("movielens/1m-movies").info.features
     ml1m_folder = str(shared_data_dir / "ml-1m")
     rating_count = 3_000
-    rating_records = [as_numpy_record(rating_features.encode_example(example)) for _, example in
-                      itertools.islice(movielens_parsing.parse_1m_ratings_data(ml1m_folder), rating_count)]
-    batches = [batch(rating_records[start:start + 1_000]) for start in range(0, rating_count, 1_000)]
-    movie_records = [as_numpy_record(movie_features.encode_example(example))
-                     for _, example in movielens_parsing.parse_1m_movies_data(ml1m_folder)]
+    ratings = itertools.islice(movielens_parsing.parse_1m_ratings_data(ml1m_folder), rating_count)
+    batches = tfds_rating_batches(tfds_numpy_records(tfds.builder("movielens/1m-ratings").info.features,
+                                                     (example for _, example in ratings)))
+    movie_records = tfds_numpy_records(tfds.builder("movielens/1m-movies").info.features,
+                                       (example for _, example in movielens_parsing.parse_1m_movies_data(ml1m_folder)))
 
     converted = from_tfds_records(batches, movie_records)
 

@@ -167,7 +167,7 @@ def first_user_ids(user_ids: Sequence[str], max_users: int) -> np.ndarray:
 
 
 def keep_first_users(data: InteractionData, max_users: int) -> InteractionData:
-    """The interactions and features of the ``max_users`` first interacting users; the whole catalog.
+    """The interactions and features of the ``max_users`` interacting users with the smallest ids; the whole catalog.
 
     A small, reproducible slice for tests and quick runs; the coverage counts describe the slice.
     """
@@ -181,7 +181,7 @@ def keep_first_users(data: InteractionData, max_users: int) -> InteractionData:
 # --- Reading one file -----------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class SourceTable:
+class _SourceTable:
     """A table as its file holds it: the file's columns (text for CSV and TSV), rows in file order.
 
     Attributes:
@@ -219,7 +219,7 @@ def raise_at_first(path: str, bad: np.ndarray, values: pd.Series, problem: str,
         raise DataError(path, line_of_row(row), str(values.name), f"{str(values.iloc[row])!r} {problem}")
 
 
-def read_table(path: str | os.PathLike) -> SourceTable:
+def _read_table(path: str | os.PathLike) -> _SourceTable:
     """Reads a ``.csv``, ``.tsv`` (UTF-8, a header row; every column as text) or ``.parquet`` file.
 
     Raises:
@@ -245,7 +245,7 @@ def read_table(path: str | os.PathLike) -> SourceTable:
     rows.columns = header
     if rows.empty:
         raise DataError(path, None, None, "has a header but no rows")
-    return SourceTable(str(path), rows, _line_finder(text, separator))
+    return _SourceTable(str(path), rows, _line_finder(text, separator))
 
 
 def decode_utf8(path: str | os.PathLike, data: bytes) -> str:
@@ -268,7 +268,7 @@ def tokenizer_error(path: str | os.PathLike, error: pd.errors.ParserError) -> Da
                                        "a value needs the value in double quotes)")
 
 
-def _read_parquet(path: pathlib.Path) -> SourceTable:
+def _read_parquet(path: pathlib.Path) -> _SourceTable:
     import pyarrow  # pandas reads Parquet through it; named here for its error class.
 
     try:
@@ -279,7 +279,7 @@ def _read_parquet(path: pathlib.Path) -> SourceTable:
         raise DataError(path, None, None, "file is empty (no rows)")
     rows = rows.reset_index(drop=True)
     rows.columns = [str(name) for name in rows.columns]
-    return SourceTable(str(path), rows, lambda row: row + 1)
+    return _SourceTable(str(path), rows, lambda row: row + 1)
 
 
 def _line_finder(text: str, separator: str) -> Callable[[int], int]:
@@ -322,7 +322,7 @@ def _table_path(folder: pathlib.Path, table: str, config: DatasetConfig, *,
     return found[0] if found else None
 
 
-def _columns(source: SourceTable, table: TableConfig, config: DatasetConfig, table_name: str,
+def _columns(source: _SourceTable, table: TableConfig, config: DatasetConfig, table_name: str,
              required: Sequence[str]) -> dict[str, str]:
     """Every column's name in the pipeline -> its name in the file, renames applied and checked."""
     header = list(source.rows.columns)
@@ -344,7 +344,7 @@ def _columns(source: SourceTable, table: TableConfig, config: DatasetConfig, tab
 
 def _read_interactions(path: pathlib.Path, config: DatasetConfig) -> tuple[pd.DataFrame, int]:
     """The interactions table, then the configured filters; returns it and how many rows they removed."""
-    source = read_table(path)
+    source = _read_table(path)
     table = config.interactions
     columns = _columns(source, table, config, INTERACTIONS, required=(USER_ID, ITEM_ID, TIMESTAMP))
     rating_column = columns.get(RATING, columns.get(WEIGHT))
@@ -363,7 +363,7 @@ def _read_interactions(path: pathlib.Path, config: DatasetConfig) -> tuple[pd.Da
     return interactions[keep].reset_index(drop=True), int((~keep).sum())
 
 
-def _filter_keeps(source: SourceTable, interactions: pd.DataFrame, columns: dict[str, str], row_filter: RowFilter,
+def _filter_keeps(source: _SourceTable, interactions: pd.DataFrame, columns: dict[str, str], row_filter: RowFilter,
                   config: DatasetConfig) -> np.ndarray:
     """[N] which rows pass ``row_filter``; a row with no value in the column never passes a comparison of numbers."""
     name = row_filter.column
@@ -389,7 +389,7 @@ def _read_features(folder: pathlib.Path, table_name: str, id_name: str, config: 
         if table.features or table.columns:
             raise config.fail(table_name, f"there is no {table_name} file in {folder} to take features from")
         return pd.DataFrame({id_name: pd.unique(interacting_ids)}), (), 0
-    source = read_table(path)
+    source = _read_table(path)
     columns = _columns(source, table, config, table_name, required=(id_name,))
     for name in table.features:
         if name not in columns:
@@ -440,7 +440,7 @@ def _as_text(values: pd.Series) -> pd.Series:
     return values.fillna("").astype(str)
 
 
-def _ids(source: SourceTable, column: str) -> np.ndarray:
+def _ids(source: _SourceTable, column: str) -> np.ndarray:
     ids = _as_text(source.rows[column]).str.strip()
     empty = (ids == "").to_numpy()
     if empty.any():
@@ -448,7 +448,7 @@ def _ids(source: SourceTable, column: str) -> np.ndarray:
     return ids.to_numpy(dtype=object)
 
 
-def _check_unique(source: SourceTable, ids: np.ndarray, column: str) -> None:
+def _check_unique(source: _SourceTable, ids: np.ndarray, column: str) -> None:
     repeated = pd.Series(ids).duplicated().to_numpy()
     if repeated.any():
         row = int(np.argmax(repeated))
@@ -457,14 +457,14 @@ def _check_unique(source: SourceTable, ids: np.ndarray, column: str) -> None:
                                        "each id has one row")
 
 
-def _timestamps(source: SourceTable, column: str) -> np.ndarray:
+def _timestamps(source: _SourceTable, column: str) -> np.ndarray:
     seconds = unix_seconds(source.rows[column])
     source.raise_at_first(seconds.isna().to_numpy(), column, (
         "is not a time: the column holds Unix seconds or ISO 8601 dates and times (its first row says which)"))
     return np.floor(seconds.to_numpy()).astype(np.int64)
 
 
-def _numbers(source: SourceTable, column: str, *, missing_allowed: bool) -> np.ndarray:
+def _numbers(source: _SourceTable, column: str, *, missing_allowed: bool) -> np.ndarray:
     """[N] float64 of a column; NaN for blank cells where ``missing_allowed``, else they are errors."""
     values = source.rows[column]
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
@@ -478,7 +478,7 @@ def _numbers(source: SourceTable, column: str, *, missing_allowed: bool) -> np.n
     return numbers
 
 
-def _cells(source: SourceTable, column: str, kind: str) -> np.ndarray | list:
+def _cells(source: _SourceTable, column: str, kind: str) -> np.ndarray | list:
     """A feature column in the representation of ``InteractionData``'s docstring."""
     if kind == NUMERIC:
         return _numbers(source, column, missing_allowed=True)
