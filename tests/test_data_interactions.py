@@ -185,6 +185,9 @@ def test_missing_or_ambiguous_interactions_file(tmp_path):
     write_folder(tmp_path, interactions_tsv=INTERACTIONS.replace(",", "\t"))
     with pytest.raises(DataError, match="holds interactions.csv and interactions.tsv: keep one"):
         read_interaction_folder(tmp_path)
+    not_parquet = write_folder(tmp_path / "parquet", interactions_csv=None, interactions_parquet="user_id,item_id")
+    with pytest.raises(DataError, match="interactions.parquet: is not a readable Parquet file"):
+        read_interaction_folder(not_parquet)
 
 
 # --- dataset.yaml / dataset.json ------------------------------------------------------------------
@@ -290,6 +293,13 @@ def test_unreadable_or_doubled_configuration(tmp_path):
     write_folder(tmp_path, dataset_json='{"items": {\n"title": }')
     with pytest.raises(DataError, match=r"dataset.json:2: is not valid JSON"):
         read_interaction_folder(tmp_path)
+
+
+def test_features_configured_for_a_missing_file(tmp_path):
+    folder = write_folder(tmp_path, users_csv=None, dataset_yaml="users: {features: {age: numeric}}\n")
+    with pytest.raises(DataError, match=r"dataset.yaml: field 'users': there is no users file in .* to take "
+                                        "features from"):
+        read_interaction_folder(folder)
 
 
 def test_declared_numeric_column_with_text_names_the_line(tmp_path):

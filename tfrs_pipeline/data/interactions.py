@@ -10,7 +10,8 @@ other columns are ignored. Optionally ``items.csv`` (``item_id`` and item featur
 Every other column of the feature files is a feature, its kind inferred from its values
 (``schema.infer_feature_kind``): numbers are numeric, unless one is written with a leading zero
 (zip codes stay categorical); values of several words, mostly distinct, are text; values holding
-``|`` are multi-categorical (``Comedy|Drama``); anything else is categorical.
+``|`` are multi-categorical (``Comedy|Drama``); anything else is categorical. Ids and values are
+read without the spaces around them.
 
 Bad input either stops the read with a ``DataError`` naming the file, the line (the header is line
 1; for Parquet, the row) and the column, or falls under a stated policy whose applications are
