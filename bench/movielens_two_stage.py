@@ -4,6 +4,10 @@
         --variant default= --variant user_id_embedding=--user_id_embedding
 
 Each variant is a label and the extra `train` flags it adds to the defaults (space separated).
+``--own_data_route`` adds a variant that reads the same data through the own-data contract: the
+MovieLens tables are written as ``interactions.csv``, ``items.csv``, ``users.csv`` and
+``dataset.json`` under ``<out>`` (never into the repository: MovieLens may not be redistributed),
+and the run reads that folder as a user's own data would be read.
 Prints a markdown table (quality of retrieval, two-stage and popularity; training wall time) and
 writes it with the raw metrics to ``<out>/results.json``. The figures in docs/benchmarks.md come
 from this script.
@@ -20,6 +24,7 @@ import time
 
 import tfrs_pipeline  # noqa: F401
 from tfrs_pipeline import train
+from tfrs_pipeline.data.dataset import load_dataset, write_interaction_folder
 
 
 def run_variant(data_dir: str, out: pathlib.Path, label: str, extra_flags: str) -> dict:
@@ -52,9 +57,15 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/bench_two_stage")
     parser.add_argument("--variant", action="append", default=[],
                         help="label=extra train flags (repeatable); default: one run with the defaults")
+    parser.add_argument("--own_data_route", action="store_true",
+                        help="also run on the same data converted to the own-data contract")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     variants = [variant.split("=", 1) for variant in (args.variant or ["default="])]
+    if args.own_data_route:
+        own_data = out / "own_data"
+        write_interaction_folder(load_dataset(args.data_dir), own_data)
+        variants.append(["own_data_route", f"--data_dir={own_data}"])
     results = [run_variant(args.data_dir, out, label, flags) for label, flags in variants]
     table = markdown(results)
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()}
