@@ -2,9 +2,14 @@
 
     python -m tfrs_pipeline.recommend --server=localhost:8500 --user_id=42 --k=10 --items=export/items.tsv
     python -m tfrs_pipeline.recommend --server=localhost:8500 --user_ids_file=users.txt --output=recs.jsonl
+    python -m tfrs_pipeline.recommend --server=localhost:8500 --items=export/items.tsv \
+        --feature user_gender=F --feature genres='Comedy|Drama' --history 1193 661 914
 
 It asks a TF Serving endpoint (``tfrs-model-server`` or TensorFlow Serving) for two-stage
 recommendations; ``--transport=rest`` uses the REST API (give the REST port in ``--server``).
+``--feature`` and ``--history`` answer a user the export may not know, from fresh features and
+history: the feature names and kinds are read from the export's description (``schema.json``,
+found beside ``--items`` or given by ``--description``), and features left out are sent as missing.
 """
 import argparse
 import json
@@ -15,13 +20,22 @@ from tfrs_pipeline.atomic import write_text_atomically
 from tfrs_pipeline.catalog import read_items_file
 from tfrs_pipeline.contracts import (
     CANARY_LABEL,
+    DESCRIPTION_FILE,
     ITEMS_COLUMNS,
     ITEMS_FILE,
     RANKING_MODEL,
     RETRIEVAL_MODEL,
     SESSION_MODEL,
+    ExportDescription,
 )
-from tfrs_pipeline.serving.client import GrpcTransport, PredictError, Recommendations, RestTransport, TwoStageClient
+from tfrs_pipeline.serving.client import (
+    GrpcTransport,
+    PredictError,
+    Recommendations,
+    RestTransport,
+    TwoStageClient,
+    fresh_feature_inputs,
+)
 
 
 def build_flag_parser() -> argparse.ArgumentParser:
@@ -35,6 +49,13 @@ def build_flag_parser() -> argparse.ArgumentParser:
     flag("--session", nargs="+", metavar="ITEM_ID",
          help="an anonymous session's item ids, oldest first: recommends its next items with the session model")
     flag("--session_model", default=SESSION_MODEL)
+    flag("--feature", action="append", default=[], metavar="NAME=VALUE",
+         help="a user feature for a fresh-feature request (repeat for several; several values of a "
+              "multi-valued feature as a|b); features left out are sent as missing")
+    flag("--history", nargs="*", metavar="ITEM_ID",
+         help="the user's item ids, oldest first, for a fresh-feature request (none: features only)")
+    flag("--description", help=f"the export's {DESCRIPTION_FILE}, which names the features a fresh-feature request "
+                               f"takes (default: the one beside --items)")
     flag("--output", help="write JSON lines here (batch mode; default: standard output)")
     flag("--k", type=int, default=10, help="how many items to recommend")
     flag("--items", help=f"the export's {ITEMS_FILE} ({', '.join(ITEMS_COLUMNS)}; most popular first) for titles "
@@ -56,8 +77,36 @@ def read_user_ids(flags: argparse.Namespace) -> list[str]:
     return user_ids
 
 
-def format_readable(answer: Recommendations) -> str:
-    who = f"user {answer.user_id}" if answer.user_id else "this session"
+def read_features(assignments: list[str]) -> dict[str, str]:
+    """``--feature NAME=VALUE`` flags as a dict; raises ValueError on a malformed or repeated one."""
+    features = {}
+    for assignment in assignments:
+        name, equals, value = assignment.partition("=")
+        if not equals or not name.strip():
+            raise ValueError(f"--feature takes NAME=VALUE, got {assignment!r}")
+        if name.strip() in features:
+            raise ValueError(f"--feature {name.strip()} is given twice")
+        features[name.strip()] = value
+    return features
+
+
+def read_description(flags: argparse.Namespace) -> ExportDescription:
+    """The export description of ``--description``, or the one beside ``--items``."""
+    if flags.description:
+        path = pathlib.Path(flags.description)
+    elif flags.items:
+        path = pathlib.Path(flags.items).parent / DESCRIPTION_FILE
+    else:
+        raise ValueError(f"a fresh-feature request needs the export's {DESCRIPTION_FILE}: give --description "
+                         f"or --items (it is read from beside the items file)")
+    try:
+        return ExportDescription.read(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot read the export description {path}: {error}") from None
+
+
+def format_readable(answer: Recommendations, who: str | None = None) -> str:
+    who = who or (f"user {answer.user_id}" if answer.user_id else "this session")
     lines = [f"Top {len(answer.items)} for {who} (arm: {answer.arm}, {answer.source})"]
     if answer.error:
         lines.append(f"  note: {answer.error}")
@@ -78,21 +127,39 @@ def write_json_lines(answers: list[Recommendations], output: str | None) -> None
 def main(argv: list[str] | None = None) -> int:
     flags = build_flag_parser().parse_args(argv)
     user_ids = read_user_ids(flags)
-    if not user_ids and not flags.session:
-        print("recommend: give --user_id, --user_ids_file or --session", file=sys.stderr)
+    fresh = bool(flags.feature) or flags.history is not None
+    if not user_ids and not flags.session and not fresh:
+        print("recommend: give --user_id, --user_ids_file, --session, or --feature / --history", file=sys.stderr)
+        return 2
+    if fresh and (flags.session or flags.user_ids_file or len(user_ids) > 1):
+        print("recommend: --feature / --history answer one user: at most one --user_id (it chooses the A/B arm), "
+              "no --session or --user_ids_file", file=sys.stderr)
         return 2
     try:
         catalog = read_items_file(flags.items)[0] if flags.items else None
     except (OSError, ValueError) as error:
         print(f"recommend: cannot read the items file: {error}", file=sys.stderr)
         return 2
+    try:
+        features = read_features(flags.feature)
+        description = read_description(flags) if fresh else None
+        if fresh:  # refuses a feature the export does not take before anything is sent
+            fresh_feature_inputs(description, features, flags.history or [])
+    except ValueError as error:
+        print(f"recommend: {error}", file=sys.stderr)
+        return 2
     transport = GrpcTransport(flags.server) if flags.transport == "grpc" else RestTransport(flags.server)
-    client = TwoStageClient(transport, catalog, flags.canary_fraction,
-                            flags.retrieval_model, flags.ranking_model, flags.timeout_s, flags.retries)
+    client = TwoStageClient(transport, catalog, flags.canary_fraction, flags.retrieval_model, flags.ranking_model,
+                            flags.timeout_s, flags.retries, description=description)
     batch_mode = bool(flags.user_ids_file or flags.output or len(user_ids) > 1)
     try:
         if flags.session:
             print(format_readable(client.recommend_next(flags.session, flags.k, flags.session_model)))
+            return 0
+        if fresh:
+            user_id = user_ids[0] if user_ids else ""
+            answer = client.recommend_fresh(features, flags.history or [], flags.k, user_id)
+            print(format_readable(answer, f"user {user_id}" if user_id else "these features and history"))
             return 0
         answers = [answer for start in range(0, len(user_ids), flags.batch_size)
                    for answer in client.recommend_many(user_ids[start:start + flags.batch_size], flags.k)]

@@ -13,6 +13,12 @@ with their titles. Around that sit the things a production caller needs:
 - Deadlines on every call, retries with backoff on UNAVAILABLE (a replica restarting).
 - Fallbacks: if ranking fails the retrieval order is kept; if retrieval fails, the most popular
   items are returned, so a page never comes back empty.
+
+A user the export does not know (one who signed up after training) is answered from fresh features
+and history (``recommend_fresh``), through the ``query_features`` signatures of the same two models.
+Those requests are built from the export's description (``contracts.ExportDescription``, its
+``schema.json``), so the client knows no data set's column names: a feature the caller leaves out
+is sent as missing, as the models saw missing values in training.
 """
 import dataclasses
 import hashlib
@@ -20,7 +26,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from typing import Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import grpc
 import numpy as np
@@ -31,7 +37,12 @@ from tfrs_pipeline.catalog import Catalog
 from tfrs_pipeline.contracts import (
     CANARY_LABEL,
     CANDIDATES_INPUT,
+    HISTORY_INPUT,
     ITEM_IDS_OUTPUT,
+    MULTI_CATEGORICAL,
+    MULTI_VALUE_SEPARATOR,
+    NUMERIC,
+    QUERY_FEATURES_SIGNATURE,
     RANKING_MODEL,
     RETRIEVAL_MODEL,
     SCORES_OUTPUT,
@@ -40,7 +51,10 @@ from tfrs_pipeline.contracts import (
     SESSION_MODEL,
     STABLE_LABEL,
     USER_ID_INPUT,
+    ExportDescription,
+    FeatureSpec,
 )
+from tfrs_pipeline.features.arrays import feature_array
 
 LATEST = "latest"  # the arm of answers served by the latest versions, where the server lacks the arm's label
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
@@ -60,9 +74,9 @@ class PredictError(Exception):
 
 
 class Transport(Protocol):
-    def predict(self, model: str, label: str | None, inputs: Mapping[str, np.ndarray],
-                timeout_s: float) -> dict[str, np.ndarray]:
-        """Runs the serving signature of ``model`` (at ``label``, or the latest version); raises PredictError."""
+    def predict(self, model: str, label: str | None, inputs: Mapping[str, np.ndarray], timeout_s: float,
+                signature: str = SERVING_SIGNATURE) -> dict[str, np.ndarray]:
+        """Runs ``signature`` of ``model`` (at ``label``, or the latest version); raises PredictError."""
 
 
 class GrpcTransport:
@@ -72,9 +86,10 @@ class GrpcTransport:
         self._channel = grpc.insecure_channel(target)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
-    def predict(self, model, label, inputs, timeout_s):
+    def predict(self, model, label, inputs, timeout_s, signature=SERVING_SIGNATURE):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model
+        request.model_spec.signature_name = signature
         if label:
             request.model_spec.version_label = label
         for name, value in inputs.items():
@@ -98,22 +113,22 @@ class RestTransport:
 
     def __init__(self, base_url: str):
         self._base_url = base_url if "://" in base_url else f"http://{base_url}"
-        self._single_output_names: dict[tuple[str, str | None], str] = {}
+        self._single_output_names: dict[tuple[str, str | None, str], str] = {}
 
-    def predict(self, model, label, inputs, timeout_s):
+    def predict(self, model, label, inputs, timeout_s, signature=SERVING_SIGNATURE):
         path = self._model_path(model, label) + ":predict"
-        body = {"inputs": {name: _json_ready(value) for name, value in inputs.items()}}
+        body = {"signature_name": signature, "inputs": {name: _json_ready(value) for name, value in inputs.items()}}
         outputs = self._call(path, body, timeout_s)["outputs"]
         if not isinstance(outputs, dict):
-            outputs = {self._single_output_name(model, label, timeout_s): outputs}
+            outputs = {self._single_output_name(model, label, signature, timeout_s): outputs}
         return {name: np.array(value) for name, value in outputs.items()}
 
-    def _single_output_name(self, model: str, label: str | None, timeout_s: float) -> str:
-        if (model, label) not in self._single_output_names:
+    def _single_output_name(self, model: str, label: str | None, signature: str, timeout_s: float) -> str:
+        if (model, label, signature) not in self._single_output_names:
             metadata = self._call(self._model_path(model, label) + "/metadata", None, timeout_s)
-            outputs = metadata["metadata"]["signature_def"]["signature_def"][SERVING_SIGNATURE]["outputs"]
-            self._single_output_names[(model, label)] = next(iter(outputs))
-        return self._single_output_names[(model, label)]
+            outputs = metadata["metadata"]["signature_def"]["signature_def"][signature]["outputs"]
+            self._single_output_names[(model, label, signature)] = next(iter(outputs))
+        return self._single_output_names[(model, label, signature)]
 
     @staticmethod
     def _model_path(model: str, label: str | None) -> str:
@@ -153,6 +168,54 @@ def ab_arm(user_id: str, canary_fraction: float) -> str:
     return CANARY_LABEL if int.from_bytes(digest[:8], "big") / 2 ** 64 < canary_fraction else STABLE_LABEL
 
 
+def fresh_feature_inputs(description: ExportDescription, features: Mapping[str, Any],
+                         history_item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """One user's ``query_features`` inputs: each user feature the export declares, and the history.
+
+    Values are normalised as the data layer normalises a users file (text stripped, set values split
+    on "|"), so a value typed by hand reaches the model as the same value it trained on.
+
+    Args:
+      description: the export's description (``ExportDescription.read(export_dir / DESCRIPTION_FILE)``).
+      features: feature name -> value: a string for categorical and text features, a number (or its
+        text) for numeric ones, a list of strings or one "|"-separated string for multi-categorical
+        ones. A feature left out, None or "" is sent as missing ("", NaN, the empty set).
+      history_item_ids: the user's item ids, oldest first; may be empty.
+
+    Returns:
+      The signature's inputs by name, each with a batch of one.
+
+    Raises:
+      ValueError: a name the export's signatures do not take (the message lists those they do), or a
+        numeric feature whose value is not a number.
+    """
+    specs = description.features.user_features
+    unknown = sorted(set(features) - {spec.name for spec in specs})
+    if unknown:
+        known = ", ".join(spec.name for spec in specs) or "no user feature"
+        raise ValueError(f"unknown feature {', '.join(map(repr, unknown))}: this export's {QUERY_FEATURES_SIGNATURE} "
+                         f"signatures take {known} (and the history, given apart)")
+    inputs = {spec.name: feature_array([_feature_cell(spec, features.get(spec.name))], spec.kind) for spec in specs}
+    history = [str(item_id) for item_id in history_item_ids]
+    inputs[HISTORY_INPUT] = np.array([history or [""]], dtype=object)
+    return inputs
+
+
+def _feature_cell(spec: FeatureSpec, value: Any) -> Any:
+    """A caller's value as a cell of a users table of its kind (``InteractionData``'s convention)."""
+    if spec.kind == MULTI_CATEGORICAL:
+        parts = [] if value is None else value.split(MULTI_VALUE_SEPARATOR) if isinstance(value, str) else value
+        return tuple(str(part).strip() for part in parts if str(part).strip())
+    if spec.kind == NUMERIC:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return np.nan
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"feature {spec.name!r} is numeric: {value!r} is not a number") from None
+    return "" if value is None else str(value).strip()
+
+
 @dataclasses.dataclass(frozen=True)
 class Recommendation:
     item_id: str
@@ -164,9 +227,9 @@ class Recommendation:
 class Recommendations:
     """One user's answer: the items, the A/B arm that served it, and which path produced it."""
 
-    user_id: str
+    user_id: str  # "" for an anonymous session or a fresh-feature request without one
     arm: str
-    source: str  # "two_stage", "retrieval_only" (ranking failed) or "popular_fallback" (retrieval failed)
+    source: str  # "two_stage", "retrieval_only" (ranking failed), "popular_fallback" (retrieval failed), "session"
     items: list[Recommendation]
     error: str = ""
 
@@ -184,13 +247,16 @@ class TwoStageClient:
       canary_fraction: the share of users routed to the ``canary`` label (0 sends everyone to ``stable``).
       timeout_s: the deadline of each Predict call.
       retries: how many times an UNAVAILABLE call is retried (with doubling backoff).
+      description: the export's description (``ExportDescription.read``), which ``recommend_fresh`` builds
+        its requests from; the user-id and session paths do not need it.
     """
 
     def __init__(self, transport: Transport, catalog: Catalog | None = None, canary_fraction: float = 0.0,
                  retrieval_model: str = RETRIEVAL_MODEL, ranking_model: str = RANKING_MODEL, timeout_s: float = 1.0,
-                 retries: int = 2, backoff_s: float = 0.05):
+                 retries: int = 2, backoff_s: float = 0.05, description: ExportDescription | None = None):
         self.transport = transport
         self.catalog = catalog if catalog is not None else Catalog([])
+        self.description = description
         self.canary_fraction = canary_fraction
         self.retrieval_model = retrieval_model
         self.ranking_model = ranking_model
@@ -212,6 +278,34 @@ class TwoStageClient:
                 answers.update({answer.user_id: answer for answer in self._recommend_arm(arm_users, arm, k)})
         return [answers[user_id] for user_id in user_ids]
 
+    def recommend_fresh(self, features: Mapping[str, Any], history_item_ids: Sequence[str] = (), k: int = 10,
+                        user_id: str = "") -> Recommendations:
+        """Two-stage recommendations from fresh features and history, for a user the export may not know.
+
+        Retrieval's ``query_features`` signature gives the candidates (the history's items excluded),
+        ranking's re-scores them from the same features and history; the fallbacks are those of
+        ``recommend``, and the popular fallback leaves out the history's items too.
+
+        Args:
+          features: user feature name -> value, as ``fresh_feature_inputs`` takes them; features left
+            out are sent as missing, so ``{}`` with a history answers from the history alone.
+          history_item_ids: the user's item ids, oldest first; empty answers from the features alone.
+          k: how many items to return.
+          user_id: the user's id if there is one: it chooses the A/B arm as in ``recommend``; without
+            one the ``stable`` label serves.
+
+        Raises:
+          ValueError: the client has no export description, or ``features`` names a feature the
+            export does not take.
+        """
+        if self.description is None:
+            raise ValueError("recommend_fresh needs the export's description: pass description="
+                             "ExportDescription.read(<export_dir>/schema.json) to the client")
+        inputs = fresh_feature_inputs(self.description, features, history_item_ids)
+        arm = ab_arm(user_id, self.canary_fraction) if user_id else STABLE_LABEL
+        history = {str(item_id) for item_id in history_item_ids}
+        return self._two_stage([user_id], arm, k, inputs, QUERY_FEATURES_SIGNATURE, history)[0]
+
     def recommend_next(self, session_item_ids: Sequence[str], k: int = 10,
                        session_model: str = SESSION_MODEL) -> Recommendations:
         """Next items for an anonymous session (its item ids, oldest first), from the session model.
@@ -228,38 +322,47 @@ class TwoStageClient:
                                self._top_k(predicted[ITEM_IDS_OUTPUT][0], predicted[SCORES_OUTPUT][0], k))
 
     def _recommend_arm(self, user_ids: list[str], arm: str, k: int) -> list[Recommendations]:
-        users = np.array(user_ids, dtype=object)
+        return self._two_stage(user_ids, arm, k, {USER_ID_INPUT: np.array(user_ids, dtype=object)}, SERVING_SIGNATURE)
+
+    def _two_stage(self, user_ids: list[str], arm: str, k: int, query: Mapping[str, np.ndarray], signature: str,
+                   excluded: set[str] = frozenset()) -> list[Recommendations]:
+        """Retrieval, then ranking of its candidates, both through ``signature`` with the same ``query`` inputs.
+
+        ``excluded``: items the popular fallback leaves out (retrieval excludes the user's items itself).
+        """
         try:
-            retrieved, arm = self._predict(self.retrieval_model, arm, {USER_ID_INPUT: users})
+            retrieved, arm = self._predict(self.retrieval_model, arm, query, signature)
         except PredictError as error:
-            return [self._popular(user_id, arm, k, error) for user_id in user_ids]
+            return [self._popular(user_id, arm, k, error, excluded) for user_id in user_ids]
         candidates = retrieved[ITEM_IDS_OUTPUT]
         try:
-            ranked, arm = self._predict(self.ranking_model, arm, {USER_ID_INPUT: users, CANDIDATES_INPUT: candidates})
+            ranked, arm = self._predict(self.ranking_model, arm, {**query, CANDIDATES_INPUT: candidates}, signature)
             scores, source, problem = ranked[SCORES_OUTPUT], "two_stage", ""
         except PredictError as error:
             scores, source, problem = retrieved[SCORES_OUTPUT], "retrieval_only", str(error)
         return [Recommendations(user_id, arm, source, self._top_k(candidates[row], scores[row], k), problem)
                 for row, user_id in enumerate(user_ids)]
 
-    def _predict(self, model: str, arm: str, inputs: Mapping[str, np.ndarray]) -> tuple[dict, str]:
+    def _predict(self, model: str, arm: str, inputs: Mapping[str, np.ndarray],
+                 signature: str = SERVING_SIGNATURE) -> tuple[dict, str]:
         """Predict at the arm's label; where the server has no such label, at the latest version."""
         missing_since = self._label_missing_since.get((model, arm))
         if arm == LATEST or (missing_since is not None and time.monotonic() - missing_since < LABEL_RECHECK_S):
-            return self._predict_with_retries(model, None, inputs), LATEST
+            return self._predict_with_retries(model, None, inputs, signature), LATEST
         try:
-            return self._predict_with_retries(model, arm, inputs), arm
+            return self._predict_with_retries(model, arm, inputs, signature), arm
         except PredictError as error:
             label_undefined = error.code == grpc.StatusCode.INVALID_ARGUMENT and "version label" in error.message
             if label_undefined or error.code == grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: its version was unloaded
                 self._label_missing_since[(model, arm)] = time.monotonic()  # skip the failing round trip a while
-                return self._predict_with_retries(model, None, inputs), LATEST
+                return self._predict_with_retries(model, None, inputs, signature), LATEST
             raise
 
-    def _predict_with_retries(self, model: str, label: str | None, inputs: Mapping[str, np.ndarray]) -> dict:
+    def _predict_with_retries(self, model: str, label: str | None, inputs: Mapping[str, np.ndarray],
+                              signature: str) -> dict:
         for attempt in range(self.retries + 1):
             try:
-                return self.transport.predict(model, label, inputs, self.timeout_s)
+                return self.transport.predict(model, label, inputs, self.timeout_s, signature)
             except PredictError as error:
                 if error.code not in RETRYABLE or attempt == self.retries:
                     raise
@@ -269,10 +372,12 @@ class TwoStageClient:
         order = [index for index in np.argsort(-scores, kind="stable") if _text(item_ids[index])][:k]
         return self._items([_text(item_ids[index]) for index in order], [float(scores[index]) for index in order])
 
-    def _popular(self, user_id: str, arm: str, k: int, error: PredictError) -> Recommendations:
+    def _popular(self, user_id: str, arm: str, k: int, error: PredictError,
+                 excluded: set[str] = frozenset()) -> Recommendations:
         if not len(self.catalog):
             raise error
-        popular = list(self.catalog.item_ids[:k])  # the items file lists the most popular first
+        # The items file lists the most popular first.
+        popular = [item_id for item_id in self.catalog.item_ids[:k + len(excluded)] if item_id not in excluded][:k]
         return Recommendations(user_id, arm, "popular_fallback", self._items(popular, [None] * len(popular)),
                                str(error))
 
