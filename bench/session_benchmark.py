@@ -27,8 +27,10 @@ import time
 import numpy as np
 
 import tfrs_pipeline  # noqa: F401  (selects Keras 2 first)
+from tfrs_pipeline.catalog import Catalog
 from tfrs_pipeline.config import SessionConfig, TwoStageConfig
 from tfrs_pipeline.data.sessions import SessionData, load_sessions
+from tfrs_pipeline.evaluation import format_metrics_table
 from tfrs_pipeline.pipelines import session
 
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -64,11 +66,11 @@ def run_dataset(name: str, data_root: pathlib.Path, settings: dict) -> dict:
     else:
         data = load_sessions(data_root / name, "srgnn")
     config = SessionConfig(data_dir=str(data_root), **settings)
-    catalog = session.SessionCatalog(data.train_sessions)
+    catalog = Catalog.by_popularity(data.train_sessions)
     model, neighbours, record = session.train_with_neighbours(config, data, catalog)
     excluded = [catalog.indices(items) for items in excluded_items] if excluded_items is not None else None
     figures = session.evaluate(model, catalog, data, excluded, neighbours)
-    print(f"\n{name}\n" + session.format_metrics_table(figures), flush=True)
+    print(f"\n{name}\n" + format_metrics_table(figures), flush=True)
     return {"dataset": name, "settings": settings, "catalog_items": len(catalog),
             "training_seconds": record["training_seconds"], "training_cpu_seconds": record["training_cpu_seconds"],
             "training": record["training"], "repeat_bonus_by_recency": record["repeat_bonus_by_recency"],

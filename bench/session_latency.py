@@ -23,10 +23,11 @@ import tfrs_pipeline  # noqa: F401  (selects Keras 2 first)
 import tensorflow as tf
 
 from tfrs_pipeline import index
+from tfrs_pipeline.catalog import Catalog
 from tfrs_pipeline.config import SessionConfig
 from tfrs_pipeline.data.sessions import load_sessions
 from tfrs_pipeline.export.savedmodels import SessionExport
-from tfrs_pipeline.pipelines.session import SessionCatalog, build_model, session_neighbours
+from tfrs_pipeline.pipelines.session import build_model, session_neighbours
 
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 BATCH_SIZES = (1, 32)
@@ -36,7 +37,7 @@ TOP_K = 100
 def exports(data_dir: pathlib.Path) -> tuple[dict[str, SessionExport], list[np.ndarray]]:
     """{"transformer": ..., "transformer_and_session_knn": ...} over the data set, and its test prefixes."""
     data = load_sessions(data_dir, "srgnn")
-    catalog = SessionCatalog(data.train_sessions)
+    catalog = Catalog.by_popularity(data.train_sessions)
     config = SessionConfig()  # what train --task=session runs with
     model = build_model(config, catalog, data.train_sessions)
     top_k = index.build_top_k("brute_force", tf.constant(catalog.item_ids.astype(str)),

@@ -4,9 +4,10 @@ import collections
 import numpy as np
 import pytest
 
+from tfrs_pipeline.catalog import Catalog
 from tfrs_pipeline.data.sessions import load_sessions
 from tfrs_pipeline.models.session_knn import SessionNeighbours
-from tfrs_pipeline.pipelines.session import SessionCatalog, left_padded_indices
+from tfrs_pipeline.pipelines.session import left_padded_indices
 
 TRAIN_SESSIONS = 3000
 CASES = 300
@@ -20,7 +21,7 @@ def sessions(shared_data_dir, tmp_path_factory):
         with open(shared_data_dir / "diginetica" / name) as file:
             (folder / name).write_text("".join(line for _, line in zip(range(lines), file)))
     data = load_sessions(folder, "srgnn")
-    catalog = SessionCatalog(data.train_sessions)
+    catalog = Catalog.by_popularity(data.train_sessions)
     prefixes = [prefix[catalog.indices(prefix) > 0] for prefix in data.test_prefixes]
     prefixes = [prefix for prefix in prefixes if len(prefix)][:CASES]
     return catalog, [catalog.indices(session) for session in data.train_sessions], prefixes

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tfrs_pipeline import index, recommend
+from tfrs_pipeline.catalog import Catalog
 from tfrs_pipeline.config import SessionConfig
 from tfrs_pipeline.data.sessions import load_sessions
 from tfrs_pipeline.export.savedmodels import SessionExport, save_session
@@ -149,22 +150,23 @@ def slice_model(shared_data_dir, tmp_path_factory):
             (folder / name).write_text("".join(line for _, line in zip(range(lines), file)))
     config = SessionConfig(data_dir=str(folder), **{**SMALL_SESSION_RUN, "epochs": 1})
     data = load_sessions(folder, "srgnn")
-    catalog = session.SessionCatalog(data.train_sessions)
-    model, _ = session.train(config, data, catalog)
+    catalog = Catalog.by_popularity(data.train_sessions)
+    model, _ = session.train(config, data, catalog, catalog.counts(data.train_sessions))
     return config, data, catalog, model
 
 
 def test_evaluation_reads_sessions_as_serving_does_unknown_items_dropped(slice_model):
     """Unknown ids take no slot and get no bonus; a session of unknown ids only gets the popular items."""
     _, data, catalog, model = slice_model
+    click_counts = catalog.counts(data.train_sessions)
     prefixes = [prefix for prefix in data.test_prefixes if len(prefix) >= 2][:30]
     targets = data.test_targets[:len(prefixes)]
     with_unknown = [np.insert(prefix, [0, len(prefix) - 1], ["no-such-item", "nor-this"]) for prefix in prefixes]
-    assert np.array_equal(session.model_ranks(model, catalog, with_unknown, targets),
-                          session.model_ranks(model, catalog, prefixes, targets))
+    assert np.array_equal(session.model_ranks(model, catalog, click_counts, with_unknown, targets),
+                          session.model_ranks(model, catalog, click_counts, prefixes, targets))
     targets = catalog.item_ids[[0, 1, 50]]
-    ranks = session.model_ranks(model, catalog, [np.array(["no-such-item"], dtype=object)] * 3, targets)
-    clicks = catalog.click_counts[1:]
+    ranks = session.model_ranks(model, catalog, click_counts, [np.array(["no-such-item"], dtype=object)] * 3, targets)
+    clicks = click_counts[1:]
     assert ranks.tolist() == [int((clicks >= clicks[column]).sum()) for column in (0, 1, 50)]
 
 
@@ -172,17 +174,18 @@ def test_session_knn_alone_ranks_by_its_scores_then_by_clicks(session_export):
     """kNN alone comes from the pass that scores the served system: its score, then popularity, ties against."""
     _, _, folder = session_export
     data = load_sessions(folder, "srgnn")
-    catalog = session.SessionCatalog(data.train_sessions)
+    catalog = Catalog.by_popularity(data.train_sessions)
+    click_counts = catalog.counts(data.train_sessions)
     config = SessionConfig(**SMALL_SESSION_RUN)
     sessions = [catalog.indices(items) for items in data.train_sessions]
     neighbours = session.session_neighbours(config, len(catalog), sessions)
     prefixes, targets = data.test_prefixes, data.test_targets
     assert len(targets) > session.EVALUATION_BATCH  # more than one batch
     model = session.build_model(config, catalog, data.train_sessions)  # untrained: kNN alone does not read it
-    _, alone = session.model_ranks_by_weight(model, catalog, prefixes, targets, neighbours, (0.0,))
+    _, alone = session.model_ranks_by_weight(model, catalog, click_counts, prefixes, targets, neighbours, (0.0,))
     known = [prefix[catalog.indices(prefix) > 0] for prefix in prefixes]
     scores = neighbours.dense_scores(session.left_padded_indices(catalog, known, config.max_length))[:, 1:]
-    clicks = catalog.click_counts[1:]
+    clicks = click_counts[1:]
     expected = [int(np.sum((row > row[target]) | ((row == row[target]) & (clicks >= clicks[target]))))
                 for row, target in zip(scores, catalog.indices(targets) - 1)]
     assert alone.tolist() == expected
@@ -218,7 +221,8 @@ def test_served_lists_add_the_bonuses_as_the_evaluation_does(slice_model, neighb
     assert np.allclose(served["scores"].numpy(), -np.sort(-scores, axis=1)[:, :k], atol=1e-3)
     most_recent_first = list(dict.fromkeys(prefixes[0][::-1]))
     assert list(expected[0, :len(most_recent_first)]) == most_recent_first
-    expected_ranks = session.model_ranks(model, catalog, prefixes, expected[:, k - 1].astype(object), None, neighbours)
+    expected_ranks = session.model_ranks(model, catalog, catalog.counts(data.train_sessions), prefixes,
+                                         expected[:, k - 1].astype(object), None, neighbours)
     assert expected_ranks.tolist() == [k] * len(prefixes)  # the evaluation ranks the served k-th item k-th
     if neighbours is not None:  # the neighbours' items do lift items the index alone would not return
         plain = SessionExport(model, top_k, catalog.item_ids[:k], np.ones(k), k)

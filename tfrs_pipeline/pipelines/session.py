@@ -17,10 +17,10 @@ import time
 from typing import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
 from tfrs_pipeline import evaluation, index, run_layout
+from tfrs_pipeline.catalog import Catalog
 from tfrs_pipeline.config import SessionConfig
 from tfrs_pipeline.contracts import SESSION_MODEL
 from tfrs_pipeline.data.sequence_examples import next_item_examples, training_windows
@@ -42,33 +42,17 @@ MONITORED_CASES = 5000  # test cases ranked after every epoch, to watch converge
 INDEX_SAMPLE_QUERIES = 2000
 
 
-class SessionCatalog:
-    """The items that can be recommended (every item of a training session), indexed 1..N by popularity."""
-
-    def __init__(self, train_sessions: list[np.ndarray]):
-        clicks = pd.Series(np.concatenate(train_sessions)).value_counts(sort=True)
-        self.item_ids = clicks.index.to_numpy(dtype=object)
-        self.index_of = {item_id: position + 1 for position, item_id in enumerate(self.item_ids)}
-        self.click_counts = np.concatenate([[0.0], clicks.to_numpy(np.float64)])
-
-    def __len__(self) -> int:
-        return len(self.item_ids)
-
-    def indices(self, item_ids) -> np.ndarray:
-        return np.fromiter((self.index_of.get(item_id, 0) for item_id in item_ids), np.int64, len(item_ids))
-
-    def target_counts(self, train_sessions: list[np.ndarray]) -> np.ndarray:
-        """[N + 1] how often each item is a training target (every click but a session's first)."""
-        targets = np.concatenate([session[1:] for session in train_sessions])
-        return np.bincount(self.indices(targets), minlength=len(self) + 1).astype(np.float64)
-
-
 def run(config: SessionConfig) -> dict:
-    """Trains, evaluates and exports the session model; returns the metrics (also in metrics.json)."""
+    """Trains, evaluates and exports the session model; returns the metrics (also in metrics.json).
+
+    The catalog is every item of a training session, indexed 1..N most clicked first
+    (``Catalog.by_popularity``), so the popular fallback is the catalog's head.
+    """
     tf.keras.utils.set_random_seed(config.seed)
     with stage("load sessions"):
         data = load_sessions(config.data_dir, config.session_format, config.session_test_days)
-        catalog = SessionCatalog(data.train_sessions)
+        catalog = Catalog.by_popularity(data.train_sessions)
+        click_counts = catalog.counts(data.train_sessions)
     version = versioning.next_version(pathlib.Path(config.export_dir) / SESSION_MODEL)
     run_dir = run_layout.start_run(config.export_dir, version, config, SESSION_MODEL)
 
@@ -80,15 +64,15 @@ def run(config: SessionConfig) -> dict:
     with stage("build and check the ScaNN index"):
         top_k_layer, metrics["index"] = build_index(config, model, catalog, data)
     with stage(f"export {SESSION_MODEL} version {version}"):
-        export(config, version, model, catalog, top_k_layer, neighbours)
+        export(config, version, model, catalog, click_counts, top_k_layer, neighbours)
     run_layout.write_metrics(config.export_dir, run_dir, metrics, SESSION_MODEL)
     if "evaluation" in metrics:
-        print(format_metrics_table(metrics["evaluation"]))
+        print(evaluation.format_metrics_table(metrics["evaluation"]))
     return metrics
 
 
 def train_with_neighbours(config: SessionConfig, data: SessionData,
-                          catalog: SessionCatalog) -> tuple[SessionModel, SessionNeighbours | None, dict]:
+                          catalog: Catalog) -> tuple[SessionModel, SessionNeighbours | None, dict]:
     """The transformer, and session kNN over every training session weighted to add most to it.
 
     The weight is chosen by P@20 on the most recent ``neighbour_validation_share`` of the training
@@ -103,7 +87,8 @@ def train_with_neighbours(config: SessionConfig, data: SessionData,
     held_out_count = int(len(data.train_sessions) * held_out_share)
     fit_count = len(data.train_sessions) - held_out_count
     fit_sessions = data.train_sessions[:fit_count]
-    model, record = train(config, dataclasses.replace(data, train_sessions=fit_sessions), catalog)
+    click_counts = catalog.counts(data.train_sessions)
+    model, record = train(config, dataclasses.replace(data, train_sessions=fit_sessions), catalog, click_counts)
     if not held_out_count:
         return model, None, record
     held_out = data.train_sessions[fit_count:]
@@ -113,7 +98,7 @@ def train_with_neighbours(config: SessionConfig, data: SessionData,
     targets = np.asarray([session[end] for session, session_ends in zip(held_out, ends) for end in session_ends],
                          dtype=object)
     with stage(f"choose the session-kNN weight on {len(targets)} cases of {held_out_count} held-out sessions"):
-        ranks_by_weight, _ = model_ranks_by_weight(model, catalog, prefixes, targets,
+        ranks_by_weight, _ = model_ranks_by_weight(model, catalog, click_counts, prefixes, targets,
                                                    session_neighbours(config, len(catalog), indexed[:fit_count]),
                                                    NEIGHBOUR_WEIGHTS)
         p20_by_weight = {weight: evaluation.accuracy_metrics(ranks, cutoffs=(20,), mrr_cutoffs=(20,))["hr@20"]
@@ -125,9 +110,13 @@ def train_with_neighbours(config: SessionConfig, data: SessionData,
     return model, neighbours, record
 
 
-def build_model(config: SessionConfig, catalog: SessionCatalog, train_sessions: list[np.ndarray]) -> SessionModel:
-    """An untrained session model over the catalog with the run's settings (the softmax's logQ reads the sessions)."""
-    return SessionModel(catalog.item_ids, catalog.target_counts(train_sessions), config.max_length,
+def build_model(config: SessionConfig, catalog: Catalog, train_sessions: list[np.ndarray]) -> SessionModel:
+    """An untrained session model over the catalog with the run's settings.
+
+    The softmax's logQ reads how often each item is a training target: every click but a session's first.
+    """
+    target_counts = catalog.counts(session[1:] for session in train_sessions)
+    return SessionModel(catalog.item_ids, target_counts, config.max_length,
                         config.embedding_dim, config.num_blocks, config.num_heads, config.dropout,
                         config.num_negatives)
 
@@ -140,8 +129,13 @@ def session_neighbours(config: SessionConfig, num_items: int, sessions: list[np.
                              position_scale=config.neighbour_position_scale, weight=weight)
 
 
-def train(config: SessionConfig, data: SessionData, catalog: SessionCatalog) -> tuple[SessionModel, dict]:
-    """The trained model and its record (per-epoch logs, examples, seconds)."""
+def train(config: SessionConfig, data: SessionData, catalog: Catalog,
+          click_counts: np.ndarray) -> tuple[SessionModel, dict]:
+    """The trained model and its record (per-epoch logs, examples, seconds).
+
+    ``click_counts``: [N + 1] the catalog's clicks in all training sessions (``catalog.counts``), which
+    the monitored ranking gives a session of no known item; ``data`` may hold only some of those sessions.
+    """
     with stage("build session model"):
         model = build_model(config, catalog, data.train_sessions)
         examples = training_windows(data.session_ids, data.train_sessions, config.max_length)
@@ -151,7 +145,7 @@ def train(config: SessionConfig, data: SessionData, catalog: SessionCatalog) -> 
             learning_rate(config.learning_rate, config.learning_rate_decay, steps)))
         callbacks = []
         if len(data.test_targets):
-            callbacks.append(MonitoredRanking(model, catalog, data.test_prefixes[:MONITORED_CASES],
+            callbacks.append(MonitoredRanking(model, catalog, click_counts, data.test_prefixes[:MONITORED_CASES],
                                               data.test_targets[:MONITORED_CASES]))
     started, cpu_started = time.perf_counter(), time.process_time()
     with stage(f"train session model ({len(examples['history_item_ids'])} windows, {config.epochs} epochs)"):
@@ -170,12 +164,14 @@ class MonitoredRanking(tf.keras.callbacks.Callback):
     progress bar and the run's record. It never chooses anything (no early stopping on test data).
     """
 
-    def __init__(self, model: SessionModel, catalog: SessionCatalog, prefixes: list[np.ndarray], targets: np.ndarray):
+    def __init__(self, model: SessionModel, catalog: Catalog, click_counts: np.ndarray, prefixes: list[np.ndarray],
+                 targets: np.ndarray):
         super().__init__()
-        self._session_model, self._catalog, self._prefixes, self._targets = model, catalog, prefixes, targets
+        self._session_model, self._catalog, self._click_counts = model, catalog, click_counts
+        self._prefixes, self._targets = prefixes, targets
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        ranks = model_ranks(self._session_model, self._catalog, self._prefixes, self._targets)
+        ranks = model_ranks(self._session_model, self._catalog, self._click_counts, self._prefixes, self._targets)
         metrics = evaluation.accuracy_metrics(ranks, cutoffs=(20,), mrr_cutoffs=(20,))
         if logs is not None:
             logs["monitored_p@20"], logs["monitored_mrr@20"] = metrics["hr@20"], metrics["mrr@20"]
@@ -199,19 +195,21 @@ def session_queries(model: SessionModel, prefixes: list[np.ndarray]) -> np.ndarr
     return queries
 
 
-def model_ranks(model: SessionModel, catalog: SessionCatalog, prefixes: list[np.ndarray], targets: np.ndarray,
-                excluded: list[np.ndarray] | None = None, neighbours: SessionNeighbours | None = None) -> np.ndarray:
+def model_ranks(model: SessionModel, catalog: Catalog, click_counts: np.ndarray, prefixes: list[np.ndarray],
+                targets: np.ndarray, excluded: list[np.ndarray] | None = None,
+                neighbours: SessionNeighbours | None = None) -> np.ndarray:
     """1-based rank of each target among all catalog items after its prefix (``excluded`` items removed).
 
     An item's score is what serving computes: items the catalog does not know are dropped from the
     prefix; then the query's dot product with each item, plus the repeat bonus of its clicks in the
-    prefix, plus the neighbours' bonus; a prefix left empty gets the most clicked items.
+    prefix, plus the neighbours' bonus; a prefix left empty gets the most clicked items
+    (``click_counts``: [N + 1] the catalog's training clicks, ``catalog.counts``).
     """
     weights = (neighbours.weight,) if neighbours is not None else (0.0,)
-    return model_ranks_by_weight(model, catalog, prefixes, targets, neighbours, weights, excluded)[0][0]
+    return model_ranks_by_weight(model, catalog, click_counts, prefixes, targets, neighbours, weights, excluded)[0][0]
 
 
-def model_ranks_by_weight(model: SessionModel, catalog: SessionCatalog, prefixes: list[np.ndarray],
+def model_ranks_by_weight(model: SessionModel, catalog: Catalog, click_counts: np.ndarray, prefixes: list[np.ndarray],
                           targets: np.ndarray, neighbours: SessionNeighbours | None, weights: Sequence[float],
                           excluded: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], np.ndarray | None]:
     """(``model_ranks`` for each of ``weights`` of the neighbours' bonus, ranks under the neighbours alone).
@@ -238,10 +236,10 @@ def model_ranks_by_weight(model: SessionModel, catalog: SessionCatalog, prefixes
         if neighbours is not None:
             raw_neighbour_scores = neighbours.dense_scores(recent[rows])
             neighbour_scores = evidence(raw_neighbour_scores).numpy()
-            alone.append(_ranked(raw_neighbour_scores, target_indices[rows], batch_excluded, catalog.click_counts))
+            alone.append(_ranked(raw_neighbour_scores, target_indices[rows], batch_excluded, click_counts))
         for weight, weight_ranks in zip(weights, ranks):
             scores = batch_scores + weight * neighbour_scores if weight else batch_scores.copy()
-            scores[is_empty[rows]] = catalog.click_counts
+            scores[is_empty[rows]] = click_counts
             weight_ranks.append(_ranked(scores, target_indices[rows], batch_excluded))
 
     def joined(batches: list[np.ndarray]) -> np.ndarray:
@@ -257,7 +255,7 @@ def _ranked(scores: np.ndarray, target_indices: np.ndarray, excluded: list[np.nd
     return evaluation.rank_of_targets(scores, target_indices, excluded, tie_break)
 
 
-def left_padded_indices(catalog: SessionCatalog, prefixes: list[np.ndarray], width: int) -> np.ndarray:
+def left_padded_indices(catalog: Catalog, prefixes: list[np.ndarray], width: int) -> np.ndarray:
     """[cases, width] each prefix's last ``width`` catalog indices, left-padded with 0 (as serving reads them)."""
     padded = np.zeros((len(prefixes), width), np.int64)
     for row, prefix in enumerate(prefixes):
@@ -266,7 +264,7 @@ def left_padded_indices(catalog: SessionCatalog, prefixes: list[np.ndarray], wid
     return padded
 
 
-def repeat_bonuses(model: SessionModel, catalog: SessionCatalog,
+def repeat_bonuses(model: SessionModel, catalog: Catalog,
                    prefixes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(case, catalog index, bonus) of every click in the prefixes' most recent ``max_length``, cases in order."""
     recent = [prefix[-model.max_length:] for prefix in prefixes]
@@ -289,27 +287,30 @@ def _ranks_in_batches(scores: Callable[[slice], np.ndarray], target_indices: np.
     return np.concatenate(ranks)
 
 
-def evaluate(model: SessionModel, catalog: SessionCatalog, data: SessionData,
+def evaluate(model: SessionModel, catalog: Catalog, data: SessionData,
              excluded: list[np.ndarray] | None = None, neighbours: SessionNeighbours | None = None) -> dict:
     """P@k (= HR@k), MRR@k and NDCG@k of what is served, its two parts alone, sequential rules and popularity.
 
     With ``neighbours``, "transformer_and_session_knn" is the served system, "transformer" and
-    "session_knn" its parts alone.
+    "session_knn" its parts alone. Popularity counts the clicks of ``data``'s training sessions.
     """
+    click_counts = catalog.counts(data.train_sessions)
     target_indices = catalog.indices(data.test_targets)
     rules = SequentialRules([catalog.indices(session) for session in data.train_sessions], len(catalog))
     last_items = np.asarray([catalog.indices(prefix[-1:])[0] for prefix in data.test_prefixes])
     ranks = {}
     if neighbours is not None:  # the transformer and kNN run once for the served combination and each alone
         (ranks["transformer_and_session_knn"], ranks["transformer"]), ranks["session_knn"] = model_ranks_by_weight(
-            model, catalog, data.test_prefixes, data.test_targets, neighbours, (neighbours.weight, 0.0), excluded)
+            model, catalog, click_counts, data.test_prefixes, data.test_targets, neighbours, (neighbours.weight, 0.0),
+            excluded)
     else:
-        ranks["transformer"] = model_ranks(model, catalog, data.test_prefixes, data.test_targets, excluded)
+        ranks["transformer"] = model_ranks(model, catalog, click_counts, data.test_prefixes, data.test_targets,
+                                           excluded)
     ranks["sequential_rules"] = _ranks_in_batches(lambda rows: rules.scores(last_items[rows]), target_indices, excluded)
     if excluded is None:
-        ranks["popularity"] = _popularity_ranks(catalog.click_counts, target_indices)
+        ranks["popularity"] = _popularity_ranks(click_counts, target_indices)
     else:
-        popularity = np.where(np.arange(len(catalog) + 1) > 0, catalog.click_counts, -np.inf)
+        popularity = np.where(np.arange(len(catalog) + 1) > 0, click_counts, -np.inf)
         ranks["popularity"] = _ranks_in_batches(lambda rows: np.tile(popularity, (len(last_items[rows]), 1)),
                                                 target_indices, excluded)
     report = {"test_cases": int(len(target_indices))}
@@ -329,40 +330,29 @@ def _popularity_ranks(click_counts: np.ndarray, target_indices: np.ndarray) -> n
     return len(sorted_counts) - np.searchsorted(sorted_counts, click_counts[target_indices], side="left")
 
 
-def format_metrics_table(evaluation_metrics: dict) -> str:
-    """The evaluation as a fixed-width table, one row per system."""
-    systems = [name for name, values in evaluation_metrics.items() if isinstance(values, dict)]
-    columns = list(evaluation_metrics[systems[0]])
-    lines = [f"{'system':<28}" + "".join(f"{name:>10}" for name in columns)]
-    for system in systems:
-        lines.append(f"{system:<28}" + "".join(f"{evaluation_metrics[system][name]:>10.4f}" for name in columns))
-    return "\n".join(lines)
+def build_index(config: SessionConfig, model: SessionModel, catalog: Catalog, data: SessionData):
+    """A ScaNN top-k layer over the catalog, tuned so its top-10 agrees with exact search on sample sessions.
 
-
-def build_index(config: SessionConfig, model: SessionModel, catalog: SessionCatalog, data: SessionData):
-    """A ScaNN top-k layer over the catalog, tuned so its top-10 agrees with exact search on sample sessions."""
-    candidate_embeddings = model.catalog_embeddings()[1:]
+    Returns the layer and its check (``index.build_checked_indexes``: settings, top-10 agreement,
+    recall@10, latency of ScaNN and brute force), with whether the catalog is large enough for ScaNN.
+    """
     sample = (data.test_prefixes or data.train_sessions)[:INDEX_SAMPLE_QUERIES]
     queries = tf.constant(session_queries(model, sample), tf.float32)
-    k = min(config.top_k, len(catalog))
-    params = index.tune_scann(candidate_embeddings, queries, k=min(10, len(catalog)),
-                              target_recall=config.scann_target_recall)
-    item_ids = tf.constant(catalog.item_ids.astype(str))
-    scann = index.build_top_k("scann", item_ids, candidate_embeddings, k, params=params)
-    _, exact = index.build_top_k("brute_force", item_ids, candidate_embeddings, k)(queries, k=min(10, k))
-    _, approximate = scann(queries, k=min(10, k))
-    return scann, {"scann_params": {name: int(value) for name, value in vars(params).items()},
-                   "uses_scann": len(catalog) >= index.MIN_SCANN_CANDIDATES,
-                   "top10_agreement": index.top_k_agreement(exact.numpy(), approximate.numpy())}
+    layers, check = index.build_checked_indexes(catalog.item_ids, model.catalog_embeddings()[1:], queries,
+                                                config.top_k, config.scann_target_recall)
+    return layers["scann"], {**check, "uses_scann": len(catalog) >= index.MIN_SCANN_CANDIDATES}
 
 
-def export(config: SessionConfig, version: int, model: SessionModel, catalog: SessionCatalog, top_k_layer,
-           neighbours: SessionNeighbours | None = None) -> None:
-    """Writes ``<export_dir>/session/<version>/`` atomically and registers it in the serving config."""
+def export(config: SessionConfig, version: int, model: SessionModel, catalog: Catalog, click_counts: np.ndarray,
+           top_k_layer, neighbours: SessionNeighbours | None = None) -> None:
+    """Writes ``<export_dir>/session/<version>/`` atomically and registers it in the serving config.
+
+    ``click_counts``: [N + 1] the catalog's training clicks; the most clicked items (the catalog's
+    head) are what a session of no known item gets, scored by their share of the clicks.
+    """
     k = min(config.top_k, len(catalog))
-    popular = catalog.click_counts[1:k + 1]  # the catalog is indexed by popularity
-    module = SessionExport(model, top_k_layer, catalog.item_ids[:k], popular / catalog.click_counts.sum(), k,
-                           neighbours)
+    popular = click_counts[1:k + 1]  # the catalog is indexed by popularity
+    module = SessionExport(model, top_k_layer, catalog.item_ids[:k], popular / click_counts.sum(), k, neighbours)
     uses_scann = len(catalog) >= index.MIN_SCANN_CANDIDATES
     base_path = pathlib.Path(config.export_dir) / SESSION_MODEL
     versioning.write_version(base_path, lambda path: save_session(module, path, uses_scann), version)
