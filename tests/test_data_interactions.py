@@ -235,6 +235,11 @@ def test_yaml_renames_retypes_ignores_filters_titles_and_splits(tmp_path):
     assert data.items["price"].tolist() == ["30", "25", "5"]
     assert data.schema.title_feature == "name"
     assert data.schema.split == SplitRule(TIME_CUT, test_start=1041379200)  # 2003-01-01 UTC
+    # A filter may name the column as the file does, before the renaming.
+    by_file_name = write_folder(tmp_path / "again", interactions_csv=None, items_csv=None, users_csv=None,
+                                events_csv=SHOP_EVENTS, products_csv=SHOP_PRODUCTS,
+                                dataset_yaml=SHOP_CONFIG.replace("rating >= 3", "stars >= 3"))
+    assert read_interaction_folder(by_file_name).interactions.equals(data.interactions)
 
 
 def test_json_config_and_a_filter_on_time_and_a_share_split(tmp_path):

@@ -366,8 +366,13 @@ def _read_interactions(path: pathlib.Path, config: DatasetConfig) -> tuple[pd.Da
 
 def _filter_keeps(source: _SourceTable, interactions: pd.DataFrame, columns: dict[str, str], row_filter: RowFilter,
                   config: DatasetConfig) -> np.ndarray:
-    """[N] which rows pass ``row_filter``; a row with no value in the column never passes a comparison of numbers."""
-    name = row_filter.column
+    """[N] which rows pass ``row_filter``; a row with no value in the column never passes a comparison of numbers.
+
+    The filter may name a column by its contract name or by its name in the file (``stars`` renamed
+    to ``rating``): a user writes what they see in their own header.
+    """
+    renamed = {file_column: name for name, file_column in columns.items()}
+    name = row_filter.column if row_filter.column in columns else renamed.get(row_filter.column, row_filter.column)
     if name not in columns and name not in interactions:
         raise config.fail("interactions.filter", f"{row_filter.text!r}: no column {name!r} in {source.path}; "
                                                  f"its columns are {list(source.rows.columns)}")

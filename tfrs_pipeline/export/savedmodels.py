@@ -157,9 +157,12 @@ class RetrievalExport(tf.Module):
 
         Exclusions become a [batch, catalog] mask by catalog index, so the cost grows with the
         catalog plus the list lengths, not with their product (a heavy user rated 2,314 movies).
+        The over-fetch stops at the catalog; where the exclusions leave fewer than k items, the
+        list ends in "" ids with -inf scores, so its shape stays [batch, k].
         """
-        scores, item_ids = self.top_k(queries, k=self.k + tf.shape(excluded_item_ids)[1])
         item_tower = self.query_tower.item_tower
+        catalog_size = tf.cast(item_tower.id_lookup.vocabulary_size(), tf.int32) - 1  # the unknown item: not indexed
+        scores, item_ids = self.top_k(queries, k=tf.minimum(self.k + tf.shape(excluded_item_ids)[1], catalog_size))
         excluded = item_tower.indices(excluded_item_ids)
         rows = tf.broadcast_to(tf.range(tf.shape(excluded, out_type=tf.int64)[0])[:, tf.newaxis], tf.shape(excluded))
         excluded_mask = tf.scatter_nd(
@@ -167,7 +170,8 @@ class RetrievalExport(tf.Module):
             tf.stack([tf.shape(excluded, out_type=tf.int64)[0], item_tower.id_lookup.vocabulary_size()])) > 0
         is_excluded = tf.gather(excluded_mask, item_tower.indices(item_ids), batch_dims=1)
         kept_scores, positions = tf.math.top_k(tf.where(is_excluded, -np.inf, scores), k=self.k)
-        return {ITEM_IDS_OUTPUT: tf.gather(item_ids, positions, batch_dims=1), SCORES_OUTPUT: kept_scores}
+        kept_item_ids = tf.where(tf.math.is_inf(kept_scores), "", tf.gather(item_ids, positions, batch_dims=1))
+        return {ITEM_IDS_OUTPUT: kept_item_ids, SCORES_OUTPUT: kept_scores}
 
 
 class RankingExport(tf.Module):

@@ -278,7 +278,7 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
 
     def retrieval(kind: str) -> savedmodels.RetrievalExport:
         return savedmodels.RetrievalExport(query_tower, top_k_layers[kind], snapshot, user_context["query"],
-                                           catalog_embeddings, config.top_k)
+                                           catalog_embeddings, min(config.top_k, len(inputs.catalog)))
 
     export_dir = pathlib.Path(config.export_dir)
     writers = {

@@ -1,0 +1,142 @@
+"""A user's own data through the whole two-stage pipeline: their column names, their features, their split.
+
+Two data sets: a small made-up shop (renamed columns, ISO dates, numeric and text features, items
+nobody bought yet, a time cut), and the MovieLens slice the other tests use, written to the own-data
+contract at test time (never committed) so that the generic route can be compared with the adapter.
+"""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SMALL_RUN
+
+from tfrs_pipeline.config import TwoStageConfig
+from tfrs_pipeline.contracts import ExportDescription
+from tfrs_pipeline.data.dataset import load_dataset, write_interaction_folder
+from tfrs_pipeline.pipelines import two_stage
+
+SHOP_RUN = dict(epochs=2, ranking_epochs=1, max_length=20, embedding_dim=16, batch_size=32, ranking_candidates=30,
+                top_k=60, learning_rate_decay="none", num_blocks=1, verbose=0)
+DEPARTMENTS = ("garden", "kitchen", "toys", "books")
+
+
+def _write_shop(folder):
+    """300 customers who mostly buy in one department, and 60 products of which 4 were never bought."""
+    rng = np.random.default_rng(7)
+    products = pd.DataFrame({
+        "sku": [f"P{number:03d}" for number in range(60)],
+        "label": [f"{DEPARTMENTS[number % 4]} thing number {number}" for number in range(60)],
+        "department": [DEPARTMENTS[number % 4] for number in range(60)],
+        "price": rng.uniform(1, 100, 60).round(2),
+    })
+    customers = pd.DataFrame({"customer": [f"c{number}" for number in range(300)],
+                              "segment": rng.choice(["new", "loyal", "vip"], 300),
+                              "age": rng.integers(18, 80, 300)})
+    rows = []
+    for number, customer in enumerate(customers.customer):
+        favourite = number % 4
+        for step in range(int(rng.integers(4, 12))):
+            department = favourite if rng.random() < 0.8 else int(rng.integers(0, 4))
+            product = department + 4 * int(rng.integers(0, 14))  # P056..P059 are never bought
+            day = pd.Timestamp("2024-01-01") + pd.Timedelta(days=int(number % 90 + step * 3))
+            rows.append((customer, f"P{product:03d}", day.strftime("%Y-%m-%d"), 1 + int(rng.integers(0, 5))))
+    orders = pd.DataFrame(rows, columns=["customer", "sku", "ordered_on", "stars"])
+    folder.mkdir()
+    orders.to_csv(folder / "interactions.csv", index=False)
+    products.to_csv(folder / "items.csv", index=False)
+    customers.to_csv(folder / "users.csv", index=False)
+    (folder / "dataset.yaml").write_text(textwrap.dedent("""\
+        interactions:
+          columns: {user_id: customer, item_id: sku, timestamp: ordered_on, rating: stars}
+          filter: "stars >= 2"
+        items:
+          columns: {item_id: sku}
+          title: label
+          features: {price: numeric}
+        users:
+          columns: {user_id: customer}
+        split: {kind: time_cut, test_start: "2024-03-15"}
+        """))
+    return orders
+
+
+@pytest.fixture(scope="module")
+def shop_export(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shop") / "data"
+    orders = _write_shop(folder)
+    export_dir = tmp_path_factory.mktemp("shop_export")
+    metrics = two_stage.run(TwoStageConfig(data_dir=str(folder), export_dir=str(export_dir), **SHOP_RUN))
+    return export_dir, metrics, orders
+
+
+def test_the_export_describes_the_users_own_columns(shop_export):
+    export_dir, metrics, orders = shop_export
+    description = ExportDescription.read(export_dir / "schema.json")
+    assert {spec.name: spec.kind for spec in description.features.user_features} == {
+        "segment": "categorical", "age": "numeric"}
+    assert {spec.name: spec.kind for spec in description.features.item_features} == {
+        "label": "text", "department": "categorical", "price": "numeric"}
+    items = pd.read_csv(export_dir / "items.tsv", sep="\t", dtype=str)
+    assert len(items) == 60 and set(items.title) >= {"garden thing number 56", "books thing number 59"}
+    assert metrics["data"]["interactions_filtered_out"] == int((orders.stars < 2).sum())
+    assert metrics["data"]["items_without_interactions"] == 4
+
+
+def test_a_time_cut_is_evaluated_on_the_full_catalog(shop_export):
+    _, metrics, orders = shop_export
+    evaluation = metrics["evaluation"]
+    kept = orders[orders.stars >= 2]
+    before = set(kept[kept.ordered_on < "2024-03-15"].customer)
+    after = set(kept[kept.ordered_on >= "2024-03-15"].customer)
+    assert evaluation["users"] == len(before & after) and evaluation["catalog_items"] == 60
+    # Customers stick to a department: the towers must beat popularity by a wide margin.
+    assert evaluation["retrieval"]["hr@10"] > evaluation["popularity"]["hr@10"] + 0.1
+    assert metrics["cold_start"]["new_items"]["cases"] == 0  # nobody bought the four new products
+
+
+def test_fresh_features_signatures_take_the_users_column_names(shop_export):
+    export_dir, _, _ = shop_export
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import json, tfrs_pipeline, tensorflow as tf
+        retrieval = tf.saved_model.load("{export_dir}/retrieval_brute_force/1").signatures["query_features"]
+        ranking = tf.saved_model.load("{export_dir}/ranking/1").signatures["query_features"]
+        features = dict(segment=tf.constant(["vip", "someone new"]), age=tf.constant([30.0, float("nan")]),
+                        history_item_ids=tf.constant([["P001", "P005", "P009"], ["", "", ""]]))
+        retrieved = retrieval(**features)
+        found = retrieved["item_ids"]
+        ranked = ranking(**features, item_ids=found)["scores"]
+        print(json.dumps({{"found": found.numpy().astype(str).tolist(), "scores": retrieved["scores"].numpy().tolist(),
+                           "ranked": ranked.numpy().tolist(),
+                           "inputs": sorted(retrieval.structured_input_signature[1])}}))
+        """)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["inputs"] == ["age", "history_item_ids", "segment"]
+    # Asked for the whole catalog, a customer gets every item but the three they have: the list ends in
+    # "" ids with -inf scores rather than failing or repeating items.
+    found = [item_id for item_id in served["found"][0] if item_id]
+    assert len(found) == 57 == len(set(found)) and not {"P001", "P005", "P009"} & set(found)
+    assert served["found"][0][57:] == ["", "", ""] and np.isinf(served["scores"][0][57:]).all()
+    # A new customer with no history is answered too, from the whole catalog, the products nobody
+    # bought yet included: they are indexed, embedded from their own features (distinct scores).
+    new_customer = dict(zip(served["found"][1], served["scores"][1]))
+    assert len(new_customer) == 60 and np.isfinite(served["scores"][1]).all()
+    assert np.isfinite(served["ranked"]).all() and len(set(served["ranked"][1])) > 50  # the ranker tells them apart
+    never_bought = [new_customer[f"P0{number}"] for number in range(56, 60)]
+    assert len(set(never_bought)) == 4
+
+
+def test_movielens_through_the_own_data_contract_gives_the_adapters_figures(small_export, shared_data_dir, tmp_path):
+    _, native = small_export
+    folder = tmp_path / "own_data"
+    write_interaction_folder(load_dataset(shared_data_dir / "ml-1m", max_users=SMALL_RUN["max_users"]), folder)
+    config = {**SMALL_RUN, "max_users": None}  # the folder holds the slice already
+    generic = two_stage.run(TwoStageConfig(data_dir=str(folder), export_dir=str(tmp_path / "export"), **config))
+    for system in ("retrieval", "two_stage", "popularity"):
+        for name in ("hr@10", "ndcg@10", "hr@50", "coverage"):
+            assert generic["evaluation"][system][name] == pytest.approx(native["evaluation"][system][name], abs=0.02)
+    assert generic["evaluation"]["catalog_items"] == native["evaluation"]["catalog_items"]
