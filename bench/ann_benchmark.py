@@ -50,7 +50,7 @@ from scann.scann_ops.py import scann_ops_pybind  # noqa: E402
 
 from tfrs_pipeline import index  # noqa: E402
 from tfrs_pipeline.atomic import write_bytes_atomically, write_json_atomically  # noqa: E402
-from tfrs_pipeline.data.movielens import load_movielens  # noqa: E402
+from tfrs_pipeline.data.dataset import load_dataset  # noqa: E402
 
 K = 10
 BATCH_SIZE = 256
@@ -69,15 +69,18 @@ PEERS = ("brute_force", "scann", "faiss_ivf_flat", "faiss_hnsw")
 def movielens_embeddings(data_dir: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(item [3706, dim], user [6040, dim]) embeddings: SVD of the implicit ML-1M user x item matrix.
 
+    ``data_dir`` is read as ``train`` reads it (``load_dataset``), so another data set's interactions
+    give its own shapes.
+
     The singular values are split evenly (sqrt on each side), so user . item approximates the
     interaction matrix, as the towers of a trained two-tower model do.
     """
-    ratings = load_movielens(data_dir).ratings
-    _, user_rows = np.unique(ratings.user_id.to_numpy(), return_inverse=True)
-    _, item_columns = np.unique(ratings.movie_id.to_numpy(), return_inverse=True)
-    interactions = np.zeros((user_rows.max() + 1, item_columns.max() + 1), np.float32)
-    interactions[user_rows, item_columns] = 1.0
-    left, singular_values, right = np.linalg.svd(interactions, full_matrices=False)
+    interactions = load_dataset(data_dir).interactions
+    _, user_rows = np.unique(interactions.user_id.to_numpy(), return_inverse=True)
+    _, item_columns = np.unique(interactions.item_id.to_numpy(), return_inverse=True)
+    user_item_matrix = np.zeros((user_rows.max() + 1, item_columns.max() + 1), np.float32)
+    user_item_matrix[user_rows, item_columns] = 1.0
+    left, singular_values, right = np.linalg.svd(user_item_matrix, full_matrices=False)
     scale = np.sqrt(singular_values[:dim])
     return (right[:dim].T * scale).astype(np.float32), (left[:, :dim] * scale).astype(np.float32)
 
