@@ -21,6 +21,8 @@ setup(
         "grpcio>=1.60",
         "numpy>=1.26",
         "pandas>=2.0",
+        "pyarrow>=14",  # own data as Parquet
+        "pyyaml>=6",  # own data's dataset.yaml
         "matplotlib>=3.8",
     ],
     extras_require={
