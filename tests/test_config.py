@@ -45,6 +45,8 @@ def test_a_bad_value_names_its_field():
         SessionConfig(session_neighbours=-1)
     with pytest.raises(ValueError, match=r"neighbour_validation_share must be in \[0, 1\)"):
         SessionConfig(neighbour_validation_share=1.0)
+    with pytest.raises(ValueError, match=r"new_users_share must be in \[0, 1\)"):
+        TwoStageConfig(new_users_share=1.0)
     with pytest.raises(ValueError, match="task must be one of"):
         config_for_task("ranking")
 

@@ -119,6 +119,11 @@ class TwoStageConfig(TaskConfig):
     distribution: str = _field("default", "tf.distribute strategy: mirrored over local devices; multi_worker "
                                           "reads $TF_CONFIG", choices=DISTRIBUTIONS)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.new_users_share < 1:
+            raise ValueError(f"new_users_share must be in [0, 1), got {self.new_users_share}")
+
     @property
     def scann_overrides(self) -> dict:
         """The ScaNN settings given explicitly; the others are tuned from the data."""
