@@ -38,6 +38,10 @@ def test_export_layout_and_serving_config(small_export):
         "user_gender", "bucketized_user_age", "user_occupation_label", "user_zip_code"]
     assert {spec.name: spec.kind for spec in description.features.item_features} == {
         "movie_title": "text", "movie_genres": "multi_categorical", "release_year": "numeric"}
+    signatures = json.loads((export_dir / "schema.json").read_text())["signatures"]
+    assert signatures["ranking"]["query_features"]["inputs"] == [
+        "user_gender", "bucketized_user_age", "user_occupation_label", "user_zip_code", "history_item_ids", "item_ids"]
+    assert signatures["retrieval_brute_force"]["serving_default"]["inputs"] == ["user_id"]
 
 
 def test_metrics_cover_every_system_on_the_full_catalog(small_export, shared_data_dir):

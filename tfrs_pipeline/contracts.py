@@ -92,17 +92,18 @@ class ExportDescription:
     items_file: str = ITEMS_FILE
 
     def to_json(self) -> dict[str, Any]:
+        """The description, with each model's signatures spelled out for readers other than our client."""
+        fresh_inputs = [*(spec.name for spec in self.features.user_features), HISTORY_INPUT]
+        retrieval = {SERVING_SIGNATURE: {"inputs": [USER_ID_INPUT], "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT]},
+                     QUERY_FEATURES_SIGNATURE: {"inputs": fresh_inputs, "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT]}}
+        ranking = {SERVING_SIGNATURE: {"inputs": [USER_ID_INPUT, CANDIDATES_INPUT], "outputs": [SCORES_OUTPUT]},
+                   QUERY_FEATURES_SIGNATURE: {"inputs": [*fresh_inputs, CANDIDATES_INPUT], "outputs": [SCORES_OUTPUT]}}
+        by_model = {RETRIEVAL_MODEL: retrieval, RETRIEVAL_BRUTE_FORCE_MODEL: retrieval, RANKING_MODEL: ranking}
         return {
             "features": self.features.to_json(),
             "models": list(self.models),
             "items_file": self.items_file,
-            "signatures": {
-                QUERY_FEATURES_SIGNATURE: {
-                    "inputs": [*(spec.name for spec in self.features.user_features), HISTORY_INPUT],
-                    "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT],
-                },
-                SERVING_SIGNATURE: {"inputs": [USER_ID_INPUT], "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT]},
-            },
+            "signatures": {model: by_model[model] for model in self.models if model in by_model},
         }
 
     @classmethod
