@@ -76,7 +76,7 @@ class TwoStageInputs:
     def from_data(cls, data: InteractionData) -> TwoStageInputs:
         schema = data.schema
         items = data.items
-        titles = items[schema.title_feature].astype(str) if schema.title_feature else None
+        titles = items[schema.title_feature].fillna("").astype(str) if schema.title_feature else None
         item_features = feature_arrays(items, schema.features.item_features)
         categories = category_matrix(item_features, schema.features.item_features)
         return cls(data, Catalog(items["item_id"].to_numpy(dtype=object), titles), item_features,
