@@ -3,7 +3,7 @@
     python -m tfrs_pipeline.recommend --server=localhost:8500 --user_id=42 --k=10 --items=export/items.tsv
     python -m tfrs_pipeline.recommend --server=localhost:8500 --user_ids_file=users.txt --output=recs.jsonl
     python -m tfrs_pipeline.recommend --server=localhost:8500 --items=export/items.tsv \
-        --feature user_gender=F --feature genres='Comedy|Drama' --history 1193 661 914
+        --feature segment=vip --feature interests='garden|books' --history sku-2291 sku-0042
 
 It asks a TF Serving endpoint (``tfrs-model-server`` or TensorFlow Serving) for two-stage
 recommendations; ``--transport=rest`` uses the REST API (give the REST port in ``--server``).
