@@ -138,5 +138,6 @@ def test_movielens_through_the_own_data_contract_gives_the_adapters_figures(smal
     generic = two_stage.run(TwoStageConfig(data_dir=str(folder), export_dir=str(tmp_path / "export"), **config))
     for system in ("retrieval", "two_stage", "popularity"):
         for name in ("hr@10", "ndcg@10", "hr@50", "coverage"):
-            assert generic["evaluation"][system][name] == pytest.approx(native["evaluation"][system][name], abs=0.02)
+            # The same tables train the same model: the figures agree to float rounding.
+            assert generic["evaluation"][system][name] == pytest.approx(native["evaluation"][system][name], abs=1e-6)
     assert generic["evaluation"]["catalog_items"] == native["evaluation"]["catalog_items"]
