@@ -51,6 +51,13 @@ def test_a_bad_value_names_its_field():
         config_for_task("ranking")
 
 
+def test_a_value_the_config_refuses_is_a_usage_error_on_the_command_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_config(["--new_users_share=1.5"])
+    assert exit_info.value.code == 2
+    assert "new_users_share must be in [0, 1), got 1.5" in capsys.readouterr().err
+
+
 def test_the_written_config_names_its_task_and_every_field(tmp_path):
     SessionConfig(epochs=3).write(tmp_path / "config.json")
     written = json.loads((tmp_path / "config.json").read_text())

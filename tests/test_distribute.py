@@ -59,8 +59,9 @@ def _train(distribution: str, data_dir: str) -> dict:
     import tensorflow as tf
 
     from tfrs_pipeline.data.dataset import load_dataset
-    from tfrs_pipeline.data.sequence_examples import examples_as_tensors, training_windows
+    from tfrs_pipeline.data.sequence_examples import training_windows
     from tfrs_pipeline.data.split import leave_last_out, user_sequences
+    from tfrs_pipeline.features.arrays import examples_as_tensors
     from tfrs_pipeline.models.item_tower import ItemTower
     from tfrs_pipeline.models.query_tower import QueryTower
     from tfrs_pipeline.models.retrieval import RetrievalModel

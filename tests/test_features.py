@@ -57,12 +57,13 @@ def test_encoder_treats_unseen_values_as_missing_and_sets_as_unordered():
 
 def test_category_matrix_keeps_small_categorical_features_only():
     arrays = feature_arrays(TABLE, SPECS)
-    categories = category_matrix(arrays, SPECS)
+    categories = category_matrix(arrays, SPECS, len(TABLE))
     # brand: acme, globex; tags: big, blue, red, small (text and numbers are not categories)
     assert categories.shape == (4, 6)
     assert categories[3].tolist() == [0, 0, 0, 1, 1, 1]
     many = {"code": np.array([f"v{row}" for row in range(100)], dtype=object)}
-    assert category_matrix(many, (FeatureSpec("code", CATEGORICAL),)).shape == (100, 0)
+    assert category_matrix(many, (FeatureSpec("code", CATEGORICAL),), 100).shape == (100, 0)
+    assert category_matrix({}, (), 7).shape == (7, 0)  # an item table without features still has its rows
 
 
 def test_item_tower_embeds_raw_features_as_it_embeds_its_catalog():

@@ -130,6 +130,24 @@ def test_fresh_features_signatures_take_the_users_column_names(shop_export):
     assert len(set(never_bought)) == 4
 
 
+def test_interactions_alone_train_and_serve(tmp_path):
+    """The smallest contract: one file, no item or user features (id-only towers, no categories to rank by)."""
+    folder = tmp_path / "shop"
+    orders = _write_shop(folder)
+    for name in ("items.csv", "users.csv", "dataset.yaml"):
+        (folder / name).unlink()
+    orders.set_axis(["user_id", "item_id", "timestamp", "rating"], axis=1).to_csv(folder / "interactions.csv",
+                                                                                   index=False)
+    export_dir = tmp_path / "export"
+    metrics = two_stage.run(TwoStageConfig(data_dir=str(folder), export_dir=str(export_dir), **SHOP_RUN))
+    assert metrics["evaluation"]["catalog_items"] == 56  # the products someone bought
+    assert metrics["evaluation"]["two_stage"]["category_diversity"] == 0.0  # no categories to differ in
+    description = ExportDescription.read(export_dir / "schema.json")
+    assert description.features.user_features == () and description.features.item_features == ()
+    for name in ("retrieval_brute_force", "ranking"):
+        assert (export_dir / name / "1" / "saved_model.pb").is_file()
+
+
 def test_movielens_through_the_own_data_contract_gives_the_adapters_figures(small_export, shared_data_dir, tmp_path):
     _, native = small_export
     folder = tmp_path / "own_data"

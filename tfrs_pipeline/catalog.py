@@ -38,7 +38,7 @@ class Catalog:
 
     @classmethod
     def by_popularity(cls, item_id_arrays: Iterable[np.ndarray]) -> Catalog:
-        """Every item of ``item_id_arrays``, most frequent first (ties: first seen first)."""
+        """Every item of ``item_id_arrays``, most frequent first."""
         counts = pd.Series(np.concatenate(list(item_id_arrays))).value_counts(sort=True)
         return cls(counts.index.to_numpy(dtype=object))
 

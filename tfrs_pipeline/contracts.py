@@ -23,6 +23,8 @@ NUMERIC = "numeric"  # one float per row (NaN = missing)
 TEXT = "text"  # free text, split into words
 FEATURE_KINDS = (CATEGORICAL, MULTI_CATEGORICAL, NUMERIC, TEXT)
 MULTI_VALUE_SEPARATOR = "|"
+# What a table cell holds where a feature has no value (``InteractionData``'s convention).
+MISSING_VALUES = {CATEGORICAL: "", MULTI_CATEGORICAL: (), NUMERIC: float("nan"), TEXT: ""}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,9 +13,10 @@ import tensorflow as tf
 from tfrs_pipeline import evaluation
 from tfrs_pipeline.catalog import Catalog
 from tfrs_pipeline.contracts import USER_ID_INPUT
-from tfrs_pipeline.data.sequence_examples import examples_as_tensors, length_sorted_batches, next_item_examples
+from tfrs_pipeline.data.sequence_examples import length_sorted_batches, next_item_examples
 from tfrs_pipeline.data.split import UserSequences
-from tfrs_pipeline.features.arrays import FeatureRows
+from tfrs_pipeline.features.arrays import FeatureRows, examples_as_tensors
+from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE, RankingModel
 
@@ -42,7 +43,12 @@ def query_embeddings(query_tower: QueryTower, users: FeatureRows, sequences: Use
 
 def catalog_scores(query_tower: QueryTower, users: FeatureRows, sequences: UserSequences) -> np.ndarray:
     """[U, N + 1] every user's score of every catalog index; the unknown item (0) scores -inf."""
-    scores = query_embeddings(query_tower, users, sequences) @ query_tower.item_tower.embed_catalog().numpy().T
+    return scores_of(query_embeddings(query_tower, users, sequences), query_tower.item_tower)
+
+
+def scores_of(queries: np.ndarray, item_tower: ItemTower) -> np.ndarray:
+    """[U, N + 1] the scores of ``queries`` [U, dim] for every catalog index; the unknown item (0) scores -inf."""
+    scores = queries @ item_tower.embed_catalog().numpy().T
     scores[:, 0] = -np.inf
     return scores
 

@@ -49,9 +49,13 @@ def parse_config(argv: Sequence[str]) -> TaskConfig:
     task_only = argparse.ArgumentParser(prog=_PROG, add_help=False)  # --help must describe the chosen task's flags
     task_only.add_argument("--task", choices=TASKS, default=TwoStageConfig.task)
     task = task_only.parse_known_args(argv)[0].task
-    values = vars(_parser(config_for_task(task)).parse_args(argv))
+    parser = _parser(config_for_task(task))
+    values = vars(parser.parse_args(argv))
     del values["task"]
-    return config_for_task(task)(**values)
+    try:
+        return config_for_task(task)(**values)
+    except ValueError as error:  # a value the field's checks refuse: a usage error, not a traceback
+        parser.error(str(error))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,11 +44,10 @@ import numpy as np
 import pandas as pd
 
 from tfrs_pipeline.contracts import (
-    CATEGORICAL,
+    MISSING_VALUES,
     MULTI_CATEGORICAL,
     MULTI_VALUE_SEPARATOR,
     NUMERIC,
-    TEXT,
     FeatureSchema,
     FeatureSpec,
 )
@@ -280,7 +279,7 @@ def _read_parquet(path: pathlib.Path) -> _SourceTable:
         raise DataError(path, None, None, "file is empty (no rows)")
     rows = rows.reset_index(drop=True)
     rows.columns = [str(name) for name in rows.columns]
-    return _SourceTable(str(path), rows, lambda row: row + 1)
+    return _SourceTable(str(path), rows, headerless_line)
 
 
 def _line_finder(text: str, separator: str) -> Callable[[int], int]:
@@ -421,9 +420,8 @@ def _read_features(folder: pathlib.Path, table_name: str, id_name: str, config: 
 
 
 def _missing_rows(id_name: str, ids: np.ndarray, specs: Sequence[FeatureSpec]) -> pd.DataFrame:
-    """Rows for ``ids`` with every feature missing (see ``InteractionData`` for each kind's missing value)."""
-    missing = {CATEGORICAL: "", MULTI_CATEGORICAL: (), NUMERIC: np.nan, TEXT: ""}
-    return pd.DataFrame({id_name: ids, **{spec.name: [missing[spec.kind]] * len(ids) for spec in specs}})
+    """Rows for ``ids`` with every feature missing (``contracts.MISSING_VALUES``)."""
+    return pd.DataFrame({id_name: ids, **{spec.name: [MISSING_VALUES[spec.kind]] * len(ids) for spec in specs}})
 
 
 def _title(config: DatasetConfig, item_features: Sequence[FeatureSpec]) -> str | None:

@@ -272,7 +272,7 @@ def _parse_config_file(path: pathlib.Path) -> Any:
         except json.JSONDecodeError as error:
             raise DataError(path, error.lineno, None, f"is not valid JSON: {error.msg}") from None
     try:
-        import yaml  # Only needed for .yaml; installed with the test extra.
+        import yaml  # Only .yaml needs it (an install requirement, but the JSON form works without).
     except ImportError:
         raise DataError(path, None, None, "reading YAML needs PyYAML (pip install pyyaml); "
                                           "or write the same keys as dataset.json") from None

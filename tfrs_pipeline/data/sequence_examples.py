@@ -54,11 +54,6 @@ def next_item_examples(user_ids: np.ndarray, item_sequences: Sequence[np.ndarray
     }
 
 
-def examples_as_tensors(examples: dict) -> dict:
-    """The example arrays with object (string) columns as ``str`` arrays, which TensorFlow accepts."""
-    return {name: (values.astype(str) if values.dtype == object else values) for name, values in examples.items()}
-
-
 def length_bucketed_batches(examples: dict, batch_size: int, rng: np.random.Generator, width_step: int = WIDTH_STEP):
     """Yields shuffled batches of similar history length, trimmed of the slots all of them pad.
 

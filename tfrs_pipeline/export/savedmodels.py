@@ -36,7 +36,7 @@ from tfrs_pipeline.contracts import (
     USER_ID_INPUT,
     FeatureSpec,
 )
-from tfrs_pipeline.features.arrays import FeatureRows, input_spec
+from tfrs_pipeline.features.arrays import FeatureRows, examples_as_tensors, input_spec
 from tfrs_pipeline.index import SCANN_SAVE_OPTIONS
 from tfrs_pipeline.models.encoders import most_recent_left_padded
 from tfrs_pipeline.models.query_tower import QueryTower
@@ -72,9 +72,8 @@ class UserSnapshot(tf.Module):
         self.specs = users.specs
         self._lookup = tf.keras.layers.StringLookup(vocabulary=list(user_ids), mask_token=None)
         self._user_ids = tf.constant(["", *map(str, user_ids)])  # row 0 is the unknown user
-        rows = np.concatenate([[0], users.rows(list(user_ids))])
-        self._features = {name: tf.constant(values[rows].astype(str) if values.dtype == object else values[rows])
-                          for name, values in users.arrays.items()}
+        self._features = {name: tf.constant(values)
+                          for name, values in examples_as_tensors(users.lookup(["", *user_ids])).items()}
         recent = [np.asarray(items[-max_length:], dtype=object) for items in histories]
         padded = np.full((len(recent) + 1, max_length), "", dtype=object)
         for row, items in enumerate(recent, start=1):
@@ -127,7 +126,7 @@ class RetrievalExport(tf.Module):
       users: the user snapshot.
       user_queries: [snapshot rows, dim] each row's query, from ``UserSnapshot.precompute``.
       catalog_embeddings: [N + 1, dim] the item tower's output for the catalog.
-      k: items returned per user.
+      k: items returned per user (at most the catalog's N).
     """
 
     def __init__(self, query_tower: QueryTower, top_k: tf.keras.Model, users: UserSnapshot,
@@ -136,7 +135,8 @@ class RetrievalExport(tf.Module):
         self.query_tower = query_tower
         self.top_k = top_k
         self.users = users
-        self.k = k
+        self._catalog_size = int(catalog_embeddings.shape[0]) - 1  # the unknown item (row 0) is not indexed
+        self.k = min(k, self._catalog_size)
         self._user_queries = user_queries
         self._catalog_embeddings = catalog_embeddings
         self.serve = tf.function(self._serve, input_signature=[_USER_ID_SPEC])
@@ -161,8 +161,8 @@ class RetrievalExport(tf.Module):
         list ends in "" ids with -inf scores, so its shape stays [batch, k].
         """
         item_tower = self.query_tower.item_tower
-        catalog_size = tf.cast(item_tower.id_lookup.vocabulary_size(), tf.int32) - 1  # the unknown item: not indexed
-        scores, item_ids = self.top_k(queries, k=tf.minimum(self.k + tf.shape(excluded_item_ids)[1], catalog_size))
+        fetched = tf.minimum(self.k + tf.shape(excluded_item_ids)[1], self._catalog_size)
+        scores, item_ids = self.top_k(queries, k=fetched)
         excluded = item_tower.indices(excluded_item_ids)
         rows = tf.broadcast_to(tf.range(tf.shape(excluded, out_type=tf.int64)[0])[:, tf.newaxis], tf.shape(excluded))
         excluded_mask = tf.scatter_nd(

@@ -13,9 +13,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfrs_pipeline.contracts import CATEGORICAL, MULTI_CATEGORICAL, NUMERIC, TEXT, FeatureSpec
-
-MISSING = {CATEGORICAL: "", MULTI_CATEGORICAL: "", NUMERIC: np.nan, TEXT: ""}
+from tfrs_pipeline.contracts import CATEGORICAL, MISSING_VALUES, MULTI_CATEGORICAL, NUMERIC, FeatureSpec
 
 
 def feature_array(values: pd.Series | Sequence, kind: str) -> np.ndarray:
@@ -39,8 +37,7 @@ def feature_arrays(table: pd.DataFrame, specs: Sequence[FeatureSpec]) -> dict[st
 
 def missing_rows(specs: Sequence[FeatureSpec], rows: int = 1) -> dict[str, np.ndarray]:
     """Arrays of ``rows`` rows holding no value at all (what an unknown user or item has)."""
-    return {spec.name: feature_array([() if spec.kind == MULTI_CATEGORICAL else MISSING[spec.kind]] * rows, spec.kind)
-            for spec in specs}
+    return {spec.name: feature_array([MISSING_VALUES[spec.kind]] * rows, spec.kind) for spec in specs}
 
 
 def concatenate_rows(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -54,6 +51,11 @@ def concatenate_rows(first: dict[str, np.ndarray], second: dict[str, np.ndarray]
                              for array in (values, other))
         joined[name] = np.concatenate([values, other])
     return joined
+
+
+def examples_as_tensors(examples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays with object (string) columns as ``str`` arrays, which TensorFlow takes."""
+    return {name: (values.astype(str) if values.dtype == object else values) for name, values in examples.items()}
 
 
 def input_spec(spec: FeatureSpec) -> tf.TensorSpec:
@@ -98,12 +100,13 @@ class FeatureRows:
 MAX_CATEGORY_VALUES = 64  # a categorical feature with more values is an identity, not a category
 
 
-def category_matrix(arrays: dict[str, np.ndarray], specs: Sequence[FeatureSpec]) -> np.ndarray:
-    """[rows, C] multi-hot membership in the values of the items' small categorical features.
+def category_matrix(arrays: dict[str, np.ndarray], specs: Sequence[FeatureSpec], num_rows: int) -> np.ndarray:
+    """[num_rows, C] multi-hot membership in the values of the items' small categorical features.
 
     What a list's diversity is measured in and what the ranker matches against a user's history
     (genres of a film, departments of a shop); features with more than ``MAX_CATEGORY_VALUES``
-    values are left out. C is 0 when the schema has no such feature.
+    values are left out. C is 0 when the schema has no such feature; ``num_rows`` is given because
+    an item table without features has no array to count its rows from.
     """
     columns = []
     for spec in specs:
@@ -115,5 +118,4 @@ def category_matrix(arrays: dict[str, np.ndarray], specs: Sequence[FeatureSpec])
             continue
         for value in distinct:
             columns.append((values == value).any(axis=1))
-    rows = len(next(iter(arrays.values()))) if arrays else 0
-    return np.stack(columns, axis=1).astype(np.float32) if columns else np.zeros((rows, 0), np.float32)
+    return np.stack(columns, axis=1).astype(np.float32) if columns else np.zeros((num_rows, 0), np.float32)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrs_pipeline.contracts import FeatureSpec
-from tfrs_pipeline.features.arrays import concatenate_rows, missing_rows
+from tfrs_pipeline.features.arrays import concatenate_rows, examples_as_tensors, missing_rows
 from tfrs_pipeline.features.encoders import FeatureEncoder
 
 UNKNOWN_ITEM = "[UNK]"
@@ -47,8 +47,7 @@ class ItemTower(tf.keras.Model):
         self.features = FeatureEncoder(self.specs, item_features, dim) if self.specs else None
         catalog_features = concatenate_rows(missing_rows(self.specs), item_features) if self.specs else {}
         self._catalog = self._preprocess({"item_id": tf.constant([UNKNOWN_ITEM, *item_ids]),
-                                          **{name: tf.constant(values.astype(str) if values.dtype == object else values)
-                                             for name, values in catalog_features.items()}})
+                                          **examples_as_tensors(catalog_features)})
 
     def _preprocess(self, features: dict) -> dict:
         preprocessed = {"id_row": tf.gather(self._id_rows, self.id_lookup(features["item_id"]))}

@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfrs_pipeline.contracts import USER_ID_INPUT
-from tfrs_pipeline.data.sequence_examples import WIDTH_STEP, examples_as_tensors, length_bucketed_batches
-from tfrs_pipeline.features.arrays import FeatureRows
+from tfrs_pipeline.data.sequence_examples import WIDTH_STEP, length_bucketed_batches
+from tfrs_pipeline.features.arrays import FeatureRows, examples_as_tensors
 
 
 def training_dataset(examples: dict, batch_size: int, seed: int, width_step: int = WIDTH_STEP,

@@ -78,7 +78,7 @@ class TwoStageInputs:
         items = data.items
         titles = items[schema.title_feature].fillna("").astype(str) if schema.title_feature else None
         item_features = feature_arrays(items, schema.features.item_features)
-        categories = category_matrix(item_features, schema.features.item_features)
+        categories = category_matrix(item_features, schema.features.item_features, len(items))
         return cls(data, Catalog(items["item_id"].to_numpy(dtype=object), titles), item_features,
                    np.concatenate([np.zeros((1, categories.shape[1]), np.float32), categories]),
                    FeatureRows.from_table(data.users, "user_id", schema.features.user_features))
@@ -92,27 +92,32 @@ def run(config: TwoStageConfig) -> dict:
     with stage("split"):
         split, new_users = _split(config, inputs.data)
         retrieval_train, ranking_targets = leave_last_out(split.history)
+        # [N + 1] interactions per catalog index in what retrieval trains on: its logQ, the items with an
+        # id row of their own, the ranker's popularity feature and the popularity baseline.
+        popularity = inputs.catalog.counts(retrieval_train.item_ids)
     version = max(versioning.next_version(pathlib.Path(config.export_dir) / name) for name in TWO_STAGE_MODELS)
     run_dir = run_layout.start_run(config.export_dir, version, config)
 
     # Retrieval is built (its variables made), compiled and trained on the strategy's replicas. Ranking
     # (a few thousand lists) trains on one device: its Keras loss reduction is one tf.distribute refuses.
     with distribute.strategy_for(config.distribution).scope():
-        query_tower, retrieval_history = _train_retrieval(config, inputs, retrieval_train, ranking_targets, run_dir)
+        query_tower, retrieval_history = _train_retrieval(config, inputs, retrieval_train, ranking_targets,
+                                                          popularity, run_dir)
     ranking_model, ranking_history = _train_ranking(config, inputs, query_tower, retrieval_train, ranking_targets,
-                                                    run_dir)
+                                                    popularity, run_dir)
     metrics = {"version": version, "data": {"source": inputs.data.source, **inputs.data.policy_counts},
                "training": {"retrieval": retrieval_history, "ranking": ranking_history}}
+    # Every user's query after their whole history: what the evaluation ranks and the index is checked with.
+    queries = scoring.query_embeddings(query_tower, inputs.users, split.history)
     if len(split.test_targets):
         with stage("evaluate on the full catalog"):
-            metrics["evaluation"], details = _evaluate(config, inputs, query_tower, ranking_model, split,
-                                                       retrieval_train)
+            metrics["evaluation"], details = _evaluate(config, inputs, ranking_model, split.tested_history(),
+                                                       split.test_targets, queries[split.test_rows], popularity)
             np.savez_compressed(run_dir / run_layout.EVALUATION_DETAILS, **details)
             metrics["cold_start"] = _evaluate_cold_start(config, inputs, query_tower, ranking_model, split, details,
-                                                         new_users, retrieval_train)
+                                                         new_users, popularity)
     with stage("build and check the ScaNN index"):
         candidate_embeddings = query_tower.item_tower.embed_catalog()[1:]
-        queries = scoring.query_embeddings(query_tower, inputs.users, split.history)
         np.savez_compressed(run_dir / run_layout.INDEX_EMBEDDINGS, candidate_embeddings=candidate_embeddings.numpy(),
                             query_embeddings=queries)
         top_k_layers, metrics["index"] = index.build_checked_indexes(
@@ -140,16 +145,17 @@ def _split(config: TwoStageConfig, data: InteractionData) -> tuple[HeldOutSplit,
 
 
 def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserSequences,
-                     validation_targets: np.ndarray, run_dir: pathlib.Path) -> tuple[QueryTower, dict]:
+                     validation_targets: np.ndarray, popularity: np.ndarray,
+                     run_dir: pathlib.Path) -> tuple[QueryTower, dict]:
     with stage("build retrieval model"):
         schema = inputs.data.schema.features
         item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features,
-                               config.embedding_dim, has_interactions=inputs.catalog.counts(train.item_ids)[1:] > 0)
+                               config.embedding_dim, has_interactions=popularity[1:] > 0)
         query_tower = QueryTower(item_tower, config.max_length, config.embedding_dim, schema.user_features,
                                  inputs.users.lookup(train.user_ids),
                                  user_ids=list(train.user_ids) if config.user_id_embedding else None,
                                  num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout)
-        model = RetrievalModel(query_tower, item_tower, inputs.catalog.counts(train.item_ids), config.num_negatives)
+        model = RetrievalModel(query_tower, item_tower, popularity, config.num_negatives)
         if config.examples_dir:  # preprocessed by the Beam pipeline: the same windows, read from TFRecords
             examples = tfrecords.read_training_examples(
                 config.examples_dir, {name: getattr(config, name) for name in tfrecords.SPLIT_SETTINGS})
@@ -169,7 +175,7 @@ def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: User
 
 
 def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower, train: UserSequences,
-                   targets: np.ndarray, run_dir: pathlib.Path) -> tuple[RankingModel, dict]:
+                   targets: np.ndarray, popularity: np.ndarray, run_dir: pathlib.Path) -> tuple[RankingModel, dict]:
     catalog = inputs.catalog
     with stage("retrieve candidates for ranking"):
         scores = scoring.catalog_scores(query_tower, inputs.users, train)
@@ -182,7 +188,7 @@ def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: 
         candidates, target_indices = candidates[found], target_indices[found]
         features = scoring.ranking_features(catalog, inputs.users, train.select(found), candidates, config.max_length)
         features["labels"] = (candidates == target_indices[:, np.newaxis]).astype(np.float32)
-    ranking_model = RankingModel(query_tower, catalog.counts(train.item_ids), inputs.item_categories)
+    ranking_model = RankingModel(query_tower, popularity, inputs.item_categories)
     ranking_model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate / 2))
     with stage(f"train ranking ({len(candidates)} lists of {candidates.shape[1]}, {config.ranking_epochs} epochs)"):
         # A tenth of the lists is held back to stop training before the correction overfits.
@@ -200,23 +206,23 @@ def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: 
     return ranking_model, history(fit_history)
 
 
-def _evaluate(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower, ranking_model: RankingModel,
-              split: HeldOutSplit, retrieval_train: UserSequences) -> tuple[dict, dict]:
+def _evaluate(config: TwoStageConfig, inputs: TwoStageInputs, ranking_model: RankingModel, tested: UserSequences,
+              targets: np.ndarray, queries: np.ndarray, popularity: np.ndarray) -> tuple[dict, dict]:
     """Retrieval alone, retrieve-then-rank, and popularity, on the held-out items, whole catalog.
 
+    ``queries`` [U, dim] are the tested users' queries after their history ``tested``.
     Returns the metrics and the per-user details behind them (ranks, lists, segments).
     """
-    catalog, tested = inputs.catalog, split.tested_history()
+    catalog = inputs.catalog
     rated = scoring.rated_indices(catalog, tested)
-    target_indices = catalog.indices(split.test_targets)
-    scores = scoring.catalog_scores(query_tower, inputs.users, tested)
+    target_indices = catalog.indices(targets)
+    scores = scoring.scores_of(queries, ranking_model.query_tower.item_tower)
     retrieval_ranks = evaluation.rank_of_targets(scores, target_indices, rated)
     candidates = scoring.candidate_lists(catalog, scores, tested, config.ranking_candidates)
     reranked = scoring.rerank(ranking_model, scoring.ranking_features(catalog, inputs.users, tested, candidates,
                                                                       config.max_length), candidates)
     in_list = reranked == target_indices[:, np.newaxis]
     two_stage_ranks = np.where(in_list.any(axis=1), in_list.argmax(axis=1) + 1, retrieval_ranks)
-    popularity = catalog.counts(retrieval_train.item_ids)
     popularity_scores = np.tile(popularity, (len(tested), 1))
     popularity_scores[:, 0] = -np.inf
     popularity_ranks = evaluation.rank_of_targets(popularity_scores, target_indices, rated)
@@ -233,7 +239,7 @@ def _evaluate(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: Query
         "popularity_top10": popularity_lists,
     }
     return {
-        "users": len(split.test_targets),
+        "users": len(targets),
         "catalog_items": len(catalog),
         "retrieval": report(retrieval_ranks, candidates),
         "two_stage": report(two_stage_ranks, reranked),
@@ -243,7 +249,7 @@ def _evaluate(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: Query
 
 def _evaluate_cold_start(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower,
                          ranking_model: RankingModel, split: HeldOutSplit, details: dict,
-                         new_users: HeldOutSplit | None, retrieval_train: UserSequences) -> dict:
+                         new_users: HeldOutSplit | None, popularity: np.ndarray) -> dict:
     """How the models do where they cannot lean on memory: new items, and users they never trained on.
 
     ``new_items``: the test cases whose item no training interaction holds (it is in the catalog
@@ -257,7 +263,9 @@ def _evaluate_cold_start(config: TwoStageConfig, inputs: TwoStageInputs, query_t
         system: evaluation.accuracy_metrics(details[f"{system}_ranks"][is_new_item], cutoffs=(10, 50))
         for system in ("retrieval", "two_stage") if is_new_item.any()}}}
     if new_users is not None and len(new_users.test_targets):
-        metrics, _ = _evaluate(config, inputs, query_tower, ranking_model, new_users, retrieval_train)
+        newcomers = new_users.tested_history()
+        queries = scoring.query_embeddings(query_tower, inputs.users, newcomers)
+        metrics, _ = _evaluate(config, inputs, ranking_model, newcomers, new_users.test_targets, queries, popularity)
         cold_start["new_users"] = {"users": metrics["users"], **{
             system: {name: metrics[system][name] for name in ("hr@10", "ndcg@10", "hr@50", "mrr")}
             for system in ("retrieval", "two_stage", "popularity")}}
@@ -278,7 +286,7 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
 
     def retrieval(kind: str) -> savedmodels.RetrievalExport:
         return savedmodels.RetrievalExport(query_tower, top_k_layers[kind], snapshot, user_context["query"],
-                                           catalog_embeddings, min(config.top_k, len(inputs.catalog)))
+                                           catalog_embeddings, config.top_k)
 
     export_dir = pathlib.Path(config.export_dir)
     writers = {
