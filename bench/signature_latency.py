@@ -14,6 +14,7 @@ per call.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pathlib
 import statistics
@@ -32,6 +33,7 @@ from tfrs_pipeline.catalog import read_items_file
 from tfrs_pipeline.contracts import DESCRIPTION_FILE, ITEMS_FILE, USER_ID_INPUT, ExportDescription
 from tfrs_pipeline.data.dataset import load_dataset
 from tfrs_pipeline.export.versioning import existing_versions
+from tfrs_pipeline.features.arrays import concatenate_rows
 from tfrs_pipeline.serving.client import fresh_feature_inputs
 
 BATCH_SIZES = (1, 16)
@@ -50,18 +52,11 @@ def requests(description: ExportDescription, users: pd.DataFrame, items: list[st
     names = [spec.name for spec in description.features.user_features]
     rows = [fresh_feature_inputs(description, dict(zip(names, values)), rng.choice(items, history_length))
             for values in sampled[names].itertuples(index=False)]
+    batch = functools.reduce(concatenate_rows, rows)  # one batch, sets and histories padded to the widest
     return {
         "serving_default": {USER_ID_INPUT: tf.constant(sampled["user_id"].to_numpy(dtype=str))},
-        "query_features": {name: tf.constant(stacked([row[name] for row in rows])) for name in rows[0]},
+        "query_features": {name: tf.constant(values) for name, values in batch.items()},
     }
-
-
-def stacked(rows: list[np.ndarray]) -> np.ndarray:
-    """One-row arrays as one batch; "" padded sets and histories padded to the widest row."""
-    if rows[0].ndim == 2:
-        width = max(row.shape[1] for row in rows)
-        rows = [np.pad(row, ((0, 0), (0, width - row.shape[1])), constant_values="") for row in rows]
-    return np.concatenate(rows)
 
 
 def main() -> None:
