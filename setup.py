@@ -23,6 +23,9 @@ setup(
         "pandas>=2.0",
         "pyarrow>=14",  # own data as Parquet
         "pyyaml>=6",  # own data's dataset.yaml
+        # The online feature store (embedded SQLite by default; the redis extra for production's Redis).
+        # Feast caps pandas below 3, so pandas resolves to 2.x beside it.
+        "feast[redis]==0.67.*",
         "matplotlib>=3.8",
     ],
     extras_require={

@@ -5,19 +5,29 @@ nobody bought yet, a time cut), and the MovieLens slice the other tests use, wri
 contract at test time (never committed) so that the generic route can be compared with the adapter.
 """
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from conftest import SMALL_RUN
 
+from tfrs_pipeline.catalog import __main__ as catalog_command
+from tfrs_pipeline.catalog import read_items_file
 from tfrs_pipeline.config import TwoStageConfig
 from tfrs_pipeline.contracts import ExportDescription
 from tfrs_pipeline.data.dataset import load_dataset, write_interaction_folder
+from tfrs_pipeline.export.catalog_refresh import REFRESHED_MODELS
+from tfrs_pipeline.export.serving_config import ModelEntry, build_config, write_config
+from tfrs_pipeline.features.events import catalog_item_ids, push_events
+from tfrs_pipeline.features.store import OnlineFeatureStore
 from tfrs_pipeline.pipelines import two_stage
+from test_serving_server import RunningServer, retrieval_request
 
 SHOP_RUN = dict(epochs=2, ranking_epochs=1, max_length=20, embedding_dim=16, batch_size=32, ranking_candidates=30,
                 top_k=60, learning_rate_decay="none", num_blocks=1, verbose=0)
@@ -159,3 +169,42 @@ def test_movielens_through_the_own_data_contract_gives_the_adapters_figures(smal
             # The same tables train the same model: the figures agree to float rounding.
             assert generic["evaluation"][system][name] == pytest.approx(native["evaluation"][system][name], abs=1e-6)
     assert generic["evaluation"]["catalog_items"] == native["evaluation"]["catalog_items"]
+
+
+def test_a_new_item_is_retrieved_for_the_users_whose_taste_it_matches_without_retraining(shop_export, tmp_path):
+    """``catalog refresh`` embeds a new garden product with the frozen item tower and publishes it as the
+    next retrieval version; the running server picks it up and garden customers get it, others almost never."""
+    export_dir = tmp_path / "export"
+    shutil.copytree(shop_export[0], export_dir)
+    config = write_config(build_config([ModelEntry(name, str(export_dir / name)) for name in REFRESHED_MODELS]),
+                          export_dir / "refresh.config")
+    running = RunningServer(config)
+    garden = [f"c{number}" for number in range(0, 300, 4)]  # favourite department: number % 4 (0 is garden)
+    others = [f"c{number}" for number in range(300) if number % 4]
+
+    def top_10(user_ids) -> np.ndarray:
+        response = running.predictions.Predict(retrieval_request(user_ids), timeout=60)
+        return tf.make_ndarray(response.outputs["item_ids"]).astype(str)[:, :10]
+
+    assert not (top_10(garden) == "P100").any()
+    new_items = tmp_path / "new_items.csv"
+    new_items.write_text("sku,label,department,price,colour\nP100,garden thing number 100,garden,35.5,green\n"
+                         "P001,kitchen thing number 1,kitchen,10.0,red\n")
+    assert catalog_command.main(["refresh", f"--export_dir={export_dir}", f"--items={new_items}"]) == 2  # no item_id
+    new_items.write_text(new_items.read_text().replace("sku,", "item_id,", 1))
+    assert catalog_command.main(["refresh", f"--export_dir={export_dir}", f"--items={new_items}"]) == 0
+    assert sorted(path.name for path in (export_dir / "retrieval").iterdir()) == ["1", "2"]
+    catalog, popularity = read_items_file(export_dir / "items.tsv")
+    assert len(catalog) == 61 and catalog.titles[-1] == "garden thing number 100" and popularity[-1] == 0
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (served := top_10(garden) == "P100").any():
+        time.sleep(0.5)
+    share_of_garden, share_of_others = served.any(axis=1).mean(), (top_10(others) == "P100").any(axis=1).mean()
+    running.close()
+    # A third of garden customers get it in their top 10 (among 15 garden products), others almost never.
+    assert share_of_garden > 0.2 and share_of_others < share_of_garden / 10, (share_of_garden, share_of_others)
+    store = OnlineFeatureStore(export_dir / "feature_repo")  # events may now name the new item
+    report = push_events(store, pd.DataFrame({"user_id": ["c0"], "item_id": ["P100"], "timestamp": [1_800_000_000]}),
+                         catalog_item_ids(store))
+    assert report.events == 1

@@ -332,7 +332,8 @@ def test_recommend_command_answers_fresh_features_and_history(served_small_expor
     code = recommend.main([*flags, *(f"--feature={name}={value}" for name, value in features.items()),
                            "--history", *history])
     printed = capsys.readouterr().out.splitlines()
-    assert code == 0 and printed[0] == "Top 3 for these features and history (arm: latest, two_stage)"
+    assert code == 0 and printed[0] == ("Top 3 for these features and history "
+                                        "(arm: latest, two_stage, query from fresh_features)")
     assert len(printed) == 4 and all("score" in line for line in printed[1:])
 
     assert recommend.main([*flags, "--feature=favourite_colour=blue"]) == 2

@@ -65,10 +65,11 @@ QUERY_FEATURES_SIGNATURE = "query_features"  # fresh user features and history i
 USER_ID_INPUT = "user_id"
 HISTORY_INPUT = "history_item_ids"  # [batch, any] item ids, oldest first, "" padded
 CANDIDATES_INPUT = "item_ids"  # ranking: [batch, N] candidate item ids
+ITEM_ID_INPUT = "item_id"  # retrieval's embed_items function: [N] ids of items to embed with their features
 SESSION_INPUT = "session_item_ids"
 ITEM_IDS_OUTPUT = "item_ids"
 SCORES_OUTPUT = "scores"
-RESERVED_INPUTS = (USER_ID_INPUT, HISTORY_INPUT, CANDIDATES_INPUT, SESSION_INPUT)
+RESERVED_INPUTS = (USER_ID_INPUT, HISTORY_INPUT, CANDIDATES_INPUT, SESSION_INPUT, ITEM_ID_INPUT)
 
 # --- Served models and files of an export --------------------------------------------------------
 
@@ -83,6 +84,7 @@ SERVING_CONFIG_FILE = "models.config"
 ITEMS_FILE = "items.tsv"  # item_id, title, popularity: most popular first
 ITEMS_COLUMNS = ("item_id", "title", "popularity")
 DESCRIPTION_FILE = "schema.json"
+FEATURE_REPO_DIR = "feature_repo"  # the export's Feast repository (``features/store.py``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,7 @@ class ExportDescription:
     features: FeatureSchema
     models: tuple[str, ...] = TWO_STAGE_MODELS
     items_file: str = ITEMS_FILE
+    title_feature: str | None = None  # the item feature the items file shows as a title (None: the id)
 
     def to_json(self) -> dict[str, Any]:
         """The description, with each model's signatures spelled out for readers other than our client."""
@@ -105,6 +108,7 @@ class ExportDescription:
             "features": self.features.to_json(),
             "models": list(self.models),
             "items_file": self.items_file,
+            "title_feature": self.title_feature,
             "signatures": {model: by_model[model] for model in self.models if model in by_model},
         }
 
@@ -112,4 +116,5 @@ class ExportDescription:
     def read(cls, path: str | os.PathLike) -> ExportDescription:
         with open(path, encoding="utf-8") as file:
             value = json.load(file)
-        return cls(FeatureSchema.from_json(value["features"]), tuple(value["models"]), value["items_file"])
+        return cls(FeatureSchema.from_json(value["features"]), tuple(value["models"]), value["items_file"],
+                   value.get("title_feature"))

@@ -5,11 +5,17 @@
     python -m tfrs_pipeline.recommend --server=localhost:8500 --items=export/items.tsv \
         --feature segment=vip --feature interests='garden|books' --history sku-2291 sku-0042
 
+    python -m tfrs_pipeline.recommend --server=localhost:8500 --feature_repo=export/feature_repo --user_id=42
+
 It asks a TF Serving endpoint (``tfrs-model-server`` or TensorFlow Serving) for two-stage
 recommendations; ``--transport=rest`` uses the REST API (give the REST port in ``--server``).
 ``--feature`` and ``--history`` answer a user the export may not know, from fresh features and
 history: the feature names and kinds are read from the export's description (``schema.json``,
 found beside ``--items`` or given by ``--description``), and features left out are sent as missing.
+``--feature_repo`` reads each user's features and recent history from the export's online feature
+store at request time (events pushed with ``python -m tfrs_pipeline.features push`` count at once);
+the answer says whether it came from the store, from features alone, or, for a user the store does
+not know, from the popular items.
 """
 import argparse
 import json
@@ -28,7 +34,9 @@ from tfrs_pipeline.contracts import (
     SESSION_MODEL,
     ExportDescription,
 )
+from tfrs_pipeline.features.store import FeatureStoreError, OnlineFeatureStore
 from tfrs_pipeline.serving.client import (
+    QUERY_USER_ID,
     GrpcTransport,
     PredictError,
     Recommendations,
@@ -54,6 +62,8 @@ def build_flag_parser() -> argparse.ArgumentParser:
               "multi-valued feature as a|b); features left out are sent as missing")
     flag("--history", nargs="*", metavar="ITEM_ID",
          help="the user's item ids, oldest first, for a fresh-feature request (none: features only)")
+    flag("--feature_repo", help="the export's feature repository (<export_dir>/feature_repo): each user's features "
+                                "and recent history are read from its online store per request")
     flag("--description", help=f"the export's {DESCRIPTION_FILE}, which names the features a fresh-feature request "
                                f"takes (default: the one beside --items)")
     flag("--output", help="write JSON lines here (batch mode; default: standard output)")
@@ -107,7 +117,8 @@ def read_description(flags: argparse.Namespace) -> ExportDescription:
 
 def format_readable(answer: Recommendations, who: str | None = None) -> str:
     who = who or (f"user {answer.user_id}" if answer.user_id else "this session")
-    lines = [f"Top {len(answer.items)} for {who} (arm: {answer.arm}, {answer.source})"]
+    query = f", query from {answer.query}" if answer.query not in ("", QUERY_USER_ID) else ""
+    lines = [f"Top {len(answer.items)} for {who} (arm: {answer.arm}, {answer.source}{query})"]
     if answer.error:
         lines.append(f"  note: {answer.error}")
     for rank, item in enumerate(answer.items, start=1):
@@ -135,10 +146,20 @@ def main(argv: list[str] | None = None) -> int:
         print("recommend: --feature / --history answer one user: at most one --user_id (it chooses the A/B arm), "
               "no --session or --user_ids_file", file=sys.stderr)
         return 2
+    if flags.feature_repo and (fresh or flags.session or not user_ids):
+        print("recommend: --feature_repo answers users by id (--user_id, --user_ids_file), with no --feature, "
+              "--history or --session", file=sys.stderr)
+        return 2
+    items = flags.items or (str(pathlib.Path(flags.feature_repo).parent / ITEMS_FILE) if flags.feature_repo else None)
     try:
-        catalog = read_items_file(flags.items)[0] if flags.items else None
+        catalog = read_items_file(items)[0] if items else None
     except (OSError, ValueError) as error:
         print(f"recommend: cannot read the items file: {error}", file=sys.stderr)
+        return 2
+    try:
+        store = OnlineFeatureStore(flags.feature_repo) if flags.feature_repo else None
+    except FeatureStoreError as error:
+        print(f"recommend: {error}", file=sys.stderr)
         return 2
     try:
         features = read_features(flags.feature)
@@ -161,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             answer = client.recommend_fresh(features, flags.history or [], flags.k, user_id)
             print(format_readable(answer, f"user {user_id}" if user_id else "these features and history"))
             return 0
-        answers = [answer for start in range(0, len(user_ids), flags.batch_size)
-                   for answer in client.recommend_many(user_ids[start:start + flags.batch_size], flags.k)]
+        if store is not None:
+            answers = [client.recommend_from_store(store, user_id, flags.k) for user_id in user_ids]
+        else:
+            answers = [answer for start in range(0, len(user_ids), flags.batch_size)
+                       for answer in client.recommend_many(user_ids[start:start + flags.batch_size], flags.k)]
     except PredictError as error:
         print(f"recommend: the server at {flags.server} failed: {error}", file=sys.stderr)
         return 1

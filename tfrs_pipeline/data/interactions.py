@@ -342,19 +342,35 @@ def _columns(source: _SourceTable, table: TableConfig, config: DatasetConfig, ta
     return columns
 
 
-def _read_interactions(path: pathlib.Path, config: DatasetConfig) -> tuple[pd.DataFrame, int]:
-    """The interactions table, then the configured filters; returns it and how many rows they removed."""
+def read_interactions_file(path: str | os.PathLike) -> tuple[pd.DataFrame, Callable[[int], int]]:
+    """One interactions file of the contract, checked as a folder's is (without a dataset.yaml).
+
+    Returns:
+      The table (``InteractionData.interactions``' columns) and the file line of each row, for
+      messages about a row that only a later check finds wrong.
+    """
     source = _read_table(path)
-    table = config.interactions
-    columns = _columns(source, table, config, INTERACTIONS, required=(USER_ID, ITEM_ID, TIMESTAMP))
+    return _interactions(source, DatasetConfig())[0], source.line_of_row
+
+
+def _interactions(source: _SourceTable, config: DatasetConfig) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The contract's columns of an interactions file, and every column's name in the file."""
+    columns = _columns(source, config.interactions, config, INTERACTIONS, required=(USER_ID, ITEM_ID, TIMESTAMP))
     rating_column = columns.get(RATING, columns.get(WEIGHT))
-    interactions = pd.DataFrame({
+    return pd.DataFrame({
         USER_ID: _ids(source, columns[USER_ID]),
         ITEM_ID: _ids(source, columns[ITEM_ID]),
         TIMESTAMP: _timestamps(source, columns[TIMESTAMP]),
         RATING: (np.ones(len(source.rows), np.float32) if rating_column is None
                  else _numbers(source, rating_column, missing_allowed=False).astype(np.float32)),
-    })
+    }), columns
+
+
+def _read_interactions(path: pathlib.Path, config: DatasetConfig) -> tuple[pd.DataFrame, int]:
+    """The interactions table, then the configured filters; returns it and how many rows they removed."""
+    source = _read_table(path)
+    table = config.interactions
+    interactions, columns = _interactions(source, config)
     keep = np.ones(len(interactions), dtype=bool)
     for row_filter in table.filters:
         keep &= _filter_keeps(source, interactions, columns, row_filter, config)
@@ -417,6 +433,24 @@ def _read_features(folder: pathlib.Path, table_name: str, id_name: str, config: 
     if len(missing_ids):
         features = pd.concat([features, _missing_rows(id_name, missing_ids, specs)], ignore_index=True)
     return features, tuple(specs), len(missing_ids)
+
+
+def read_feature_file(path: str | os.PathLike, id_name: str, specs: Sequence[FeatureSpec]) -> pd.DataFrame:
+    """A users or items file read with the kinds of ``specs`` (an export's), not inferred ones.
+
+    Columns that are not among ``specs`` are ignored; every spec's column must be there.
+
+    Raises:
+      DataError: a missing column, an empty or repeated id, a value not of its kind (with its line).
+    """
+    source = _read_table(path)
+    missing = [name for name in (id_name, *(spec.name for spec in specs)) if name not in source.rows.columns]
+    if missing:
+        raise DataError(path, 1, None, f"no column {' and no '.join(map(repr, missing))}: the header has "
+                                       f"{list(source.rows.columns)}")
+    ids = _ids(source, id_name)
+    _check_unique(source, ids, id_name)
+    return pd.DataFrame({id_name: ids, **{spec.name: _cells(source, spec.name, spec.kind) for spec in specs}})
 
 
 def _missing_rows(id_name: str, ids: np.ndarray, specs: Sequence[FeatureSpec]) -> pd.DataFrame:

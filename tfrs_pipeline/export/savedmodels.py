@@ -28,6 +28,7 @@ import tensorflow as tf
 from tfrs_pipeline.contracts import (
     CANDIDATES_INPUT,
     HISTORY_INPUT,
+    ITEM_ID_INPUT,
     ITEM_IDS_OUTPUT,
     QUERY_FEATURES_SIGNATURE,
     SCORES_OUTPUT,
@@ -117,42 +118,68 @@ def _fresh_query_features(features: dict, max_length: int) -> dict:
     return {**features, HISTORY_INPUT: recent, USER_ID_INPUT: tf.fill([tf.shape(history)[0]], "")}
 
 
-class RetrievalExport(tf.Module):
-    """Retrieval for serving: user id (or fresh features and history) -> top-K item ids and scores.
+class RetrievalQueries(tf.Module):
+    """The query side of retrieval: each request's query embedding and the items it has already seen.
+
+    Kept apart from the catalog search (``CatalogSearch``) so that a catalog refresh can pair these
+    same frozen towers and snapshot with a larger index, without retraining: the refreshed export
+    loads this module from the previous version and saves it again beside the new search.
 
     Args:
-      query_tower: the trained query tower.
-      top_k: an indexed TFRS top-k layer over the catalog (ScaNN or brute force, from ``index.py``).
+      query_tower: the trained query tower (its item tower embeds items added after export).
       users: the user snapshot.
-      user_queries: [snapshot rows, dim] each row's query, from ``UserSnapshot.precompute``.
+      user_queries: [snapshot rows, dim] each row's query, from ``UserSnapshot.precompute``; also the
+        sample of real queries a refreshed index is checked with.
       catalog_embeddings: [N + 1, dim] the item tower's output for the catalog.
-      k: items returned per user (at most the catalog's N).
     """
 
-    def __init__(self, query_tower: QueryTower, top_k: tf.keras.Model, users: UserSnapshot,
-                 user_queries: tf.Variable, catalog_embeddings: tf.Variable, k: int):
+    def __init__(self, query_tower: QueryTower, users: UserSnapshot, user_queries: tf.Variable,
+                 catalog_embeddings: tf.Variable):
         super().__init__()
         self.query_tower = query_tower
-        self.top_k = top_k
         self.users = users
-        self._catalog_size = int(catalog_embeddings.shape[0]) - 1  # the unknown item (row 0) is not indexed
-        self.k = min(k, self._catalog_size)
-        self._user_queries = user_queries
+        self.user_queries = user_queries
         self._catalog_embeddings = catalog_embeddings
-        self.serve = tf.function(self._serve, input_signature=[_USER_ID_SPEC])
-        self.serve_features = tf.function(self._serve_features, input_signature=[fresh_feature_specs(users.specs)])
+        item_specs = query_tower.item_tower.specs
+        self.for_users = tf.function(self._for_users, input_signature=[_USER_ID_SPEC])
+        self.rated_items = tf.function(users.rated_items, input_signature=[_USER_ID_SPEC])
+        self.for_features = tf.function(self._for_features, input_signature=[fresh_feature_specs(users.specs)])
+        self.embed_items = tf.function(query_tower.item_tower.call, input_signature=[item_feature_specs(item_specs)])
 
-    def _serve(self, user_id: tf.Tensor) -> dict:
-        queries = tf.gather(self._user_queries, self.users.rows(user_id))
-        return self._retrieve(queries, self.users.rated_items(user_id))
+    def _for_users(self, user_id: tf.Tensor) -> tf.Tensor:
+        return tf.gather(self.user_queries, self.users.rows(user_id))
 
-    def _serve_features(self, features: dict) -> dict:
-        """Fresh features; ``history_item_ids`` any length, "" padded; its items are excluded."""
+    def _for_features(self, features: dict) -> tf.Tensor:
         query_features = _fresh_query_features(features, self.query_tower.max_length)
-        queries = self.query_tower.query(query_features, False, self._catalog_embeddings)
-        return self._retrieve(queries, features[HISTORY_INPUT])
+        return self.query_tower.query(query_features, False, self._catalog_embeddings)
 
-    def _retrieve(self, queries: tf.Tensor, excluded_item_ids: tf.Tensor) -> dict:
+
+def item_feature_specs(specs: Sequence[FeatureSpec]) -> dict[str, tf.TensorSpec]:
+    """The inputs of ``embed_items``: the item ids and each item feature, named as its column."""
+    return {ITEM_ID_INPUT: tf.TensorSpec([None], tf.string, name=ITEM_ID_INPUT),
+            **{spec.name: input_spec(spec) for spec in specs}}
+
+
+class CatalogSearch(tf.Module):
+    """Top-k over an indexed catalog, without the items a request excludes.
+
+    Args:
+      top_k: an indexed TFRS top-k layer over the catalog (ScaNN or brute force, from ``index.py``).
+      item_ids: [N] the indexed items' ids.
+      candidate_embeddings: [N, dim] their embeddings, kept so that a refresh can extend the catalog.
+      k: items returned per request (at most N).
+    """
+
+    def __init__(self, top_k: tf.keras.Model, item_ids: Sequence[str], candidate_embeddings: tf.Tensor, k: int):
+        super().__init__()
+        self.top_k = top_k
+        self.item_ids = tf.Variable(np.asarray(item_ids).astype(str), trainable=False, name="item_ids")
+        self.candidate_embeddings = tf.Variable(candidate_embeddings, trainable=False, name="candidate_embeddings")
+        self._index_of = tf.keras.layers.StringLookup(vocabulary=list(np.asarray(item_ids).astype(str)),
+                                                      mask_token=None)
+        self.k = min(k, len(item_ids))
+
+    def __call__(self, queries: tf.Tensor, excluded_item_ids: tf.Tensor) -> dict:
         """Top-k without the excluded ids: over-fetch by the widest exclusion list, then drop them.
 
         Exclusions become a [batch, catalog] mask by catalog index, so the cost grows with the
@@ -160,18 +187,42 @@ class RetrievalExport(tf.Module):
         The over-fetch stops at the catalog; where the exclusions leave fewer than k items, the
         list ends in "" ids with -inf scores, so its shape stays [batch, k].
         """
-        item_tower = self.query_tower.item_tower
-        fetched = tf.minimum(self.k + tf.shape(excluded_item_ids)[1], self._catalog_size)
+        catalog_size = tf.shape(self.item_ids)[0]
+        fetched = tf.minimum(self.k + tf.shape(excluded_item_ids)[1], catalog_size)
         scores, item_ids = self.top_k(queries, k=fetched)
-        excluded = item_tower.indices(excluded_item_ids)
+        excluded = self._index_of(excluded_item_ids)
         rows = tf.broadcast_to(tf.range(tf.shape(excluded, out_type=tf.int64)[0])[:, tf.newaxis], tf.shape(excluded))
         excluded_mask = tf.scatter_nd(
             tf.reshape(tf.stack([rows, excluded], axis=-1), [-1, 2]), tf.ones([tf.size(excluded)], tf.int32),
-            tf.stack([tf.shape(excluded, out_type=tf.int64)[0], item_tower.id_lookup.vocabulary_size()])) > 0
-        is_excluded = tf.gather(excluded_mask, item_tower.indices(item_ids), batch_dims=1)
+            tf.stack([tf.shape(excluded, out_type=tf.int64)[0], self._index_of.vocabulary_size()])) > 0
+        is_excluded = tf.gather(excluded_mask, self._index_of(item_ids), batch_dims=1)
         kept_scores, positions = tf.math.top_k(tf.where(is_excluded, -np.inf, scores), k=self.k)
         kept_item_ids = tf.where(tf.math.is_inf(kept_scores), "", tf.gather(item_ids, positions, batch_dims=1))
         return {ITEM_IDS_OUTPUT: kept_item_ids, SCORES_OUTPUT: kept_scores}
+
+
+class RetrievalExport(tf.Module):
+    """Retrieval for serving: user id (or fresh features and history) -> top-K item ids and scores.
+
+    Args:
+      queries: the query side (``RetrievalQueries``, or one loaded from a previous version).
+      search: the catalog search.
+      user_specs: the user features of the ``query_features`` signature.
+    """
+
+    def __init__(self, queries: RetrievalQueries, search: CatalogSearch, user_specs: Sequence[FeatureSpec]):
+        super().__init__()
+        self.queries = queries
+        self.search = search
+        self.serve = tf.function(self._serve, input_signature=[_USER_ID_SPEC])
+        self.serve_features = tf.function(self._serve_features, input_signature=[fresh_feature_specs(user_specs)])
+
+    def _serve(self, user_id: tf.Tensor) -> dict:
+        return self.search(self.queries.for_users(user_id), self.queries.rated_items(user_id))
+
+    def _serve_features(self, features: dict) -> dict:
+        """Fresh features; ``history_item_ids`` any length, "" padded; its items are excluded."""
+        return self.search(self.queries.for_features(features), features[HISTORY_INPUT])
 
 
 class RankingExport(tf.Module):

@@ -23,6 +23,7 @@ from tfrs_pipeline.catalog import Catalog
 from tfrs_pipeline.config import TwoStageConfig
 from tfrs_pipeline.contracts import (
     DESCRIPTION_FILE,
+    FEATURE_REPO_DIR,
     ITEMS_FILE,
     RANKING_MODEL,
     RETRIEVAL_BRUTE_FORCE_MODEL,
@@ -43,6 +44,7 @@ from tfrs_pipeline.data.split import (
     user_sequences,
 )
 from tfrs_pipeline.export import savedmodels, serving_config, versioning
+from tfrs_pipeline.features import events, store
 from tfrs_pipeline.features.arrays import FeatureRows, category_matrix, feature_arrays
 from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
@@ -277,16 +279,20 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
     """Writes every model as ``<export_dir>/<name>/<version>/`` atomically and registers it for serving.
 
     Beside the models: the items file (titles, popularity) and the export's description (which
-    features the fresh-feature signatures take), which clients read instead of knowing the data set.
+    features the fresh-feature signatures take), which clients read instead of knowing the data set,
+    and the feature repository, its online store loaded with the snapshot's users (``features/store.py``).
     """
     snapshot = savedmodels.UserSnapshot(inputs.users, history.user_ids, history.item_ids, config.max_length)
     catalog_embeddings = tf.Variable(query_tower.item_tower.embed_catalog(), trainable=False)
     # Ranking's user context holds the retrieval query too: one pass over the users serves all three exports.
     user_context = snapshot.precompute(lambda features: ranking_model.user_context(features, catalog_embeddings))
 
+    queries = savedmodels.RetrievalQueries(query_tower, snapshot, user_context["query"], catalog_embeddings)
+
     def retrieval(kind: str) -> savedmodels.RetrievalExport:
-        return savedmodels.RetrievalExport(query_tower, top_k_layers[kind], snapshot, user_context["query"],
-                                           catalog_embeddings, config.top_k)
+        search = savedmodels.CatalogSearch(top_k_layers[kind], inputs.catalog.item_ids, catalog_embeddings[1:],
+                                           config.top_k)
+        return savedmodels.RetrievalExport(queries, search, inputs.data.schema.features.user_features)
 
     export_dir = pathlib.Path(config.export_dir)
     writers = {
@@ -300,5 +306,11 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
         serving_config.upsert_model(config.serving_config_path, serving_config.ModelEntry(
             name=name, base_path=os.path.abspath(export_dir / name)))
     inputs.catalog.write_items_file(export_dir / ITEMS_FILE, inputs.catalog.counts(history.item_ids))
-    write_json_atomically(export_dir / DESCRIPTION_FILE,
-                          ExportDescription(inputs.data.schema.features, TWO_STAGE_MODELS, ITEMS_FILE).to_json())
+    description = ExportDescription(inputs.data.schema.features, TWO_STAGE_MODELS, ITEMS_FILE,
+                                    inputs.data.schema.title_feature)
+    write_json_atomically(export_dir / DESCRIPTION_FILE, description.to_json())
+    repo = store.write_feature_repository(
+        export_dir / FEATURE_REPO_DIR, description, inputs.data.users,
+        store.history_table(history.user_ids, history.item_ids, history.timestamps), inputs.data.items,
+        config.max_length)
+    events.materialize_and_replay(repo)

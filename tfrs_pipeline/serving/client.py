@@ -19,6 +19,12 @@ and history (``recommend_fresh``), through the ``query_features`` signatures of 
 Those requests are built from the export's description (``contracts.ExportDescription``, its
 ``schema.json``), so the client knows no data set's column names: a feature the caller leaves out
 is sent as missing, as the models saw missing values in training.
+
+``recommend_from_store`` reads those features and the user's recent history from the export's online
+feature store (``features/store.py``) per request, so what a user did a moment ago counts: a user
+the store knows without a history gets a features-only query, a user it does not know the popular
+items, and a store that cannot be read (locked, gone) the export's snapshot by user id; each answer
+says which (``Recommendations.query``).
 """
 import dataclasses
 import hashlib
@@ -55,10 +61,17 @@ from tfrs_pipeline.contracts import (
     FeatureSpec,
 )
 from tfrs_pipeline.features.arrays import feature_array
+from tfrs_pipeline.features.store import FeatureStoreError, OnlineFeatureStore
 
 LATEST = "latest"  # the arm of answers served by the latest versions, where the server lacks the arm's label
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 LABEL_RECHECK_S = 60.0  # how long a label the server lacked is not asked for again
+# What a two-stage answer's query was built from (``Recommendations.query``).
+QUERY_USER_ID = "user_id"  # the export's snapshot of the user
+QUERY_FRESH = "fresh_features"  # features and history given by the caller
+QUERY_STORE = "feature_store"  # features and recent history read from the online store
+QUERY_STORE_FEATURES_ONLY = "feature_store_features_only"  # the store knows the user, but no history
+QUERY_UNKNOWN_USER = "unknown_user"  # the store does not know the user: popular items
 GRPC_CODE_OF_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
                      501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE,
                      504: grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -232,6 +245,7 @@ class Recommendations:
     source: str  # "two_stage", "retrieval_only" (ranking failed), "popular_fallback" (retrieval failed), "session"
     items: list[Recommendation]
     error: str = ""
+    query: str = QUERY_USER_ID  # what the query was built from: one of the QUERY_* names ("" for a session)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -301,10 +315,34 @@ class TwoStageClient:
         if self.description is None:
             raise ValueError("recommend_fresh needs the export's description: pass description="
                              "ExportDescription.read(<export_dir>/schema.json) to the client")
-        inputs = fresh_feature_inputs(self.description, features, history_item_ids)
+        return self._recommend_fresh(self.description, features, history_item_ids, k, user_id)
+
+    def _recommend_fresh(self, description: ExportDescription, features: Mapping[str, Any],
+                         history_item_ids: Sequence[str], k: int, user_id: str) -> Recommendations:
+        inputs = fresh_feature_inputs(description, features, history_item_ids)
         arm = ab_arm(user_id, self.canary_fraction) if user_id else STABLE_LABEL
         history = {str(item_id) for item_id in history_item_ids}
-        return self._two_stage([user_id], arm, k, inputs, QUERY_FEATURES_SIGNATURE, history)[0]
+        answer = self._two_stage([user_id], arm, k, inputs, QUERY_FEATURES_SIGNATURE, history)[0]
+        return dataclasses.replace(answer, query=QUERY_FRESH)
+
+    def recommend_from_store(self, store: OnlineFeatureStore, user_id: str, k: int = 10) -> Recommendations:
+        """Two-stage recommendations from the user's features and recent history in the online store.
+
+        The store is read at request time, so events pushed a moment ago count. A user the store
+        knows without any history is answered from the features alone; a user it does not know
+        gets the popular items; if the store cannot be read, the export's snapshot answers by user
+        id. ``Recommendations.query`` says which, and ``error`` why where it is not the store.
+        """
+        try:
+            user = store.users([user_id])[0]
+        except FeatureStoreError as error:
+            return dataclasses.replace(self.recommend(user_id, k), error=f"feature store unavailable: {error}")
+        if not user.known:
+            answer = self._popular(user_id, ab_arm(user_id, self.canary_fraction), k,
+                                   f"user {user_id!r} is not in the feature store")
+            return dataclasses.replace(answer, query=QUERY_UNKNOWN_USER)
+        answer = self._recommend_fresh(store.description, user.features, user.history_item_ids, k, user_id)
+        return dataclasses.replace(answer, query=QUERY_STORE if user.history_item_ids else QUERY_STORE_FEATURES_ONLY)
 
     def recommend_next(self, session_item_ids: Sequence[str], k: int = 10,
                        session_model: str = SESSION_MODEL) -> Recommendations:
@@ -319,7 +357,7 @@ class TwoStageClient:
         except PredictError as error:
             return self._popular("", STABLE_LABEL, k, error)
         return Recommendations("", arm, "session",
-                               self._top_k(predicted[ITEM_IDS_OUTPUT][0], predicted[SCORES_OUTPUT][0], k))
+                               self._top_k(predicted[ITEM_IDS_OUTPUT][0], predicted[SCORES_OUTPUT][0], k), query="")
 
     def _recommend_arm(self, user_ids: list[str], arm: str, k: int) -> list[Recommendations]:
         return self._two_stage(user_ids, arm, k, {USER_ID_INPUT: np.array(user_ids, dtype=object)}, SERVING_SIGNATURE)
@@ -372,9 +410,10 @@ class TwoStageClient:
         order = [index for index in np.argsort(-scores, kind="stable") if _text(item_ids[index])][:k]
         return self._items([_text(item_ids[index]) for index in order], [float(scores[index]) for index in order])
 
-    def _popular(self, user_id: str, arm: str, k: int, error: PredictError,
+    def _popular(self, user_id: str, arm: str, k: int, error: PredictError | str,
                  excluded: set[str] = frozenset()) -> Recommendations:
-        if not len(self.catalog):
+        """The most popular items, for a user no model can answer (``error`` says why)."""
+        if not len(self.catalog) and isinstance(error, PredictError):
             raise error
         # The items file lists the most popular first.
         popular = [item_id for item_id in self.catalog.item_ids[:k + len(excluded)] if item_id not in excluded][:k]
