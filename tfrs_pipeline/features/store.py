@@ -21,7 +21,7 @@ histories as they happen, so the next answer reflects them with no retraining.
 Points in time: a history row is stamped with the time of its last item, so a point-in-time join
 (``get_historical_features``) at the time of a user's next interaction returns exactly the history
 before it, and nothing from later. User and item features are static in the data contract; they are
-stamped with the data's first time, valid from then on.
+stamped with the Unix epoch, valid at any time a training example or a request asks about.
 """
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ HISTORY_PUSH_SOURCE = "user_history_push"
 LAST_EVENT_FEATURE = "last_event_seconds"  # Unix seconds of the history's latest item: orders late events
 HISTORY_LENGTH_FILE = "history_length"  # in data/: the most recent items a history keeps
 TABLES = {USER_FEATURES_VIEW: "users.parquet", HISTORY_VIEW: "histories.parquet", ITEM_FEATURES_VIEW: "items.parquet"}
-# Wide enough for any data set's timestamps; pandas' nanosecond timestamps end in 2262.
-_MATERIALIZE_FROM = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+# Wide enough for any data set's timestamps and the static features' epoch; pandas' timestamps end in 2262.
+_MATERIALIZE_FROM = datetime.datetime(1900, 1, 1, tzinfo=datetime.timezone.utc)
 _MATERIALIZE_TO = datetime.datetime(2200, 1, 1, tzinfo=datetime.timezone.utc)
 
 SQLITE_ONLINE_STORE = {"type": "sqlite", "path": f"{DATA_FOLDER}/online_store.db"}
@@ -118,14 +118,13 @@ def write_feature_repository(repo: str | os.PathLike, description: ExportDescrip
     """
     repo = pathlib.Path(repo)
     (repo / DATA_FOLDER).mkdir(parents=True, exist_ok=True)
-    since = _timestamps(histories[LAST_EVENT_FEATURE]).min() if len(histories) else pd.Timestamp(0, tz="UTC")
     features = description.features
     recent = histories.assign(**{HISTORY_INPUT: [list(item_ids[-history_length:])
                                                  for item_ids in histories[HISTORY_INPUT]]})
     tables = {
-        USER_FEATURES_VIEW: _feature_table(users, USER_ID, features.user_features, since),
+        USER_FEATURES_VIEW: _feature_table(users, USER_ID, features.user_features),
         HISTORY_VIEW: recent.assign(**{TIMESTAMP_COLUMN: _timestamps(histories[LAST_EVENT_FEATURE])}),
-        ITEM_FEATURES_VIEW: _feature_table(items, ITEM_ID, features.item_features, since),
+        ITEM_FEATURES_VIEW: _feature_table(items, ITEM_ID, features.item_features),
     }
     for view, table in tables.items():
         write_bytes_atomically(repo / DATA_FOLDER / TABLES[view], table.to_parquet(index=False))
@@ -148,15 +147,14 @@ def _timestamps(seconds: pd.Series | np.ndarray) -> pd.Series:
     return pd.Series(pd.to_datetime(np.asarray(seconds, np.int64), unit="s", utc=True))
 
 
-def _feature_table(table: pd.DataFrame, id_column: str, specs: Sequence[FeatureSpec],
-                   since: pd.Timestamp) -> pd.DataFrame:
-    """The id, each feature as Parquet holds it (sets as lists), and the time it holds from."""
+def _feature_table(table: pd.DataFrame, id_column: str, specs: Sequence[FeatureSpec]) -> pd.DataFrame:
+    """The id, each feature as Parquet holds it (sets as lists), valid from the Unix epoch on (static)."""
     columns = {id_column: table[id_column].astype(str).to_numpy()}
     for spec in specs:
         values = table[spec.name]
         columns[spec.name] = ([list(value) for value in values] if spec.kind == MULTI_CATEGORICAL
                               else values.to_numpy(np.float64) if spec.kind == NUMERIC else values.astype(str))
-    return pd.DataFrame({**columns, TIMESTAMP_COLUMN: since})
+    return pd.DataFrame({**columns, TIMESTAMP_COLUMN: pd.Timestamp(0, tz="UTC")})
 
 
 def feature_definitions(repo: str | os.PathLike) -> list:
