@@ -1,14 +1,16 @@
 """Two-stage recommendations under load: through the model server versus the SavedModels in-process.
 
 Each of ``--clients`` concurrent clients repeatedly asks for one user's recommendations the way
-production does: retrieval Predict (the export's top 100) -> ranking Predict on those 100
-candidates -> top 10. The same run measures three ways of answering:
+production does: one Predict to the ``recommender`` model (retrieve, rank, top k in one graph), or
+the two-call path: retrieval Predict (the export's top 100) -> ranking Predict on those 100
+candidates -> top 10. The same run measures these ways of answering:
 
-- ``in_process``: the two SavedModels loaded in this process and called directly (the floor: model
-  compute only);
+- ``in_process``: the recommender SavedModel loaded in this process and called directly (the floor:
+  model compute only); ``in_process_two_calls``: the retrieval and ranking SavedModels;
 - ``server``: ``tfrs-model-server`` in its own process, called over gRPC on loopback by
   ``TwoStageClient`` (what a production caller pays: serialization, gRPC, the server's checks);
-- ``server_batching``: the same with ``--enable_batching`` and ``serving_config/batching.config``.
+  ``server_two_calls``: the same client asking retrieval and ranking apart;
+- ``server_batching``: the one-call path with ``--enable_batching`` and ``serving_config/batching.config``.
 
 The difference between ``server`` and ``in_process`` is the server's own overhead. Reports p50, p90,
 p99 and mean latency, throughput and errors (any answer that is not a two-stage answer counts), CPU
@@ -37,11 +39,12 @@ import tfrs_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 from scann import scann_ops  # noqa: F401  (the ScaNN retrieval export needs its ops)
 
+from tfrs_pipeline.contracts import RANKING_MODEL, RECOMMENDER_MODEL, RETRIEVAL_MODEL
 from tfrs_pipeline.export.versioning import existing_versions
 from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODES = ("in_process", "server", "server_batching")
+MODES = ("in_process", "in_process_two_calls", "server", "server_two_calls", "server_batching")
 
 
 def free_port() -> int:
@@ -51,14 +54,17 @@ def free_port() -> int:
 
 
 class InProcessTwoStage:
-    """The floor: both SavedModels called directly, no serialization, no network."""
+    """The floor: the SavedModels called directly, no serialization, no network."""
 
-    def __init__(self, export_dir: pathlib.Path):
-        self._retrieval = _latest_signature(export_dir / "retrieval")
-        self._ranking = _latest_signature(export_dir / "ranking")
+    def __init__(self, export_dir: pathlib.Path, one_call: bool):
+        self._recommender = _latest_signature(export_dir / RECOMMENDER_MODEL) if one_call else None
+        self._retrieval = None if one_call else _latest_signature(export_dir / RETRIEVAL_MODEL)
+        self._ranking = None if one_call else _latest_signature(export_dir / RANKING_MODEL)
 
     def recommend(self, user_id: str, k: int) -> list[str]:
         users = tf.constant([user_id])
+        if self._recommender is not None:
+            return self._recommender(user_id=users)["item_ids"].numpy()[0, :k].astype(str).tolist()
         candidates = self._retrieval(user_id=users)["item_ids"]
         scores = self._ranking(user_id=users, item_ids=candidates)["scores"].numpy()[0]
         return [candidates[0, index].numpy().decode() for index in np.argsort(-scores)[:k]]
@@ -170,7 +176,7 @@ def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, wa
             "p99_ms": float(np.percentile(latencies_ms, 99)), "mean_ms": float(latencies_ms.mean()), **cpu_ms}
 
 
-def server_recommender(ports: list[int], k: int):
+def server_recommender(ports: list[int], k: int, one_call: bool = True):
     """One ``TwoStageClient`` (own gRPC channel) per client thread, as separate callers would have.
 
     With several server processes, client threads are spread over them round-robin: the client-side
@@ -184,7 +190,8 @@ def server_recommender(ports: list[int], k: int):
         if not hasattr(local, "client"):
             with lock:
                 port = next(next_port)
-            local.client = TwoStageClient(GrpcTransport(f"127.0.0.1:{port}"), timeout_s=5, retries=0)
+            local.client = TwoStageClient(GrpcTransport(f"127.0.0.1:{port}"), timeout_s=5, retries=0,
+                                          recommender_model=RECOMMENDER_MODEL if one_call else None)
         answer = local.client.recommend(user_id, k)
         if answer.source != "two_stage" or len(answer.items) != k:
             raise RuntimeError(f"not a two-stage answer: {answer.source} {answer.error}")
@@ -209,8 +216,8 @@ def main() -> None:
     user_ids = [str(user) for user in range(1, flags.num_users + 1)]
     results = {}
     for mode in flags.modes.split(","):
-        if mode == "in_process":
-            model = InProcessTwoStage(export_dir)
+        if mode.startswith("in_process"):
+            model = InProcessTwoStage(export_dir, one_call=mode == "in_process")
             results[mode] = run_load(lambda user_id: model.recommend(user_id, flags.k), user_ids, flags.clients,
                                      flags.duration_s, flags.warmup_s, flags.rate)
             print(f"{mode}: {json.dumps(results[mode])}", flush=True)
@@ -219,7 +226,9 @@ def main() -> None:
             label = mode if processes == 1 else f"{mode} x{processes} processes"
             servers = [ServerProcess(export_dir, batching=mode == "server_batching") for _ in range(processes)]
             try:
-                results[label] = run_load(server_recommender([server.port for server in servers], flags.k), user_ids,
+                recommend = server_recommender([server.port for server in servers], flags.k,
+                                               one_call=mode != "server_two_calls")
+                results[label] = run_load(recommend, user_ids,
                                           flags.clients, flags.duration_s, flags.warmup_s, flags.rate,
                                           tuple(server.pid for server in servers))
                 results[label]["server_peak_rss_mb"] = max(peak_rss_mb(server.pid) for server in servers)
@@ -231,7 +240,7 @@ def main() -> None:
               "export_dir": str(export_dir),
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "results": results}
     traffic = f"open loop at {flags.rate:g} req/s" if flags.rate else "closed loop"
-    print(f"\n{flags.clients} concurrent clients ({traffic}), two-stage (retrieve 100, rank, top {flags.k}), "
+    print(f"\n{flags.clients} concurrent clients ({traffic}), two-stage (retrieve, rank, top {flags.k}), "
           f"{flags.duration_s:.0f} s per mode, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
     print("| mode | requests | errors | throughput (req/s) | p50 ms | p90 ms | p99 ms | mean ms "
           "| CPU ms/request (client + server) |")

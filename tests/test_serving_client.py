@@ -295,8 +295,8 @@ def test_the_fresh_path_keeps_the_fallbacks_and_leaves_the_history_out(served_sm
     export_dir, _, running = served_small_export
     grpc_target = f"127.0.0.1:{running.server.grpc_port}"
     history = ["2858", "260"]
-    answer = fresh_client(export_dir, GrpcTransport(grpc_target), ranking_model="missing_ranker").recommend_fresh(
-        {}, history, k=5)
+    answer = fresh_client(export_dir, GrpcTransport(grpc_target), ranking_model="missing_ranker",
+                          recommender_model=None).recommend_fresh({}, history, k=5)
     assert answer.source == "retrieval_only" and "missing_ranker" in answer.error and len(answer.items) == 5
     unreachable = fresh_client(export_dir, GrpcTransport(f"127.0.0.1:{free_port()}"), timeout_s=0.5, retries=0)
     popular = unreachable.recommend_fresh({}, history, k=5)

@@ -104,6 +104,9 @@ class TwoStageConfig(TaskConfig):
                                          "evaluated through the fresh-feature path as users who arrive after "
                                          "training (cold start); 0: none", minimum=0)
     ranking_candidates: int = _field(200, "retrieved items the ranking model re-scores", minimum=1)
+    recommender_index: str = _field("scann", "the index of the one-call recommender model: scann, or brute_force "
+                                             "(no custom ops: loads in stock TF Serving)",
+                                    choices=("scann", "brute_force"))
     ranking_epochs: int = _field(5, "ranking model training epochs", minimum=1)
     ranking_batch_size: int = _field(32, "users per ranking training batch", minimum=1)
     scann_num_leaves: int | None = _field(None, "ScaNN partitions (default: tuned from the catalog size and "

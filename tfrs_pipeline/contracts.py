@@ -76,8 +76,9 @@ RESERVED_INPUTS = (USER_ID_INPUT, HISTORY_INPUT, CANDIDATES_INPUT, SESSION_INPUT
 RETRIEVAL_MODEL = "retrieval"
 RETRIEVAL_BRUTE_FORCE_MODEL = "retrieval_brute_force"
 RANKING_MODEL = "ranking"
+RECOMMENDER_MODEL = "recommender"  # both stages in one graph: one Predict per recommendation
 SESSION_MODEL = "session"
-TWO_STAGE_MODELS = (RETRIEVAL_MODEL, RETRIEVAL_BRUTE_FORCE_MODEL, RANKING_MODEL)
+TWO_STAGE_MODELS = (RETRIEVAL_MODEL, RETRIEVAL_BRUTE_FORCE_MODEL, RANKING_MODEL, RECOMMENDER_MODEL)
 STABLE_LABEL = "stable"
 CANARY_LABEL = "canary"
 SERVING_CONFIG_FILE = "models.config"
@@ -103,7 +104,8 @@ class ExportDescription:
                      QUERY_FEATURES_SIGNATURE: {"inputs": fresh_inputs, "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT]}}
         ranking = {SERVING_SIGNATURE: {"inputs": [USER_ID_INPUT, CANDIDATES_INPUT], "outputs": [SCORES_OUTPUT]},
                    QUERY_FEATURES_SIGNATURE: {"inputs": [*fresh_inputs, CANDIDATES_INPUT], "outputs": [SCORES_OUTPUT]}}
-        by_model = {RETRIEVAL_MODEL: retrieval, RETRIEVAL_BRUTE_FORCE_MODEL: retrieval, RANKING_MODEL: ranking}
+        by_model = {RETRIEVAL_MODEL: retrieval, RETRIEVAL_BRUTE_FORCE_MODEL: retrieval, RANKING_MODEL: ranking,
+                    RECOMMENDER_MODEL: retrieval}
         return {
             "features": self.features.to_json(),
             "models": list(self.models),

@@ -30,6 +30,7 @@ from tfrs_pipeline.contracts import (
     ITEMS_COLUMNS,
     ITEMS_FILE,
     RANKING_MODEL,
+    RECOMMENDER_MODEL,
     RETRIEVAL_MODEL,
     SESSION_MODEL,
     ExportDescription,
@@ -74,6 +75,8 @@ def build_flag_parser() -> argparse.ArgumentParser:
     flag("--timeout_s", type=float, default=1.0, help="deadline of each Predict call")
     flag("--retries", type=int, default=2, help="retries of a call that answers UNAVAILABLE")
     flag("--batch_size", type=int, default=256, help="users per Predict call in batch mode")
+    flag("--recommender_model", default=RECOMMENDER_MODEL,
+         help="the one-call model (both stages in one graph); '' asks retrieval and ranking apart")
     flag("--retrieval_model", default=RETRIEVAL_MODEL)
     flag("--ranking_model", default=RANKING_MODEL)
     return parser
@@ -171,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     transport = GrpcTransport(flags.server) if flags.transport == "grpc" else RestTransport(flags.server)
     client = TwoStageClient(transport, catalog, flags.canary_fraction, flags.retrieval_model, flags.ranking_model,
-                            flags.timeout_s, flags.retries, description=description)
+                            flags.timeout_s, flags.retries, description=description,
+                            recommender_model=flags.recommender_model or None)
     batch_mode = bool(flags.user_ids_file or flags.output or len(user_ids) > 1)
     try:
         if flags.session:

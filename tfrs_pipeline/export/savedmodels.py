@@ -247,15 +247,64 @@ class RankingExport(tf.Module):
             {**fresh_feature_specs(users.specs), CANDIDATES_INPUT: _CANDIDATES_SPEC}])
 
     def _serve(self, user_id: tf.Tensor, item_ids: tf.Tensor) -> dict:
-        rows = self.users.rows(user_id)
-        context = {name: tf.gather(table, rows) for name, table in self._user_context.items()}
-        return {SCORES_OUTPUT: self.ranking_model.score(context, item_ids, self._catalog_embeddings)}
+        return {SCORES_OUTPUT: self.score(self.context_of_users(user_id), item_ids)}
 
     def _serve_features(self, features: dict) -> dict:
         """Fresh features and history, as retrieval's ``query_features`` takes them, plus the candidates."""
+        return {SCORES_OUTPUT: self.score(self.context_of_features(features), features[CANDIDATES_INPUT])}
+
+    def context_of_users(self, user_id: tf.Tensor) -> dict:
+        """The snapshot's precomputed ranking context of each user (its ``query`` is retrieval's query)."""
+        rows = self.users.rows(user_id)
+        return {name: tf.gather(table, rows) for name, table in self._user_context.items()}
+
+    def context_of_features(self, features: dict) -> dict:
+        """The ranking context of fresh features and history: one pass of the query tower."""
         query_features = _fresh_query_features(features, self.ranking_model.query_tower.max_length)
-        context = self.ranking_model.user_context(query_features, self._catalog_embeddings)
-        return {SCORES_OUTPUT: self.ranking_model.score(context, features[CANDIDATES_INPUT], self._catalog_embeddings)}
+        return self.ranking_model.user_context(query_features, self._catalog_embeddings)
+
+    def score(self, context: dict, item_ids: tf.Tensor) -> tf.Tensor:
+        return self.ranking_model.score(context, item_ids, self._catalog_embeddings)
+
+
+class RecommenderExport(tf.Module):
+    """Both stages in one graph: a user id (or fresh features and history) -> the ranked top-K, in one call.
+
+    Two Predict calls per recommendation cost two round trips through gRPC and the server, and the
+    fresh-feature path ran the query tower twice (retrieval's query, then ranking's context, which
+    holds the same query). Here the ranking context is computed once, its query retrieves the
+    candidates, the ranker scores them and the best ``k`` come back, best first: what the pipeline
+    evaluates as two-stage, retrieving ``ranking_candidates`` items for the ranker.
+
+    Args:
+      ranking: the ranking export (its snapshot, contexts and scorer).
+      search: the catalog search, asked for the ranker's candidate list (its k is the list's length).
+      k: items returned per request, best first (at most the candidate list's length).
+    """
+
+    def __init__(self, ranking: RankingExport, search: CatalogSearch, k: int):
+        super().__init__()
+        self.ranking = ranking
+        self.search = search
+        self.k = min(k, search.k)
+        self.serve = tf.function(self._serve, input_signature=[_USER_ID_SPEC])
+        self.serve_features = tf.function(self._serve_features,
+                                          input_signature=[fresh_feature_specs(ranking.users.specs)])
+
+    def _serve(self, user_id: tf.Tensor) -> dict:
+        return self._recommend(self.ranking.context_of_users(user_id), self.ranking.users.rated_items(user_id))
+
+    def _serve_features(self, features: dict) -> dict:
+        """Fresh features; ``history_item_ids`` any length, "" padded; its items are excluded."""
+        return self._recommend(self.ranking.context_of_features(features), features[HISTORY_INPUT])
+
+    def _recommend(self, context: dict, excluded_item_ids: tf.Tensor) -> dict:
+        """Candidates for the context's query, ranked; "" candidates (exclusions left too few) stay last."""
+        candidate_ids = self.search(context["query"], excluded_item_ids)[ITEM_IDS_OUTPUT]
+        scores = tf.where(tf.equal(candidate_ids, ""), -np.inf, self.ranking.score(context, candidate_ids))
+        best_scores, positions = tf.math.top_k(scores, k=self.k)
+        best_ids = tf.where(tf.math.is_inf(best_scores), "", tf.gather(candidate_ids, positions, batch_dims=1))
+        return {ITEM_IDS_OUTPUT: best_ids, SCORES_OUTPUT: best_scores}
 
 
 class SessionExport(tf.Module):
@@ -339,8 +388,8 @@ class SessionExport(tf.Module):
         return tf.where(clicked)[:, 0], tf.boolean_mask(indices, clicked), tf.boolean_mask(slot_bonus, clicked)
 
 
-def save_retrieval(module: RetrievalExport, path: str | os.PathLike, uses_scann: bool) -> None:
-    """Saves both retrieval signatures; ScaNN ops must be allow-listed to be saved at all."""
+def save_retrieval(module: RetrievalExport | RecommenderExport, path: str | os.PathLike, uses_scann: bool) -> None:
+    """Saves both signatures of a retrieval or recommender export; ScaNN ops must be allow-listed to be saved at all."""
     signatures = {SERVING_SIGNATURE: module.serve, QUERY_FEATURES_SIGNATURE: module.serve_features}
     tf.saved_model.save(module, os.fspath(path), signatures=signatures,
                         options=SCANN_SAVE_OPTIONS if uses_scann else None)

@@ -26,6 +26,7 @@ from tfrs_pipeline.contracts import (
     FEATURE_REPO_DIR,
     ITEMS_FILE,
     RANKING_MODEL,
+    RECOMMENDER_MODEL,
     RETRIEVAL_BRUTE_FORCE_MODEL,
     RETRIEVAL_MODEL,
     TWO_STAGE_MODELS,
@@ -289,17 +290,23 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
 
     queries = savedmodels.RetrievalQueries(query_tower, snapshot, user_context["query"], catalog_embeddings)
 
+    ranking = savedmodels.RankingExport(ranking_model, snapshot, user_context, catalog_embeddings)
+
+    def search(kind: str, k: int) -> savedmodels.CatalogSearch:
+        return savedmodels.CatalogSearch(top_k_layers[kind], inputs.catalog.item_ids, catalog_embeddings[1:], k)
+
     def retrieval(kind: str) -> savedmodels.RetrievalExport:
-        search = savedmodels.CatalogSearch(top_k_layers[kind], inputs.catalog.item_ids, catalog_embeddings[1:],
-                                           config.top_k)
-        return savedmodels.RetrievalExport(queries, search, inputs.data.schema.features.user_features)
+        return savedmodels.RetrievalExport(queries, search(kind, config.top_k),
+                                           inputs.data.schema.features.user_features)
 
     export_dir = pathlib.Path(config.export_dir)
     writers = {
         RETRIEVAL_MODEL: lambda path: savedmodels.save_retrieval(retrieval("scann"), path, True),
         RETRIEVAL_BRUTE_FORCE_MODEL: lambda path: savedmodels.save_retrieval(retrieval("brute_force"), path, False),
-        RANKING_MODEL: lambda path: savedmodels.save_ranking(
-            savedmodels.RankingExport(ranking_model, snapshot, user_context, catalog_embeddings), path),
+        RANKING_MODEL: lambda path: savedmodels.save_ranking(ranking, path),
+        RECOMMENDER_MODEL: lambda path: savedmodels.save_retrieval(savedmodels.RecommenderExport(
+            ranking, search(config.recommender_index, config.ranking_candidates), config.top_k), path,
+            config.recommender_index == "scann"),
     }
     for name, write in writers.items():
         versioning.write_version(export_dir / name, write, version)

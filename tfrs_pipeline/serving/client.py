@@ -1,8 +1,10 @@
 """Two-stage recommendations from a TF Serving endpoint (ours or TensorFlow Serving's), over gRPC or REST.
 
-Stage one asks the ``retrieval`` model for a user's candidates (``item_ids``, ``scores``); stage two
-asks the ``ranking`` model to re-score exactly those candidates, and the best ``k`` are returned
-with their titles. Around that sit the things a production caller needs:
+One Predict to the ``recommender`` model (both stages in one graph) answers a recommendation where the
+server serves it. Otherwise, or with ``recommender_model=None``, stage one asks the ``retrieval``
+model for a user's candidates (``item_ids``, ``scores``) and stage two asks the ``ranking`` model to
+re-score exactly those candidates; either way the best ``k`` are returned with their titles. Around
+that sit the things a production caller needs:
 
 - A/B testing: each user id is hashed to a number in [0, 1); users below ``canary_fraction`` go to
   the ``canary`` version label, the rest to ``stable``. The hash is stable across calls and
@@ -50,6 +52,7 @@ from tfrs_pipeline.contracts import (
     NUMERIC,
     QUERY_FEATURES_SIGNATURE,
     RANKING_MODEL,
+    RECOMMENDER_MODEL,
     RETRIEVAL_MODEL,
     SCORES_OUTPUT,
     SERVING_SIGNATURE,
@@ -263,12 +266,18 @@ class TwoStageClient:
       retries: how many times an UNAVAILABLE call is retried (with doubling backoff).
       description: the export's description (``ExportDescription.read``), which ``recommend_fresh`` builds
         its requests from; the user-id and session paths do not need it.
+      recommender_model: the one-call model; None asks retrieval and ranking apart. Where it cannot
+        answer, the two calls do (with their fallbacks); where the server does not serve it, it is
+        asked for again a minute later.
     """
 
     def __init__(self, transport: Transport, catalog: Catalog | None = None, canary_fraction: float = 0.0,
                  retrieval_model: str = RETRIEVAL_MODEL, ranking_model: str = RANKING_MODEL, timeout_s: float = 1.0,
-                 retries: int = 2, backoff_s: float = 0.05, description: ExportDescription | None = None):
+                 retries: int = 2, backoff_s: float = 0.05, description: ExportDescription | None = None,
+                 recommender_model: str | None = RECOMMENDER_MODEL):
         self.transport = transport
+        self.recommender_model = recommender_model
+        self._recommender_missing_since: float | None = None
         self.catalog = catalog if catalog is not None else Catalog([])
         self.description = description
         self.canary_fraction = canary_fraction
@@ -368,6 +377,9 @@ class TwoStageClient:
 
         ``excluded``: items the popular fallback leaves out (retrieval excludes the user's items itself).
         """
+        one_call = self._one_call(user_ids, arm, k, query, signature)
+        if one_call is not None:
+            return one_call
         try:
             retrieved, arm = self._predict(self.retrieval_model, arm, query, signature)
         except PredictError as error:
@@ -379,6 +391,23 @@ class TwoStageClient:
         except PredictError as error:
             scores, source, problem = retrieved[SCORES_OUTPUT], "retrieval_only", str(error)
         return [Recommendations(user_id, arm, source, self._top_k(candidates[row], scores[row], k), problem)
+                for row, user_id in enumerate(user_ids)]
+
+    def _one_call(self, user_ids: list[str], arm: str, k: int, query: Mapping[str, np.ndarray],
+                  signature: str) -> list[Recommendations] | None:
+        """The recommender model's answers; None where the server does not serve it (the two calls answer then)."""
+        missing_since = self._recommender_missing_since
+        if self.recommender_model is None or (
+                missing_since is not None and time.monotonic() - missing_since < LABEL_RECHECK_S):
+            return None
+        try:
+            predicted, arm = self._predict(self.recommender_model, arm, query, signature)
+        except PredictError as error:
+            if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                self._recommender_missing_since = time.monotonic()  # not served (or an older one): two calls
+            return None
+        return [Recommendations(user_id, arm, "two_stage",
+                                self._top_k(predicted[ITEM_IDS_OUTPUT][row], predicted[SCORES_OUTPUT][row], k))
                 for row, user_id in enumerate(user_ids)]
 
     def _predict(self, model: str, arm: str, inputs: Mapping[str, np.ndarray],
