@@ -25,7 +25,9 @@ from tfrs_pipeline.contracts import (
     NUMERIC,
     QUERY_FEATURES_SIGNATURE,
     RANKING_MODEL,
+    RECOMMENDER_MODEL,
     RETRIEVAL_MODEL,
+    SERVING_SIGNATURE,
     STABLE_LABEL,
     TEXT,
     ExportDescription,
@@ -341,3 +343,33 @@ def test_recommend_command_answers_fresh_features_and_history(served_small_expor
     assert "'favourite_colour'" in error and all(name in error for name in features)
     assert recommend.main([*flags, "--feature", "no_equals_sign"]) == 2
     assert "NAME=VALUE" in capsys.readouterr().err
+
+
+class CountingTransport(GrpcTransport):
+    """The real gRPC transport, counting the Predict calls per model."""
+
+    def __init__(self, target: str):
+        super().__init__(target)
+        self.calls: dict[str, int] = {}
+
+    def predict(self, model, label, inputs, timeout_s, signature=SERVING_SIGNATURE):
+        self.calls[model] = self.calls.get(model, 0) + 1
+        return super().predict(model, label, inputs, timeout_s, signature)
+
+
+def test_one_call_to_the_recommender_answers_as_the_two_calls_do(served_small_export, known_users):
+    export_dir, _, running = served_small_export
+    one_call, two_calls = (CountingTransport(f"127.0.0.1:{running.server.grpc_port}") for _ in range(2))
+    default = fresh_client(export_dir, one_call)
+    apart = fresh_client(export_dir, two_calls, recommender_model=None)
+    for user_id, (features, history) in known_users.items():
+        for ask in (lambda client: client.recommend(user_id, k=10),
+                    lambda client: client.recommend_fresh(features, history, k=10)):
+            answer, expected = ask(default), ask(apart)
+            assert answer.source == expected.source == "two_stage"
+            assert [item.item_id for item in answer.items] == [item.item_id for item in expected.items]
+            assert [item.score for item in answer.items] == pytest.approx([item.score for item in expected.items],
+                                                                          abs=1e-4)
+    asked = 2 * len(known_users)  # the first call of each model also asks for the stable label, which is undefined
+    assert one_call.calls == {RECOMMENDER_MODEL: asked + 1}
+    assert two_calls.calls == {RETRIEVAL_MODEL: asked + 1, RANKING_MODEL: asked}
