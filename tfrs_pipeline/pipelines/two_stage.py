@@ -308,8 +308,8 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
             ranking, search(config.recommender_index, config.ranking_candidates), config.top_k), path,
             config.recommender_index == "scann"),
     }
-    for name, write in writers.items():
-        versioning.write_version(export_dir / name, write, version)
+    versioning.publish_together({export_dir / name: write for name, write in writers.items()}, version)
+    for name in writers:
         serving_config.upsert_model(config.serving_config_path, serving_config.ModelEntry(
             name=name, base_path=os.path.abspath(export_dir / name)))
     inputs.catalog.write_items_file(export_dir / ITEMS_FILE, inputs.catalog.counts(history.item_ids))

@@ -4,7 +4,17 @@
 MultiInference answer UNIMPLEMENTED: our exports have predict signatures only) and
 ``tensorflow.serving.ModelService`` (GetModelStatus, HandleReloadConfigRequest). Any TF Serving
 client, in any language, talks to this server unchanged.
+
+``HandleReloadConfigRequest`` changes what the server reads from disk, so it is not open to any
+client: only loopback peers may call it (unless the server is started with
+``--allow_remote_config_reload``), and every ``base_path`` must lie under one of the server's
+base path roots (a reload naming ``/proc`` would otherwise list process ids as versions).
 """
+import dataclasses
+import ipaddress
+import os
+import pathlib
+
 import grpc
 from google.protobuf import any_pb2
 from tensorflow_serving.apis import (
@@ -19,7 +29,7 @@ from tensorflow_serving.apis import (
 from tfrs_pipeline.contracts import SERVING_SIGNATURE
 from tfrs_pipeline.serving import tensors
 from tfrs_pipeline.serving.errors import ServingError
-from tfrs_pipeline.serving.model_manager import ModelManager
+from tfrs_pipeline.serving.model_manager import ModelManager, missing_base_paths
 from tfrs_pipeline.serving.prediction import PredictionBackend
 from tfrs_pipeline.serving.servable import Servable
 
@@ -61,7 +71,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_abort_on_serving_error
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
         version, label = requested_version(request.model_spec)
-        inputs = {name: tensors.from_tensor_proto(name, proto) for name, proto in request.inputs.items()}
+        inputs = {name: tensors.from_tensor_proto(name, proto, self._backend.max_batch_size)
+                  for name, proto in request.inputs.items()}
         signature_name = request.model_spec.signature_name or SERVING_SIGNATURE
         servable, outputs = self._backend.predict(request.model_spec.name, version, label, signature_name, inputs,
                                                   list(request.output_filter), entrypoint="GRPC")
@@ -112,9 +123,56 @@ def _packed(message) -> any_pb2.Any:
     return packed
 
 
+@dataclasses.dataclass(frozen=True)
+class ReloadPolicy:
+    """Who may reload the configuration over gRPC, and where its base paths may point.
+
+    Attributes:
+      allow_remote: accept reloads from peers other than loopback.
+      base_path_roots: folders every reloaded ``base_path`` must lie in (after resolving links).
+    """
+
+    allow_remote: bool
+    base_path_roots: tuple[pathlib.Path, ...]
+
+    def refusal(self, peer: str, config) -> ServingError | None:
+        """Why a reload from ``peer`` (``context.peer()``) of ``config`` is refused, or None."""
+        if not self.allow_remote and not _is_loopback(peer):
+            return ServingError(grpc.StatusCode.PERMISSION_DENIED,
+                                f"configuration reload is accepted from loopback peers only, not {peer} "
+                                "(start the server with --allow_remote_config_reload to allow it)")
+        outside = [model.base_path for model in config.model_config_list.config
+                   if not any(_is_within(model.base_path, root) for root in self.base_path_roots)]
+        if outside:
+            roots = ", ".join(str(root) for root in self.base_path_roots)
+            return ServingError(grpc.StatusCode.PERMISSION_DENIED,
+                                f"base_path {', '.join(outside)} is outside the base path roots ({roots}; "
+                                "--model_base_path_roots)")
+        missing = missing_base_paths(config)
+        if missing:
+            return ServingError(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(missing))
+        return None
+
+
+def _is_loopback(peer: str) -> bool:
+    kind, _, address = peer.partition(":")
+    if kind == "unix":
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_within(path: str, root: pathlib.Path) -> bool:
+    return pathlib.Path(os.path.realpath(path)).is_relative_to(root)
+
+
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, reload_policy: ReloadPolicy):
         self._manager = manager
+        self._reload_policy = reload_policy
 
     @_abort_on_serving_error
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
@@ -123,6 +181,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
         response = model_management_pb2.ReloadConfigResponse()
         try:
+            refusal = self._reload_policy.refusal(context.peer(), request.config)
+            if refusal:
+                raise refusal
             self._manager.apply_config(request.config)
         except ServingError as error:
             response.status.error_code = error.code.value[0]
@@ -142,6 +203,6 @@ def model_status_response(manager: ModelManager, name: str, version: int | None,
     return response
 
 
-def add_services(server: grpc.Server, backend: PredictionBackend) -> None:
+def add_services(server: grpc.Server, backend: PredictionBackend, reload_policy: ReloadPolicy) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(backend), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(backend.manager), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(backend.manager, reload_policy), server)

@@ -1,24 +1,31 @@
 """Which model versions are loaded: version policies, labels, polling, and rollouts that never drop a request.
 
 The manager follows TF Serving's model lifecycle. For each model in the ``ModelServerConfig`` it
-lists the all-digit folders under ``base_path`` (a half-written export is never one: see
-``export/versioning.py``), picks the versions its policy asks for (latest N, all, or specific),
-loads the new ones, and only then unloads versions the policy no longer wants. A request holds a
-reference to the version it is running on, so unloading never interrupts it, and while the new
-version loads the old one keeps serving. A version that fails to load is reported in its status
-(state END with the error) and is not retried until the config changes; the others keep serving,
-and if no wanted version could be loaded, the versions already loaded stay in service.
+lists the plain-integer folders under ``base_path`` (a half-written export is never one: see
+``export/versioning.py``; a name such as ``06`` or ``²`` is ignored with a warning), picks the
+versions its policy asks for (latest N, all, or specific) plus every version a label points to,
+loads the new ones, and only then unloads versions no longer wanted. A request holds a reference
+to the version it is running on, so unloading never interrupts it, and while the new version loads
+the old one keeps serving.
+
+Faults have one home here. A version that fails to load is reported in its status (state END with
+the error) and retried ``max_num_load_retries`` times, ``load_retry_interval_s`` apart, as TF
+Serving does (a folder copied in slowly, a version fixed in place). If no wanted version could be
+loaded, the versions already loaded stay in service, and a model serving nothing (a corrupt newest
+version at start-up) serves the newest older version that loads: better than TF Serving, which
+then serves nothing. An empty config is ignored, as TF Serving ignores it.
 """
 import dataclasses
 import logging
 import pathlib
 import threading
+import time
 from typing import Callable
 
 import grpc
 
 from tfrs_pipeline.export.serving_config import ModelConfig, ModelServerConfig, config_problems
-from tfrs_pipeline.export.versioning import existing_versions
+from tfrs_pipeline.export.versioning import scan_versions
 from tfrs_pipeline.serving.errors import ServingError, invalid_argument, not_found
 from tfrs_pipeline.serving.servable import Servable
 
@@ -38,7 +45,7 @@ class _Model:
     config: ModelConfig
     servables: dict[int, Servable] = dataclasses.field(default_factory=dict)
     statuses: dict[int, VersionStatus] = dataclasses.field(default_factory=dict)
-    failed_versions: set[int] = dataclasses.field(default_factory=set)
+    failed_loads: dict[int, tuple[int, float]] = dataclasses.field(default_factory=dict)  # version -> (tries, when)
 
 
 def wanted_versions(config: ModelConfig, versions_on_disk: list[int]) -> list[int]:
@@ -61,12 +68,19 @@ class ModelManager:
         ``--allow_version_labels_for_unavailable_models``; when False a config whose labels point
         to versions that are not loaded is refused.
       on_unload: called with each servable taken out of service (e.g. to stop its batching threads).
+      max_num_load_retries: how many more times a version that failed to load is tried (TF Serving's
+        ``--max_num_load_retries``).
+      load_retry_interval_s: the time between those tries (``--load_retry_interval_micros``).
     """
 
     def __init__(self, allow_labels_for_unavailable_versions: bool = False,
-                 on_unload: Callable[[Servable], None] = lambda servable: None):
+                 on_unload: Callable[[Servable], None] = lambda servable: None,
+                 max_num_load_retries: int = 5, load_retry_interval_s: float = 60.0):
         self._allow_unavailable_labels = allow_labels_for_unavailable_versions
         self._on_unload = on_unload
+        self._max_load_retries = max_num_load_retries
+        self._load_retry_interval_s = load_retry_interval_s
+        self._warned_folders: set[tuple[str, str]] = set()
         self._models: dict[str, _Model] = {}
         self._config = ModelServerConfig()
         self._lock = threading.Lock()  # guards _models and _config; held only briefly
@@ -82,6 +96,10 @@ class ModelManager:
     def apply_config(self, config: ModelServerConfig) -> None:
         """Serves the models of ``config``: adds, updates and removes models, then loads their versions.
 
+        An empty config (no models) is ignored with a warning, as TF Serving ignores it: a config
+        file caught mid-edit or an empty reload request must not unload every model. A base path
+        that does not exist is logged (its versions may be published later).
+
         Raises:
           ServingError: INVALID_ARGUMENT for an inconsistent config, FAILED_PRECONDITION when a
             version label points to a version that is not available; the previous config is then
@@ -90,6 +108,11 @@ class ModelManager:
         problems = config_problems(config)
         if problems:
             raise invalid_argument("invalid model server config: " + "; ".join(problems))
+        if not config.model_config_list.config:
+            log.warning("ignoring an empty model config: the %d models served stay in service", len(self._models))
+            return
+        for problem in missing_base_paths(config):
+            log.warning("%s", problem)
         with self._reconcile_lock:
             previous = self._config
             self._install(config)
@@ -108,7 +131,7 @@ class ModelManager:
                 model = self._models.setdefault(name, _Model(model_config))
                 if model.config != model_config:
                     model.config = model_config
-                    model.failed_versions.clear()
+                    model.failed_loads.clear()
             self._config = config
         for model in removed:
             for servable in model.servables.values():
@@ -127,11 +150,23 @@ class ModelManager:
 
     def _reconcile_model(self, model: _Model) -> None:
         name = model.config.name
-        wanted = wanted_versions(model.config, existing_versions(model.config.base_path))
+        on_disk, ignored = scan_versions(model.config.base_path)
+        for folder in ignored:
+            if (name, folder) not in self._warned_folders:
+                self._warned_folders.add((name, folder))
+                log.warning("model %s: ignoring the folder %r in %s: a version folder is named by a plain "
+                            "integer (no sign, no leading zero, at most 2^63 - 1)", name, folder,
+                            model.config.base_path)
+        labelled = set(model.config.version_labels.values())
+        wanted = sorted(set(wanted_versions(model.config, on_disk)) | (labelled & set(on_disk)))
         for version in wanted:
-            if version not in model.servables and version not in model.failed_versions:
+            if version not in model.servables and self._may_load(model, version):
                 self._load(model, version)
         if not any(version in model.servables for version in wanted):
+            if not model.servables:  # serve the newest older version that loads rather than nothing
+                for version in reversed([version for version in on_disk if version < max(wanted, default=0)]):
+                    if self._may_load(model, version) and self._load(model, version):
+                        break
             return  # keep what is serving rather than serve nothing
         for version in [version for version in model.servables if version not in wanted]:
             with self._lock:
@@ -141,7 +176,14 @@ class ModelManager:
             self._on_unload(servable)
             log.info("unloaded model %s version %d", name, version)
 
-    def _load(self, model: _Model, version: int) -> None:
+    def _may_load(self, model: _Model, version: int) -> bool:
+        """Whether a version is new, or failed and is due for another of its retries."""
+        if version not in model.failed_loads:
+            return True
+        tries, last_try = model.failed_loads[version]
+        return tries <= self._max_load_retries and time.monotonic() - last_try >= self._load_retry_interval_s
+
+    def _load(self, model: _Model, version: int) -> bool:
         name = model.config.name
         with self._lock:
             model.statuses[version] = VersionStatus("LOADING")
@@ -150,21 +192,36 @@ class ModelManager:
             servable = Servable(name, version, path)
         except Exception as error:  # a broken version must not take the server down
             message = f"failed to load model {name} version {version} from {path}: {type(error).__name__}: {error}"
-            log.error(message)
+            tries = model.failed_loads.get(version, (0, 0.0))[0] + 1
+            retry = (f"; retrying in {self._load_retry_interval_s:g} s" if tries <= self._max_load_retries
+                     else f"; giving up after {tries} tries")
+            log.error(message + retry)
             with self._lock:
                 model.statuses[version] = VersionStatus("END", message)
-                model.failed_versions.add(version)
-            return
+                model.failed_loads[version] = (tries, time.monotonic())
+            return False
         with self._lock:
             model.servables[version] = servable
             model.statuses[version] = VersionStatus("AVAILABLE")
+            model.failed_loads.pop(version, None)
         log.info("loaded model %s version %d from %s", name, version, path)
+        return True
 
     def _label_problems(self) -> list[str]:
         with self._lock:
             return [f"version label '{label}' of model {name} points to version {version}, which is not available"
                     for name, model in self._models.items()
                     for label, version in model.config.version_labels.items() if version not in model.servables]
+
+    def unavailable_models(self) -> list[str]:
+        """The configured models with no available version: while there is one, the server is not ready."""
+        with self._lock:
+            return sorted(name for name, model in self._models.items() if not model.servables)
+
+    def serves(self, name: str) -> bool:
+        """Whether ``name`` is a configured model (metrics label only these)."""
+        with self._lock:
+            return name in self._models
 
     def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The loaded version a request asks for: a number, a label, or (neither) the latest.
@@ -239,3 +296,9 @@ class ModelManager:
         self._stop.set()
         for thread in self._threads:
             thread.join()
+
+
+def missing_base_paths(config: ModelServerConfig) -> list[str]:
+    """One line per model whose ``base_path`` is not a folder (a typo, or a volume not mounted)."""
+    return [f"model {model.name}: base_path {model.base_path} does not exist or is not a folder"
+            for model in config.model_config_list.config if not pathlib.Path(model.base_path).is_dir()]

@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 
 from tfrs_pipeline.contracts import SERVING_SIGNATURE
+from tfrs_pipeline.serving import tensors
 from tfrs_pipeline.serving.batching import Batcher, BatchingOptions
 from tfrs_pipeline.serving.errors import ServingError
 from tfrs_pipeline.serving.metrics import ServerMetrics
@@ -19,11 +20,17 @@ from tfrs_pipeline.serving.servable import Servable
 
 
 class PredictionBackend:
-    """Runs Predict requests on the versions a ``ModelManager`` serves, batching them if asked to."""
+    """Runs Predict requests on the versions a ``ModelManager`` serves, batching them if asked to.
 
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics, batching: BatchingOptions | None = None):
+    ``max_batch_size`` (0: no limit) caps the batch one request may carry; the gRPC front end also
+    checks it before it decodes a tensor.
+    """
+
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics, batching: BatchingOptions | None = None,
+                 max_batch_size: int = 0):
         self.manager = manager
         self.metrics = metrics
+        self.max_batch_size = max_batch_size
         self._batching = batching
         self._batchers: dict[tuple[int, str], Batcher] = {}
         self._batchers_lock = threading.Lock()
@@ -36,6 +43,8 @@ class PredictionBackend:
         servable, status = None, grpc.StatusCode.UNKNOWN.name
         try:
             servable = self.manager.servable(model_name, version, label)
+            for name, value in inputs.items():
+                tensors.check_batch_size(name, value.shape[0] if value.ndim else 1, self.max_batch_size)
             output_names = servable.check_request(signature_name, inputs, output_filter)
             outputs = self._run(servable, signature_name or SERVING_SIGNATURE, inputs)
             status = grpc.StatusCode.OK.name
@@ -47,7 +56,9 @@ class PredictionBackend:
             status = grpc.StatusCode.INTERNAL.name
             raise ServingError(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}") from error
         finally:
-            self.metrics.record(model_name, servable.version if servable else None, "predict", entrypoint, status,
+            # A name the server does not serve is no label: clients could grow the metrics without bound.
+            self.metrics.record(model_name if self.manager.serves(model_name) else "",
+                                servable.version if servable else None, "predict", entrypoint, status,
                                 time.perf_counter() - started)
 
     def _run(self, servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray]):

@@ -7,12 +7,20 @@ Routes, as TF Serving documents them:
 - ``POST /v1/models/NAME[/versions/N | /labels/L]:predict``: ``{"instances": [...]}`` (row format,
   answered with ``predictions``) or ``{"inputs": ...}`` (columnar format, answered with ``outputs``),
   with an optional ``signature_name``;
-- ``GET  <monitoring path>``: Prometheus metrics, when a monitoring config enables them.
+- ``GET  <monitoring path>``: Prometheus metrics, when a monitoring config enables them;
+- ``GET  /readyz``: 200 when every configured model has an available version, else 503 naming those
+  without one (``GET /v1/models/NAME`` answers 200 even then: it reports, it does not judge).
 
-Errors answer ``{"error": "..."}`` with the HTTP status TF Serving maps the gRPC code to.
+Errors answer ``{"error": "..."}`` with the HTTP status TF Serving maps the gRPC code to; a body
+that is not valid JSON, base64 or a tensor is a 400, a POST without a length 411, a body above the
+message limit 413. A bounded pool of workers answers, and a connection that sends nothing (idle,
+half a request, a body shorter than its ``Content-Length``) is closed after the request timeout,
+so no client can hold a thread for ever.
 """
+import concurrent.futures
 import http.server
 import json
+import logging
 import re
 import socket
 
@@ -27,6 +35,8 @@ from tfrs_pipeline.serving.errors import ServingError, invalid_argument, not_fou
 from tfrs_pipeline.serving.grpc_service import model_status_response, signature_def_map
 from tfrs_pipeline.serving.prediction import PredictionBackend
 
+READY_PATH = "/readyz"
+log = logging.getLogger(__name__)
 MODEL_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                         r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                         r"(?P<suffix>/metadata|:predict)?/?$")
@@ -72,8 +82,20 @@ def format_row_outputs(outputs: dict[str, np.ndarray]) -> list:
     return [{name: value[index] for name, value in rows.items()} for index in range(batch_sizes.pop())]
 
 
+class HttpError(Exception):
+    """A request refused at the HTTP level (length, size, framing), before any model is asked."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 class RestHandler(http.server.BaseHTTPRequestHandler):
-    """One HTTP request; the server object carries ``backend`` and ``metrics_path``."""
+    """One HTTP request; the server object carries ``backend``, ``metrics_path`` and ``max_body_bytes``.
+
+    ``timeout`` (set per server) becomes the socket timeout of every read and write.
+    """
 
     protocol_version = "HTTP/1.1"
     server_version = "tfrs-model-server"
@@ -96,6 +118,13 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     def _answer(self, route) -> None:
         try:
             status, content_type, body = route()
+        except HttpError as error:
+            status, content_type = error.status, "application/json"
+            body = json.dumps({"error": error.message}).encode()
+            self.close_connection = True  # the rest of the body, if any, is not read
+        except TimeoutError:
+            self.close_connection = True
+            return  # the client stopped sending; nothing can be answered on a half-read request
         except ServingError as error:
             status, content_type = error.http_status, "application/json"
             body = json.dumps({"error": error.message}).encode()
@@ -111,6 +140,13 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     def _get(self):
         if self.server.metrics_path and self.path.split("?")[0] == self.server.metrics_path:
             return 200, "text/plain; version=0.0.4", self.server.backend.metrics.render().encode()
+        if self.path.split("?")[0] == READY_PATH:
+            unavailable = self.server.backend.manager.unavailable_models()
+            if unavailable:
+                return 503, "application/json", json.dumps(
+                    {"error": f"not ready: no available version of {', '.join(unavailable)}"}).encode()
+            return 200, "application/json", b'{"ready": true}'
+
         name, version, label, suffix = self._route()
         manager = self.server.backend.manager
         if suffix == ":predict":
@@ -132,15 +168,20 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             raise not_found(f"no POST route for {self.path}; use /v1/models/NAME[/versions/N|/labels/L]:predict")
         request = self._json_body()
         signature_name = request.get("signature_name") or SERVING_SIGNATURE
+        if not isinstance(signature_name, str):
+            raise invalid_argument(f"'signature_name' must be a string, got {json.dumps(signature_name)[:60]}")
         backend = self.server.backend
         signature_inputs = backend.manager.servable(name, version, label).signature_def(signature_name).inputs
         if ("instances" in request) == ("inputs" in request):
             raise invalid_argument("the request must have exactly one of 'instances' (row format) or 'inputs' "
                                    "(columnar format)")
-        if "instances" in request:
-            inputs = parse_row_format(request["instances"], signature_inputs)
-        else:
-            inputs = parse_columnar_format(request["inputs"], signature_inputs)
+        try:
+            if "instances" in request:
+                inputs = parse_row_format(request["instances"], signature_inputs)
+            else:
+                inputs = parse_columnar_format(request["inputs"], signature_inputs)
+        except (TypeError, ValueError, RecursionError) as error:  # JSON of the wrong types or depth
+            raise invalid_argument(f"the request's tensors cannot be read: {type(error).__name__}: {error}") from None
         _, outputs = backend.predict(name, version, label, signature_name, inputs, (), entrypoint="REST")
         if "instances" in request:
             body = {"predictions": format_row_outputs(outputs)}
@@ -158,20 +199,82 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         return match["name"], version, match["label"], match["suffix"]
 
     def _json_body(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
         try:
-            request = json.loads(self.rfile.read(length) or b"null")
+            request = json.loads(self._body() or b"null")
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise invalid_argument(f"the request body is not valid JSON: {error}") from None
+        except RecursionError:
+            raise invalid_argument("the request body is nested too deeply") from None
         if not isinstance(request, dict):
             raise invalid_argument("the request body must be a JSON object")
         return request
 
+    def _body(self) -> bytes:
+        """The request body, framed by ``Content-Length`` or chunked transfer encoding, within the size limit."""
+        limit = self.server.max_body_bytes
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._chunked_body(limit)
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            raise HttpError(411, "a POST request needs a Content-Length header (or chunked transfer encoding)")
+        if not length_text.strip().isdigit():
+            raise HttpError(400, f"invalid Content-Length {length_text[:30]!r}")
+        length = int(length_text)
+        if length > limit:
+            raise HttpError(413, f"the body of {length} bytes is larger than the limit of {limit}")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise HttpError(400, f"the body ended after {len(body)} of its {length} bytes")
+        return body
 
-class RestServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+    def _chunked_body(self, limit: int) -> bytes:
+        chunks, size = [], 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                chunk_size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise HttpError(400, f"invalid chunk size line {line[:30]!r}") from None
+            if chunk_size < 0 or size + chunk_size > limit:
+                raise HttpError(413 if chunk_size > 0 else 400, f"the chunked body exceeds the limit of {limit}")
+            if chunk_size == 0:
+                while self.rfile.readline(1024).strip():  # trailers, up to the blank line
+                    pass
+                return b"".join(chunks)
+            chunk = self.rfile.read(chunk_size)
+            if len(chunk) != chunk_size or self.rfile.read(2) != b"\r\n":
+                raise HttpError(400, "a chunk is shorter than its size line says")
+            chunks.append(chunk)
+            size += chunk_size
 
-    def __init__(self, address: tuple[str, int], backend: PredictionBackend, metrics_path: str | None):
-        super().__init__(address, RestHandler)
+
+class RestServer(http.server.HTTPServer):
+    """The REST front end: ``num_threads`` workers, each request read under ``timeout_s``.
+
+    Args:
+      max_body_bytes: the largest request body accepted (the server's message limit).
+    """
+
+    def __init__(self, address: tuple[str, int], backend: PredictionBackend, metrics_path: str | None,
+                 num_threads: int = 16, timeout_s: float = 30.0, max_body_bytes: int = 64 << 20):
+        handler = type("TimedRestHandler", (RestHandler,), {"timeout": timeout_s})
+        super().__init__(address, handler)
         self.backend = backend
         self.metrics_path = metrics_path
+        self.max_body_bytes = max_body_bytes
+        self._workers = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="rest")
+
+    def process_request(self, request, client_address) -> None:
+        self._workers.submit(self._process, request, client_address)
+
+    def _process(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except OSError as error:  # a client that went away or timed out
+            log.debug("REST connection from %s ended: %s", client_address, error)
+        finally:
+            self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._workers.shutdown(wait=False, cancel_futures=True)

@@ -9,6 +9,10 @@ Run it like ``tensorflow_model_server``::
 or for one model: ``--model_name=retrieval --model_base_path=export/retrieval``. It binds to
 127.0.0.1 unless ``--host`` says otherwise. The same config files and clients work against real
 TF Serving replicas; this server exists because the binary cannot be installed everywhere.
+
+Its ports are bound before any model loads, so a busy port is a one-line error at once, and a
+second server on a port already served is refused (gRPC's SO_REUSEPORT would otherwise let both
+listen and split the traffic) unless ``--grpc_reuse_port`` asks for it.
 """
 import argparse
 import concurrent.futures
@@ -24,7 +28,7 @@ from google.protobuf import text_format
 from tfrs_pipeline.export.serving_config import ModelEntry, ServingConfigError, build_config, read_config
 from tfrs_pipeline.serving.batching import BatchingOptions
 from tfrs_pipeline.serving.errors import ServingError
-from tfrs_pipeline.serving.grpc_service import add_services
+from tfrs_pipeline.serving.grpc_service import ReloadPolicy, add_services
 from tfrs_pipeline.serving.metrics import ServerMetrics
 from tfrs_pipeline.serving.model_manager import ModelManager
 from tfrs_pipeline.serving.prediction import PredictionBackend
@@ -64,6 +68,22 @@ def build_flag_parser() -> argparse.ArgumentParser:
     flag("--batching_parameters_file", default="", help="BatchingParameters text file")
     flag("--monitoring_config_file", default="", help="MonitoringConfig text file (Prometheus metrics)")
     flag("--grpc_max_threads", type=int, default=32, help="threads answering gRPC requests")
+    flag("--grpc_max_message_bytes", type=int, default=64 << 20,
+         help="largest gRPC message received or sent, and largest REST body (gRPC's own default is 4 MiB)")
+    flag("--grpc_reuse_port", type=parse_bool, nargs="?", const=True, default=False,
+         help="let several servers listen on the same gRPC port (SO_REUSEPORT)")
+    flag("--max_request_batch_size", type=int, default=1024,
+         help="most examples one Predict request may carry (INVALID_ARGUMENT above it); 0: no limit")
+    flag("--max_num_load_retries", type=int, default=5, help="retries of a version that failed to load")
+    flag("--load_retry_interval_micros", type=int, default=60_000_000, help="time between those retries")
+    flag("--rest_api_num_threads", type=int, default=16, help="threads answering REST requests")
+    flag("--rest_api_timeout_in_ms", type=int, default=30_000,
+         help="a REST connection that sends nothing for this long is closed")
+    flag("--allow_remote_config_reload", type=parse_bool, nargs="?", const=True, default=False,
+         help="accept HandleReloadConfigRequest from peers other than loopback")
+    flag("--model_base_path_roots", default="",
+         help="comma-separated folders that base paths of a gRPC config reload must lie in "
+              "(default: the folders holding the start-up config's base paths)")
     return parser
 
 
@@ -102,25 +122,57 @@ def metrics_path(flags: argparse.Namespace) -> str | None:
     return config.prometheus_config.path or DEFAULT_METRICS_PATH
 
 
+def base_path_roots(flags: argparse.Namespace, config) -> tuple[pathlib.Path, ...]:
+    """Where a gRPC reload may point base paths: ``--model_base_path_roots``, or the start-up models' folders."""
+    if flags.model_base_path_roots:
+        folders = [folder for folder in flags.model_base_path_roots.split(",") if folder.strip()]
+    else:
+        folders = [str(pathlib.Path(model.base_path).absolute().parent) for model in config.model_config_list.config]
+    return tuple(sorted({pathlib.Path(folder.strip()).resolve() for folder in folders}))
+
+
 class ModelServer:
     """The running server: model manager, gRPC server and (optionally) REST server. Usable in-process."""
 
     def __init__(self, flags: argparse.Namespace):
         self.flags = flags
+        config = model_server_config(flags)
         self.manager = ModelManager(flags.allow_version_labels_for_unavailable_models,
-                                    on_unload=lambda servable: self.backend.forget(servable))
-        self.backend = PredictionBackend(self.manager, ServerMetrics(), batching_options(flags))
+                                    on_unload=lambda servable: self.backend.forget(servable),
+                                    max_num_load_retries=flags.max_num_load_retries,
+                                    load_retry_interval_s=flags.load_retry_interval_micros / 1e6)
+        self.backend = PredictionBackend(self.manager, ServerMetrics(), batching_options(flags),
+                                         flags.max_request_batch_size)
         self.metrics_path = metrics_path(flags)
-        self.manager.apply_config(model_server_config(flags))
-        self.grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=flags.grpc_max_threads))
-        add_services(self.grpc_server, self.backend)
-        self.grpc_port = self.grpc_server.add_insecure_port(f"{flags.host}:{flags.port}")
+        message_limits = [("grpc.max_receive_message_length", flags.grpc_max_message_bytes),
+                          ("grpc.max_send_message_length", flags.grpc_max_message_bytes),
+                          ("grpc.so_reuseport", int(flags.grpc_reuse_port))]
+        self.grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=flags.grpc_max_threads),
+                                       options=message_limits)
+        add_services(self.grpc_server, self.backend, ReloadPolicy(flags.allow_remote_config_reload,
+                                                                  base_path_roots(flags, config)))
+        try:
+            self.grpc_port = self.grpc_server.add_insecure_port(f"{flags.host}:{flags.port}")
+        except RuntimeError:  # grpcio raises it for an address in use
+            self.grpc_port = 0
         if self.grpc_port == 0:
-            raise OSError(f"cannot bind the gRPC port {flags.host}:{flags.port}")
+            raise OSError(f"cannot bind the gRPC port {flags.host}:{flags.port}: is another server running there?")
         self.rest_server = None
         if flags.rest_api_port:
-            self.rest_server = RestServer((flags.host, flags.rest_api_port), self.backend, self.metrics_path)
+            try:
+                self.rest_server = RestServer((flags.host, flags.rest_api_port), self.backend, self.metrics_path,
+                                              flags.rest_api_num_threads, flags.rest_api_timeout_in_ms / 1000,
+                                              flags.grpc_max_message_bytes)
+            except OSError as error:
+                self.grpc_server.stop(None)
+                raise OSError(f"cannot bind the REST port {flags.host}:{flags.rest_api_port}: "
+                              f"{error.strerror or error}") from None
         self.rest_port = self.rest_server.server_address[1] if self.rest_server else None
+        try:
+            self.manager.apply_config(config)  # the ports are ours: now the (slow) model loads
+        except BaseException:
+            self._close_ports()
+            raise
 
     def start(self) -> "ModelServer":
         config_source = (lambda: read_config(self.flags.model_config_file)) if self.flags.model_config_file else None
@@ -137,9 +189,13 @@ class ModelServer:
         self.manager.stop()
         if self.rest_server:
             self.rest_server.shutdown()
+        self._close_ports()
+        self.backend.close()
+
+    def _close_ports(self) -> None:
+        if self.rest_server:
             self.rest_server.server_close()
         self.grpc_server.stop(grace=1).wait()
-        self.backend.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,17 +3,56 @@
 gRPC requests carry ``TensorProto`` messages whose dtype must be the signature's, as in TF Serving.
 REST requests carry JSON, which has no dtypes, so values are converted to the dtype the signature
 declares; strings may be sent as ``{"b64": "..."}`` as TF Serving's REST API allows.
+
+A request's size is checked before anything is allocated: a ``TensorProto`` whose values do not
+match its shape is refused (a 41-byte proto that declares [8M, 1] strings would otherwise cost
+100 MB), and so is a batch above the server's ``--max_request_batch_size``.
 """
 import base64
+import binascii
+import math
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from tfrs_pipeline.serving.errors import invalid_argument
 
+# The repeated field holding a TensorProto's values when ``tensor_content`` is empty, by dtype.
+_VALUE_FIELDS = {
+    types_pb2.DT_STRING: "string_val", types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_INT32: "int_val", types_pb2.DT_INT16: "int_val", types_pb2.DT_INT8: "int_val",
+    types_pb2.DT_UINT8: "int_val", types_pb2.DT_UINT16: "int_val", types_pb2.DT_INT64: "int64_val",
+    types_pb2.DT_BOOL: "bool_val", types_pb2.DT_HALF: "half_val", types_pb2.DT_BFLOAT16: "half_val",
+    types_pb2.DT_UINT32: "uint32_val", types_pb2.DT_UINT64: "uint64_val",
+}
 
-def from_tensor_proto(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
+
+def check_batch_size(name: str, batch_size: int, max_batch_size: int) -> None:
+    """Refuses a batch above ``max_batch_size`` (0: no limit) as TF Serving's batcher does: INVALID_ARGUMENT."""
+    if max_batch_size and batch_size > max_batch_size:
+        raise invalid_argument(f"input '{name}': a batch of {batch_size} is larger than the maximum request batch "
+                               f"size {max_batch_size} (--max_request_batch_size); split the request")
+
+
+def from_tensor_proto(name: str, proto: tensor_pb2.TensorProto, max_batch_size: int = 0) -> np.ndarray:
+    """The proto's array, after checking its shape against its values and ``max_batch_size`` (0: no limit)."""
+    dims = [dim.size for dim in proto.tensor_shape.dim]
+    if proto.tensor_shape.unknown_rank or any(size < 0 for size in dims):
+        raise invalid_argument(f"input '{name}': a request tensor needs a known shape, got {dims}")
+    if dims:
+        check_batch_size(name, dims[0], max_batch_size)
+    elements = math.prod(dims)
+    if proto.tensor_content:
+        expected_bytes = elements * (tf.as_dtype(proto.dtype).size if proto.dtype != types_pb2.DT_STRING else 0)
+        if len(proto.tensor_content) != expected_bytes:
+            raise invalid_argument(f"input '{name}': tensor_content has {len(proto.tensor_content)} bytes, "
+                                   f"its shape {dims} and dtype need {expected_bytes}")
+    elif proto.dtype in _VALUE_FIELDS:
+        values = len(getattr(proto, _VALUE_FIELDS[proto.dtype]))
+        if values != elements:
+            raise invalid_argument(f"input '{name}': the shape {dims} holds {elements} values but "
+                                   f"{values} were sent")
     try:
         return tf.make_ndarray(proto)
     except (TypeError, ValueError) as error:
@@ -45,7 +84,12 @@ def _json_strings(value):
             raise ValueError("the nested lists are ragged; a tensor needs equal lengths")
         return strings
     if isinstance(value, dict) and set(value) == {"b64"}:
-        return base64.b64decode(value["b64"])
+        if not isinstance(value["b64"], str):
+            raise ValueError(f"a b64 value must be a string, got {_preview(value['b64'])}")
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error as error:
+            raise ValueError(f"invalid base64 {_preview(value['b64'])}: {error}") from None
     if isinstance(value, str):
         return value.encode("utf-8")
     raise ValueError(f"expected a string, got {_preview(value)}")
