@@ -49,8 +49,12 @@ def test_upsert_adds_and_replaces_models_by_name(tmp_path):
     upsert_model(path, ModelEntry("retrieval", "/models/retrieval", num_versions=2, version_labels={"stable": 7}))
     models = parse_with_proto(path).model_config_list.config
     assert [model.name for model in models] == ["retrieval", "ranking"]
-    assert models[0].model_version_policy.latest.num_versions == 2
+    assert list(models[0].model_version_policy.specific.versions) == [7]  # labels and policy agree
     assert dict(models[0].version_labels) == {"stable": 7}
+    upsert_model(path, ModelEntry("retrieval", "/models/retrieval"))  # a new export keeps the labels
+    retrieval = parse_with_proto(path).model_config_list.config[0]
+    assert dict(retrieval.version_labels) == {"stable": 7}
+    assert list(retrieval.model_version_policy.specific.versions) == [7]
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -93,7 +97,9 @@ def test_the_shipped_model_configs_parse_and_label_both_arms(name):
     assert {"retrieval", "ranking"} <= set(models)
     for served_name in ("retrieval", "ranking"):
         assert set(models[served_name].version_labels) == {"stable", "canary"}
-        assert models[served_name].model_version_policy.latest.num_versions == 2
+        # A label on a version the policy unloads answers NOT_FOUND and stops a restart: the policy serves the labels.
+        assert (sorted(models[served_name].model_version_policy.specific.versions)
+                == sorted(set(models[served_name].version_labels.values())))
 
 
 def test_the_shipped_batching_and_monitoring_configs_parse():

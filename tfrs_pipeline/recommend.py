@@ -16,8 +16,12 @@ found beside ``--items`` or given by ``--description``), and features left out a
 store at request time (events pushed with ``python -m tfrs_pipeline.features push`` count at once);
 the answer says whether it came from the store, from features alone, or, for a user the store does
 not know, from the popular items.
+
+Exit status: 0 when every answer came from the models, 3 when some users got a fallback (each is
+counted on standard error, and the answers say so), 1 when the server failed, 2 for a usage error.
 """
 import argparse
+import collections
 import json
 import pathlib
 import sys
@@ -68,18 +72,43 @@ def build_flag_parser() -> argparse.ArgumentParser:
     flag("--description", help=f"the export's {DESCRIPTION_FILE}, which names the features a fresh-feature request "
                                f"takes (default: the one beside --items)")
     flag("--output", help="write JSON lines here (batch mode; default: standard output)")
-    flag("--k", type=int, default=10, help="how many items to recommend")
+    flag("--k", type=positive_int, default=10, help="how many items to recommend")
     flag("--items", help=f"the export's {ITEMS_FILE} ({', '.join(ITEMS_COLUMNS)}; most popular first) for titles "
                          "and the popular fallback")
     flag("--canary_fraction", type=float, default=0.1, help=f"share of users routed to the '{CANARY_LABEL}' label")
     flag("--timeout_s", type=float, default=1.0, help="deadline of each Predict call")
     flag("--retries", type=int, default=2, help="retries of a call that answers UNAVAILABLE")
-    flag("--batch_size", type=int, default=256, help="users per Predict call in batch mode")
+    flag("--batch_size", type=positive_int, default=256,
+         help="users per Predict call in batch mode (a batch that does not fit is split)")
     flag("--recommender_model", default=RECOMMENDER_MODEL,
          help="the one-call model (both stages in one graph); '' asks retrieval and ranking apart")
     flag("--retrieval_model", default=RETRIEVAL_MODEL)
     flag("--ranking_model", default=RANKING_MODEL)
     return parser
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def report_fallbacks(answers: list[Recommendations]) -> int:
+    """Counts the answers that did not come from both models on standard error; the exit status (0 or 3).
+
+    An unknown user's answer is what such a user gets by design, not a fallback: it is counted apart.
+    """
+    fallbacks = collections.Counter(answer.source for answer in answers if not answer.unknown_user
+                                    and answer.source in ("popular_fallback", "retrieval_only"))
+    unknown = sum(answer.unknown_user for answer in answers)
+    if unknown:
+        print(f"recommend: {unknown} of {len(answers)} users are not known to the export (new-user answers)",
+              file=sys.stderr)
+    for source, count in sorted(fallbacks.items()):
+        first_error = next(answer.error for answer in answers if answer.source == source and not answer.unknown_user)
+        print(f"recommend: {count} of {len(answers)} answers are {source}: {first_error}", file=sys.stderr)
+    return 3 if fallbacks else 0
 
 
 def read_user_ids(flags: argparse.Namespace) -> list[str]:
@@ -122,6 +151,8 @@ def format_readable(answer: Recommendations, who: str | None = None) -> str:
     who = who or (f"user {answer.user_id}" if answer.user_id else "this session")
     query = f", query from {answer.query}" if answer.query not in ("", QUERY_USER_ID) else ""
     lines = [f"Top {len(answer.items)} for {who} (arm: {answer.arm}, {answer.source}{query})"]
+    if answer.unknown_user:
+        lines.append("  note: this user is not known: these are the answers for a new user")
     if answer.error:
         lines.append(f"  note: {answer.error}")
     for rank, item in enumerate(answer.items, start=1):
@@ -179,13 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     batch_mode = bool(flags.user_ids_file or flags.output or len(user_ids) > 1)
     try:
         if flags.session:
-            print(format_readable(client.recommend_next(flags.session, flags.k, flags.session_model)))
-            return 0
+            answer = client.recommend_next(flags.session, flags.k, flags.session_model)
+            print(format_readable(answer))
+            return report_fallbacks([answer])
         if fresh:
             user_id = user_ids[0] if user_ids else ""
             answer = client.recommend_fresh(features, flags.history or [], flags.k, user_id)
             print(format_readable(answer, f"user {user_id}" if user_id else "these features and history"))
-            return 0
+            return report_fallbacks([answer])
         if store is not None:
             answers = [client.recommend_from_store(store, user_id, flags.k) for user_id in user_ids]
         else:
@@ -200,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json_lines(answers, flags.output)
     else:
         print(format_readable(answers[0]))
-    return 0
+    return report_fallbacks(answers)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ which versions to keep loaded (the version policy) and which names clients may u
 numbers (version labels such as ``stable`` and ``canary``). The same file drives our server and
 ``tensorflow_model_server``, so it is never assembled from string templates: it is a
 ``ModelServerConfig`` message, printed and parsed by ``google.protobuf.text_format``.
+
+Labels and the version policy must never contradict each other: a label pointing to a version the
+policy unloads answers NOT_FOUND, and a server restarted on such a config refuses to start. So a
+labelled model is served with the ``specific`` policy of its labelled versions
+(``pin_labelled_versions``), and the labels move only through ``python -m tfrs_pipeline.rollout``.
 """
 import dataclasses
 import os
@@ -113,6 +118,12 @@ def _model_problems(model: ModelConfig) -> list[str]:
     return problems
 
 
+def pin_labelled_versions(model: ModelConfig) -> None:
+    """Makes ``model``'s policy serve exactly its labelled versions (``specific``); unlabelled models keep theirs."""
+    if model.version_labels:
+        model.model_version_policy.specific.versions[:] = sorted(set(model.version_labels.values()))
+
+
 def config_to_text(config: ModelServerConfig) -> str:
     return text_format.MessageToString(config)
 
@@ -122,9 +133,12 @@ def write_config(config: ModelServerConfig, path: str | os.PathLike) -> pathlib.
     problems = config_problems(config)
     if problems:
         raise ServingConfigError(path, "refusing to write an invalid config: " + "; ".join(problems))
+    text = config_to_text(config)
+    if parse_config(text, path) != config:  # what the server will parse is what was meant
+        raise ServingConfigError(path, "the config does not survive printing and parsing with the proto")
     target = pathlib.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(target, config_to_text(config))
+    write_text_atomically(target, text)
     return target
 
 
@@ -154,16 +168,23 @@ def upsert_model(path: str | os.PathLike, entry: ModelEntry) -> ModelServerConfi
     """Adds ``entry`` to the config file at ``path`` (created if missing), replacing a model of the same name.
 
     The other models keep their place and settings, so the train command can add retrieval,
-    ranking and the session model one after another to the same file.
+    ranking and the session model one after another to the same file. A model that has labels keeps
+    them (a new export does not move ``stable`` or ``canary``: the rollout command does), and a
+    labelled model serves exactly its labelled versions, so no label ever points to an unloaded one.
     """
     config = read_config(path) if pathlib.Path(path).exists() else ModelServerConfig()
     models = config.model_config_list.config
     new_model = entry.to_proto()
     for index, model in enumerate(models):
         if model.name == entry.name:
+            labels = {**model.version_labels, **entry.version_labels}
+            new_model.ClearField("version_labels")
+            new_model.version_labels.update(labels)
             models[index].CopyFrom(new_model)
             break
     else:
         models.append(new_model)
+    for model in models:
+        pin_labelled_versions(model)
     write_config(config, path)
     return config

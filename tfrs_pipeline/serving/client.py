@@ -13,6 +13,8 @@ that sit the things a production caller needs:
   and the arm reads ``latest``; the label is asked for again a minute later, so labels added to a
   running server are picked up.
 - Deadlines on every call, retries with backoff on UNAVAILABLE (a replica restarting).
+- Batches that do not fit (a message above a receive limit, a batch above the server's
+  ``--max_request_batch_size``) are split in halves until they do, rather than served the fallback.
 - Fallbacks: if ranking fails the retrieval order is kept; if retrieval fails, the most popular
   items are returned, so a page never comes back empty.
 
@@ -68,6 +70,8 @@ from tfrs_pipeline.features.store import FeatureStoreError, OnlineFeatureStore
 
 LATEST = "latest"  # the arm of answers served by the latest versions, where the server lacks the arm's label
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+MAX_MESSAGE_BYTES = 64 << 20  # the server's default --grpc_max_message_bytes (gRPC's own default is 4 MiB)
+BATCH_LIMIT_FLAG = "--max_request_batch_size"  # named by the server's answer to a batch above its limit
 LABEL_RECHECK_S = 60.0  # how long a label the server lacked is not asked for again
 # What a two-stage answer's query was built from (``Recommendations.query``).
 QUERY_USER_ID = "user_id"  # the export's snapshot of the user
@@ -76,7 +80,8 @@ QUERY_STORE = "feature_store"  # features and recent history read from the onlin
 QUERY_STORE_FEATURES_ONLY = "feature_store_features_only"  # the store knows the user, but no history
 QUERY_UNKNOWN_USER = "unknown_user"  # the store does not know the user: popular items
 GRPC_CODE_OF_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-                     501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE,
+                     413: grpc.StatusCode.RESOURCE_EXHAUSTED, 501: grpc.StatusCode.UNIMPLEMENTED,
+                     503: grpc.StatusCode.UNAVAILABLE,
                      504: grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -99,7 +104,8 @@ class GrpcTransport:
     """``PredictionService.Predict`` through the official stub."""
 
     def __init__(self, target: str):
-        self._channel = grpc.insecure_channel(target)
+        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                                                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def predict(self, model, label, inputs, timeout_s, signature=SERVING_SIGNATURE):
@@ -249,6 +255,7 @@ class Recommendations:
     items: list[Recommendation]
     error: str = ""
     query: str = QUERY_USER_ID  # what the query was built from: one of the QUERY_* names ("" for a session)
+    unknown_user: bool = False  # the export (or the feature store) does not know this user: a new user's answer
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -349,7 +356,7 @@ class TwoStageClient:
         if not user.known:
             answer = self._popular(user_id, ab_arm(user_id, self.canary_fraction), k,
                                    f"user {user_id!r} is not in the feature store")
-            return dataclasses.replace(answer, query=QUERY_UNKNOWN_USER)
+            return dataclasses.replace(answer, query=QUERY_UNKNOWN_USER, unknown_user=True)
         answer = self._recommend_fresh(store.description, user.features, user.history_item_ids, k, user_id)
         return dataclasses.replace(answer, query=QUERY_STORE if user.history_item_ids else QUERY_STORE_FEATURES_ONLY)
 
@@ -369,7 +376,13 @@ class TwoStageClient:
                                self._top_k(predicted[ITEM_IDS_OUTPUT][0], predicted[SCORES_OUTPUT][0], k), query="")
 
     def _recommend_arm(self, user_ids: list[str], arm: str, k: int) -> list[Recommendations]:
-        return self._two_stage(user_ids, arm, k, {USER_ID_INPUT: np.array(user_ids, dtype=object)}, SERVING_SIGNATURE)
+        """The arm's users, and "" after them: the export answers every id it does not know with row 0 of its
+        snapshot, the row of "", so a user answered exactly as "" is one the export does not know."""
+        asked = [*user_ids, ""]
+        answers = self._two_stage(asked, arm, k, {USER_ID_INPUT: np.array(asked, dtype=object)}, SERVING_SIGNATURE)
+        new_user = answers.pop()
+        return [dataclasses.replace(answer, unknown_user=answer.source != "popular_fallback"
+                                    and answer.items == new_user.items) for answer in answers]
 
     def _two_stage(self, user_ids: list[str], arm: str, k: int, query: Mapping[str, np.ndarray], signature: str,
                    excluded: set[str] = frozenset()) -> list[Recommendations]:
@@ -431,6 +444,13 @@ class TwoStageClient:
             try:
                 return self.transport.predict(model, label, inputs, self.timeout_s, signature)
             except PredictError as error:
+                batch_size = len(next(iter(inputs.values())))
+                too_big = error.code == grpc.StatusCode.RESOURCE_EXHAUSTED or BATCH_LIMIT_FLAG in error.message
+                if too_big and batch_size > 1:
+                    halves = [{name: value[:batch_size // 2] for name, value in inputs.items()},
+                              {name: value[batch_size // 2:] for name, value in inputs.items()}]
+                    first, second = (self._predict_with_retries(model, label, half, signature) for half in halves)
+                    return {name: np.concatenate([first[name], second[name]]) for name in first}
                 if error.code not in RETRYABLE or attempt == self.retries:
                     raise
                 time.sleep(self.backoff_s * 2 ** attempt)
