@@ -1,5 +1,7 @@
 """Versioned export folders appear whole or not at all, and version numbers only go up."""
 import pathlib
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -95,3 +97,51 @@ def test_concurrent_writers_get_distinct_versions(tmp_path):
 def test_a_version_number_must_be_a_non_negative_integer(tmp_path):
     with pytest.raises(ValueError, match="non-negative integer"):
         versioning.write_version(tmp_path, write_files([]), version=-1)
+
+
+CRASH_BETWEEN_RENAMES = """
+import os, sys
+from tfrs_pipeline.export import versioning
+real_rename, renames = os.rename, []
+def rename_then_crash(source, target):
+    real_rename(source, target)
+    renames.append(target)
+    if len(renames) == 1:
+        os._exit(9)  # the process dies after the first model became visible
+os.rename = rename_then_crash
+root = sys.argv[1]
+write = lambda folder: open(os.path.join(folder, "saved_model.pb"), "w").write("model")
+versioning.publish_together({os.path.join(root, "retrieval"): write, os.path.join(root, "ranking"): write}, 1)
+"""
+
+
+def test_a_run_s_models_are_published_as_a_unit_even_across_a_crash(tmp_path):
+    """Issue 19, item 6: a crash between the models' renames left retrieval at N and ranking at N-1 for good."""
+    crashed = subprocess.run([sys.executable, "-c", CRASH_BETWEEN_RENAMES, str(tmp_path)], timeout=120)
+    assert crashed.returncode == 9
+    assert versioning.existing_versions(tmp_path / "retrieval") == [1]
+    assert versioning.existing_versions(tmp_path / "ranking") == []  # what a server would see after the crash
+    published = versioning.publish_together({tmp_path / "retrieval": write_files(["saved_model.pb"]),
+                                             tmp_path / "ranking": write_files(["saved_model.pb"])}, 2)
+    assert [folder.name for folder in published] == ["2", "2"]
+    for name in ("retrieval", "ranking"):  # the next publication finished the crashed one, and left no debris
+        assert visible_entries(tmp_path / name) == ["1", "2"]
+        assert (tmp_path / name / "1" / "saved_model.pb").read_text() == "model"
+    assert not list(tmp_path.glob(f"{versioning.JOURNAL_PREFIX}*"))
+
+
+def test_a_failed_writer_publishes_none_of_the_run_s_models(tmp_path):
+    def fail(folder):
+        (pathlib.Path(folder) / "saved_model.pb").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        versioning.publish_together({tmp_path / "retrieval": write_files(["saved_model.pb"]),
+                                     tmp_path / "ranking": fail}, 1)
+    assert visible_entries(tmp_path / "retrieval") == [] and visible_entries(tmp_path / "ranking") == []
+
+
+def test_odd_version_folder_names_are_not_versions(tmp_path):
+    for name in ["1", "06", "²", "٣", str(2 ** 63), str(2 ** 63 - 1), "-3"]:
+        (tmp_path / name).mkdir()
+    assert versioning.scan_versions(tmp_path) == ([1, 2 ** 63 - 1], sorted(["06", "²", "٣", str(2 ** 63)]))

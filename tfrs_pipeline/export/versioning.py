@@ -127,12 +127,11 @@ def publish_together(writers: Mapping[str | os.PathLike, Callable[[str], None]],
     _check_version_number(version)
     bases = [pathlib.Path(base_path) for base_path in writers]
     root = pathlib.Path(os.path.commonpath([base.absolute().parent for base in bases]))
+    recover(root)
     for base in bases:
         base.mkdir(parents=True, exist_ok=True)
-        recover(base)
         if (base / str(version)).exists():
             raise FileExistsError(f"version {version} already exists in {base}; versions are never overwritten")
-    recover(root)
     temporaries = []
     try:
         for base, write_fn in zip(bases, writers.values()):
@@ -153,11 +152,12 @@ def publish_together(writers: Mapping[str | os.PathLike, Callable[[str], None]],
 
 
 def recover(folder: str | os.PathLike) -> None:
-    """Finishes the publications a crash interrupted under ``folder`` and removes dead writers' temporaries.
+    """Finishes the publications a crash interrupted in ``folder`` and removes dead writers' temporaries.
 
-    A journal's renames are completed when every model it names was fully written (its temporary
-    folder or its version folder exists); a temporary folder whose writing process no longer runs is
-    deleted. Folders of writers still running are left alone.
+    ``folder`` is the parent of the base paths (an export folder). A journal's renames are completed
+    when every model it names was fully written (its temporary folder or its version folder exists);
+    then a temporary folder in a base path whose writing process no longer runs is deleted. Folders
+    of writers still running are left alone.
     """
     folder = pathlib.Path(folder)
     if not folder.is_dir():
@@ -171,7 +171,7 @@ def recover(folder: str | os.PathLike) -> None:
             _finish(journal, renames)
         else:
             journal.unlink(missing_ok=True)
-    for entry in folder.glob(f"{TEMPORARY_PREFIX}*"):
+    for entry in folder.glob(f"*/{TEMPORARY_PREFIX}*"):
         match = _TEMPORARY_PID.match(entry.name)
         if match and entry.is_dir() and not _process_runs(int(match[1])):
             shutil.rmtree(entry, ignore_errors=True)

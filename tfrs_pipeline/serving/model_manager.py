@@ -256,7 +256,8 @@ class ModelManager:
 
     def _model(self, name: str) -> _Model:
         if name not in self._models:
-            raise not_found(f"Servable not found for request: model {name!r} is not served")
+            shown = name if len(name) <= 100 else name[:100] + f"... ({len(name)} characters)"
+            raise not_found(f"Servable not found for request: model {shown!r} is not served")
         return self._models[name]
 
     @staticmethod

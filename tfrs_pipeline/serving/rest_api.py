@@ -257,12 +257,12 @@ class RestServer(http.server.HTTPServer):
 
     def __init__(self, address: tuple[str, int], backend: PredictionBackend, metrics_path: str | None,
                  num_threads: int = 16, timeout_s: float = 30.0, max_body_bytes: int = 64 << 20):
+        self._workers = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="rest")
         handler = type("TimedRestHandler", (RestHandler,), {"timeout": timeout_s})
-        super().__init__(address, handler)
+        super().__init__(address, handler)  # closes the server (and so the workers) if the port is busy
         self.backend = backend
         self.metrics_path = metrics_path
         self.max_body_bytes = max_body_bytes
-        self._workers = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="rest")
 
     def process_request(self, request, client_address) -> None:
         self._workers.submit(self._process, request, client_address)
