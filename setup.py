@@ -35,6 +35,7 @@ setup(
         "notebooks": ["nbformat>=5", "nbclient>=0.10", "ipykernel>=6"],
         "test": [
             "pytest>=8", "ruff~=0.17.0",  # the lint step of .ci/run (ruff.toml); a new minor may sort imports anew
+            "pytest-timeout==2.4.0",  # --timeout in .ci/run: a hung server fails its test instead of hanging CI
             "apache-beam==2.77.*", "google-crc32c>=1.5", "faiss-cpu>=1.8", "pyyaml>=6", "jsonschema>=4",
             "nbformat>=5", "nbclient>=0.10", "ipykernel>=6",
         ],

@@ -4,6 +4,7 @@ Each test reproduces an item of issue 19 (the number in its docstring) and fails
 it: versions that appear corrupt, late or oddly named, configs that are empty or contradict their
 labels, reloads from strangers, requests that lie about their size, and clients that never finish.
 """
+import gc
 import json
 import logging
 import pathlib
@@ -15,6 +16,8 @@ import sys
 import time
 
 import grpc
+import numpy as np
+import psutil
 import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -23,6 +26,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from tfrs_pipeline import recommend, rollout
 from tfrs_pipeline.export.serving_config import ModelEntry, build_config, read_config, write_config
+from tfrs_pipeline.export.versioning import write_version
+from tfrs_pipeline.index import SCANN_SAVE_OPTIONS, build_top_k
 from tfrs_pipeline.serving.server import ModelServer, build_flag_parser
 from test_serving_server import RunningServer, exports, free_port, retrieval_request, served_version  # noqa: F401
 from test_serving_toy_models import (  # noqa: F401
@@ -434,6 +439,52 @@ def test_a_second_server_on_a_busy_port_is_refused_in_one_line_before_loading(ex
     assert finished.returncode == 2
     assert "Traceback" not in finished.stderr and "loaded model" not in finished.stderr
     assert f"cannot bind the REST port 127.0.0.1:{first.server.rest_port}" in finished.stderr.splitlines()[-1]
+
+
+# 12. ScaNN loads ----------------------------------------------------------------------------------------------------
+
+class ToyScannRetrieval(tf.Module):
+    """A real ScaNN index over 600 items (the ScaNN ops in the graph, as in the retrieval export)."""
+
+    def __init__(self):
+        super().__init__()
+        random = np.random.default_rng(0)
+        self.user_embeddings = tf.Variable(random.normal(size=(9, 8)), dtype=tf.float32)
+        self.top_k = build_top_k("scann", tf.constant([str(item) for item in range(600)]),
+                                 random.normal(size=(600, 8)).astype("float32"), 10)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+    def serve(self, user_id):
+        rows = tf.strings.to_hash_bucket_fast(user_id, 9)
+        scores, item_ids = self.top_k(tf.gather(self.user_embeddings, rows), k=10)
+        return {"item_ids": item_ids, "scores": scores}
+
+
+def test_loading_scann_versions_does_not_leak_threads(tmp_path):
+    """12: each ScaNN retrieval load kept one OS thread (23 to 33 over 10 loads)."""
+    module = ToyScannRetrieval()
+    built = tmp_path / "built"
+    tf.saved_model.save(module, str(built), signatures={"serving_default": module.serve}, options=SCANN_SAVE_OPTIONS)
+    base = tmp_path / "retrieval"
+    write_version(base, lambda folder: shutil.copytree(built, folder, dirs_exist_ok=True), version=1)
+    server = single_model_server(base, tmp_path)
+    process = psutil.Process()
+
+    def answered_by(version):
+        return server.predictions.Predict(retrieval_request(["1"]), timeout=10).model_spec.version.value == version
+
+    try:
+        assert answered_by(1)
+        threads_before = process.num_threads()
+        for version in range(2, 8):
+            write_version(base, lambda folder: shutil.copytree(built, folder, dirs_exist_ok=True), version=version)
+            wait_until(lambda: answered_by(version), what=f"version {version} serving")
+            wait_until(lambda: list(status_of(server, "retrieval").values()).count(AVAILABLE) == 1,
+                       what="the previous version unloading")
+        gc.collect()
+        assert process.num_threads() - threads_before <= 2, "six ScaNN loads must not keep six threads"
+    finally:
+        server.close()
 
 
 # 13. The client -----------------------------------------------------------------------------------------------------

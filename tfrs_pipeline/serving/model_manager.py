@@ -6,7 +6,9 @@ lists the plain-integer folders under ``base_path`` (a half-written export is ne
 versions its policy asks for (latest N, all, or specific) plus every version a label points to,
 loads the new ones, and only then unloads versions no longer wanted. A request holds a reference
 to the version it is running on, so unloading never interrupts it, and while the new version loads
-the old one keeps serving.
+the old one keeps serving. A config that moves labels takes effect in the same order: the versions
+it labels are loaded first, then the labels move, then the versions no label or policy names any
+more are unloaded, so a rollout never answers NOT_FOUND.
 
 Faults have one home here. A version that fails to load is reported in its status (state END with
 the error) and retried ``max_num_load_retries`` times, ``load_retry_interval_s`` apart, as TF
@@ -43,6 +45,7 @@ class VersionStatus:
 @dataclasses.dataclass
 class _Model:
     config: ModelConfig
+    labels: dict[str, int] = dataclasses.field(default_factory=dict)  # the labels requests resolve: see apply_config
     servables: dict[int, Servable] = dataclasses.field(default_factory=dict)
     statuses: dict[int, VersionStatus] = dataclasses.field(default_factory=dict)
     failed_loads: dict[int, tuple[int, float]] = dataclasses.field(default_factory=dict)  # version -> (tries, when)
@@ -122,6 +125,10 @@ class ModelManager:
                 self._install(previous)
                 self._reconcile_all()
                 raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
+            with self._lock:
+                for model in self._models.values():
+                    model.labels = dict(model.config.version_labels)
+            self._reconcile_all()  # unloads the versions only the old labels named
 
     def _install(self, config: ModelServerConfig) -> None:
         new_configs = {model.name: model for model in config.model_config_list.config}
@@ -157,7 +164,7 @@ class ModelManager:
                 log.warning("model %s: ignoring the folder %r in %s: a version folder is named by a plain "
                             "integer (no sign, no leading zero, at most 2^63 - 1)", name, folder,
                             model.config.base_path)
-        labelled = set(model.config.version_labels.values())
+        labelled = set(model.config.version_labels.values()) | set(model.labels.values())
         wanted = sorted(set(wanted_versions(model.config, on_disk)) | (labelled & set(on_disk)))
         for version in wanted:
             if version not in model.servables and self._may_load(model, version):
@@ -262,10 +269,10 @@ class ModelManager:
 
     @staticmethod
     def _resolve_label(model: _Model, label: str) -> int:
-        if label not in model.config.version_labels:
+        if label not in model.labels:
             raise invalid_argument(f"Unrecognized servable version label: {label} (model {model.config.name} has "
-                                   f"{sorted(model.config.version_labels) or 'no labels'})")
-        return model.config.version_labels[label]
+                                   f"{sorted(model.labels) or 'no labels'})")
+        return model.labels[label]
 
     def start_polling(self, file_system_poll_seconds: float,
                       config_source: Callable[[], ModelServerConfig] | None = None,

@@ -4,6 +4,12 @@ The signatures' contract (input and output names, dtypes, shapes) is read from t
 own ``SignatureDef``s, the same data TF Serving returns from GetModelMetadata, so requests are
 checked against exactly what the exporter declared and a bad request is an INVALID_ARGUMENT that
 names the input, never a TensorFlow traceback.
+
+A version is loaded as TF Serving loads it (a ``SavedModelBundle``): its MetaGraph in a graph and
+session of its own, run by the signatures' tensor names. Everything the version holds goes with the
+session when the last request on it is done. ``tf.saved_model.load`` instead instantiates the
+functions in the process-wide eager context, which keeps their kernels after the model is dropped:
+each ScaNN retrieval version loaded that way kept its searcher, and one OS thread, for good.
 """
 import pathlib
 from typing import Mapping, Sequence
@@ -26,15 +32,17 @@ class Servable:
         self.version = version
         self.path = pathlib.Path(path)
         self.signature_defs = _read_signature_defs(self.path)
-        self._saved_model = tf.saved_model.load(str(self.path))
-        self._functions = dict(self._saved_model.signatures)
+        graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=graph)
+        with graph.as_default():
+            tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(self.path))
 
     def signature_def(self, signature_name: str) -> meta_graph_pb2.SignatureDef:
         signature_name = signature_name or SERVING_SIGNATURE
-        if signature_name not in self._functions:
+        if signature_name not in self.signature_defs:
             raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"Serving signature name: \"{signature_name}\" not found in signature def of model "
-                               f"{self.name} version {self.version}; it has {sorted(self._functions)}")
+                               f"{self.name} version {self.version}; it has {sorted(self.signature_defs)}")
         return self.signature_defs[signature_name]
 
     def check_request(self, signature_name: str, inputs: Mapping[str, np.ndarray],
@@ -62,13 +70,19 @@ class Servable:
 
     def call(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs a signature on inputs that passed ``check_request``; returns all its outputs."""
-        expected = self.signature_def(signature_name).inputs
-        tensors = {name: tf.constant(value, dtype=tf.as_dtype(expected[name].dtype)) for name, value in inputs.items()}
+        signature_def = self.signature_def(signature_name)
+        feeds = {signature_def.inputs[name].name: np.asarray(value, dtype=_numpy_dtype(signature_def.inputs[name]))
+                 for name, value in inputs.items()}
+        fetches = {name: tensor_info.name for name, tensor_info in signature_def.outputs.items()}
         try:
-            outputs = self._functions[signature_name or SERVING_SIGNATURE](**tensors)
+            return self._session.run(fetches, feeds)
         except tf.errors.InvalidArgumentError as error:
             raise invalid_argument(f"model {self.name} version {self.version}: {error.message}") from None
-        return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+
+def _numpy_dtype(tensor_info: meta_graph_pb2.TensorInfo):
+    dtype = tf.as_dtype(tensor_info.dtype)
+    return object if dtype == tf.string else dtype.as_numpy_dtype
 
 
 def _read_signature_defs(path: pathlib.Path) -> dict[str, meta_graph_pb2.SignatureDef]:
