@@ -90,12 +90,16 @@ def refresh_catalog(export_dir: str | os.PathLike, items_path: str | os.PathLike
     k = int(base.signatures[SERVING_SIGNATURE](user_id=tf.constant([""]))[ITEM_IDS_OUTPUT].shape[1])  # the served k
     layers, check = index.build_checked_indexes(item_ids, embeddings, base.queries.user_queries[1:], k, target_recall)
     version = max(versioning.next_version(export_dir / name) for name in REFRESHED_MODELS)
-    for name, kind in REFRESHED_MODELS.items():
+
+    def writer(name: str, kind: str):
         refreshed = savedmodels.RetrievalExport(latest[name].queries,
                                                 savedmodels.CatalogSearch(layers[kind], item_ids, embeddings, k),
                                                 description.features.user_features)
-        versioning.write_version(export_dir / name,
-                                 lambda path: savedmodels.save_retrieval(refreshed, path, kind == "scann"), version)
+        return lambda path: savedmodels.save_retrieval(refreshed, path, kind == "scann")
+
+    # Both retrieval exports appear together (issue 19, item 6), never one version apart.
+    versioning.publish_together({export_dir / name: writer(name, kind) for name, kind in REFRESHED_MODELS.items()},
+                                version)
     titles = (new[description.title_feature] if description.title_feature in new else new[ITEM_ID_INPUT]).astype(str)
     Catalog([*catalog.item_ids, *new[ITEM_ID_INPUT]], [*catalog.titles, *titles]).write_items_file(
         export_dir / ITEMS_FILE, np.concatenate([popularity, np.zeros(len(new))]))
