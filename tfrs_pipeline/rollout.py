@@ -7,17 +7,18 @@
 
 Hand edits of ``models.config`` broke serving: a label left on a version the ``latest`` policy had
 unloaded answered NOT_FOUND, and a restart on that file exited with status 2 (a crash loop). This
-command changes the labels of retrieval and ranking together (an A/B arm must use matching versions),
-sets each labelled model's policy to exactly its labelled versions, checks that every labelled
-version exists on disk, prints and re-parses the file with the real ``ModelServerConfig`` proto and
-writes it atomically, so a polling server only ever reads a whole, consistent config.
+command changes the labels of retrieval, ranking and the one-call recommender together (an A/B arm
+must use matching versions), sets each labelled model's policy to exactly its labelled versions,
+checks that every labelled version exists on disk, prints and re-parses the file with the real
+``ModelServerConfig`` proto and writes it atomically, so a polling server only ever reads a whole,
+consistent config.
 """
 import argparse
 import pathlib
 import sys
 from typing import Sequence
 
-from tfrs_pipeline.contracts import CANARY_LABEL, RANKING_MODEL, RETRIEVAL_MODEL, STABLE_LABEL
+from tfrs_pipeline.contracts import CANARY_LABEL, RANKING_MODEL, RECOMMENDER_MODEL, RETRIEVAL_MODEL, STABLE_LABEL
 from tfrs_pipeline.export.serving_config import (
     ModelConfig,
     ModelServerConfig,
@@ -29,6 +30,7 @@ from tfrs_pipeline.export.serving_config import (
 from tfrs_pipeline.export.versioning import existing_versions
 
 ACTIONS = ("canary", "promote", "rollback")
+ARM_MODELS = (RETRIEVAL_MODEL, RANKING_MODEL, RECOMMENDER_MODEL)  # what one A/B arm's answers come from
 
 
 class RolloutError(ValueError):
@@ -95,7 +97,8 @@ def build_flag_parser() -> argparse.ArgumentParser:
     parser.add_argument("action", choices=ACTIONS)
     parser.add_argument("--model_config_file", required=True, help="the ModelServerConfig file the server polls")
     parser.add_argument("--model", action="append", dest="models",
-                        help=f"a model whose labels move (repeat; default: {RETRIEVAL_MODEL} and {RANKING_MODEL})")
+                        help=f"a model whose labels move (repeat; default: those of {', '.join(ARM_MODELS)} that the "
+                             "config serves)")
     parser.add_argument("--version", type=int, help="the canary version (default: the newest on disk for all)")
     return parser
 
@@ -107,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = read_config(flags.model_config_file)
-        updated = rolled_out(config, flags.action, flags.models or [RETRIEVAL_MODEL, RANKING_MODEL], flags.version)
+        served = {model.name for model in config.model_config_list.config}
+        models = flags.models or [name for name in ARM_MODELS if name in served]
+        updated = rolled_out(config, flags.action, models, flags.version)
         write_config(updated, flags.model_config_file)
     except (ServingConfigError, RolloutError) as error:
         print(f"rollout: {error}; {pathlib.Path(flags.model_config_file)} is unchanged", file=sys.stderr)
