@@ -52,7 +52,11 @@ def wait_until(condition, timeout_s: float = 60, what: str = "the condition"):
     raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
-def toy_versions(root: pathlib.Path, versions, models=(("retrieval", ToyRetrieval), ("ranking", ToyRanking))):
+# The recommender takes retrieval's inputs and gives its outputs: the toy retrieval stands in for its mechanics.
+SHIPPED_MODELS = (("retrieval", ToyRetrieval), ("ranking", ToyRanking), ("recommender", ToyRetrieval))
+
+
+def toy_versions(root: pathlib.Path, versions, models=SHIPPED_MODELS):
     for name, model_class in models:
         for version in versions:
             export_toy(root / name, model_class, version)
@@ -97,9 +101,10 @@ def test_the_shipped_config_survives_a_third_version_and_rollouts_move_labels_to
         assert rollout.main(["canary", f"--model_config_file={config_path}"]) == 0
         wait_until(label_serves("canary", 3), what="canary moving to version 3")
         assert served_version(server.predictions.Predict(retrieval_request(["1"], label="stable"), timeout=10)) == 1
-        ranking = {model.name: model for model in read_config(config_path).model_config_list.config}["ranking"]
-        assert dict(ranking.version_labels) == {"stable": 1, "canary": 3}  # both arms move together
-        assert list(ranking.model_version_policy.specific.versions) == [1, 3]
+        configs = {model.name: model for model in read_config(config_path).model_config_list.config}
+        for name in ("ranking", "recommender"):  # an arm's models move together
+            assert dict(configs[name].version_labels) == {"stable": 1, "canary": 3}
+            assert list(configs[name].model_version_policy.specific.versions) == [1, 3]
 
         assert rollout.main(["promote", f"--model_config_file={config_path}"]) == 0
         wait_until(label_serves("stable", 3), what="stable moving to version 3")
