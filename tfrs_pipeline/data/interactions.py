@@ -178,6 +178,73 @@ def keep_first_users(data: InteractionData, max_users: int) -> InteractionData:
     return dataclasses.replace(data, interactions=interactions, users=users, policy_counts=counts)
 
 
+# --- Reading the interactions in pieces (the Beam preprocessing) ---------------------------------
+
+def interactions_file(folder: str | os.PathLike) -> pathlib.Path:
+    """The interactions file of an own-data folder (its ``dataset.yaml`` may name it).
+
+    Raises:
+      DataError: no interactions file, two of them, or a bad configuration.
+    """
+    folder = pathlib.Path(folder)
+    return _table_path(folder, INTERACTIONS, read_dataset_config(folder))
+
+
+def read_interaction_lines(path: str | os.PathLike, header: bytes, lines: bytes, first_line: int,
+                           config: DatasetConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """Reads whole lines of a CSV or TSV interactions file, checked and filtered as the whole file is.
+
+    Lets a large file be read by many workers, each a piece of it: every check of
+    ``read_interaction_folder`` applies, and an error names the line in the whole file. A piece
+    must end at a line break outside quotes (one interaction per line, which event logs are).
+
+    Args:
+      path: the file, for messages and its format (``.csv`` or ``.tsv``).
+      header: the file's first line.
+      lines: the piece, whole lines.
+      first_line: the file line of the piece's first line (the header is line 1).
+      config: the folder's configuration (``read_dataset_config``): renames and filters.
+
+    Returns:
+      The kept interactions (``InteractionData.interactions`` columns) and [K] a position for each
+      that increases in file order across pieces (the file line where every row is one line), which
+      orders interactions of equal timestamp as the file does.
+    """
+    if not lines.strip():
+        return pd.DataFrame({USER_ID: [], ITEM_ID: [], TIMESTAMP: np.array([], np.int64),
+                             RATING: np.array([], np.float32)}), np.array([], np.int64)
+    try:
+        text = decode_utf8(path, header + b"\n" + lines)
+    except DataError as error:
+        line = error.line if error.line == 1 else error.line + first_line - 2  # line 1: the header
+        raise DataError(error.path, line, None, error.problem) from None
+    source = _text_table(path, text, _separator(path), line_offset=first_line - 2)
+    interactions, keep = _filtered_interactions(source, config)
+    return interactions[keep].reset_index(drop=True), first_line + np.flatnonzero(keep)
+
+
+def read_interaction_rows(path: str | os.PathLike, rows: pd.DataFrame, first_row: int,
+                          config: DatasetConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """As `read_interaction_lines`, for rows of a Parquet file (a row group): ``first_row`` is the
+    file row of the first (0-based); errors and the returned positions count rows from 1."""
+    source = _SourceTable(str(path), rows.reset_index(drop=True), lambda row: row + first_row + 1)
+    interactions, keep = _filtered_interactions(source, config)
+    return interactions[keep].reset_index(drop=True), first_row + 1 + np.flatnonzero(keep)
+
+
+def catalog_item_ids(folder: str | os.PathLike) -> np.ndarray:
+    """The ids of the folder's items file in file order ([0] without one): the start of the catalog,
+    which the items nobody listed but someone chose follow (in the order they first appear)."""
+    folder = pathlib.Path(folder)
+    config = read_dataset_config(folder)
+    path = _table_path(folder, ITEMS, config, required=False)
+    if path is None:
+        return np.array([], dtype=object)
+    source = _read_table(path)
+    columns = _columns(source, config.items, config, ITEMS, required=(ITEM_ID,))
+    return _ids(source, columns[ITEM_ID])
+
+
 # --- Reading one file -----------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -231,12 +298,22 @@ def _read_table(path: str | os.PathLike) -> _SourceTable:
     data = path.read_bytes()
     if not data.strip():
         raise DataError(path, None, None, "file is empty")
-    text = decode_utf8(path, data)
-    separator = "\t" if path.suffix == ".tsv" else ","
+    return _text_table(path, decode_utf8(path, data), _separator(path))
+
+
+def _separator(path: str | os.PathLike) -> str:
+    return "\t" if pathlib.Path(path).suffix == ".tsv" else ","
+
+
+def _text_table(path: str | os.PathLike, text: str, separator: str, line_offset: int = 0) -> _SourceTable:
+    """A header row and the rows after it; ``line_offset`` is added to every line an error names
+    (the text is a chunk of a larger file, its header prepended)."""
     try:  # The header is read as a row, so that a row longer than it is an error, not an index column.
         rows = pd.read_csv(io.StringIO(text), sep=separator, header=None, dtype=str, keep_default_na=False)
     except pd.errors.ParserError as error:
-        raise tokenizer_error(path, error) from None
+        located = tokenizer_error(path, error)
+        raise DataError(located.path, None if located.line is None else located.line + line_offset, None,
+                        located.problem) from None
     header = [name.strip() for name in rows.iloc[0]]
     repeated = [name for position, name in enumerate(header) if name in header[:position]]
     if repeated:
@@ -245,7 +322,8 @@ def _read_table(path: str | os.PathLike) -> _SourceTable:
     rows.columns = header
     if rows.empty:
         raise DataError(path, None, None, "has a header but no rows")
-    return _SourceTable(str(path), rows, _line_finder(text, separator))
+    line_in_text = _line_finder(text, separator)
+    return _SourceTable(str(path), rows, lambda row: line_in_text(row) + line_offset)
 
 
 def decode_utf8(path: str | os.PathLike, data: bytes) -> str:
@@ -368,15 +446,19 @@ def _interactions(source: _SourceTable, config: DatasetConfig) -> tuple[pd.DataF
 
 def _read_interactions(path: pathlib.Path, config: DatasetConfig) -> tuple[pd.DataFrame, int]:
     """The interactions table, then the configured filters; returns it and how many rows they removed."""
-    source = _read_table(path)
-    table = config.interactions
-    interactions, columns = _interactions(source, config)
-    keep = np.ones(len(interactions), dtype=bool)
-    for row_filter in table.filters:
-        keep &= _filter_keeps(source, interactions, columns, row_filter, config)
+    interactions, keep = _filtered_interactions(_read_table(path), config)
     if not keep.any():
         raise config.fail("interactions.filter", f"the filters keep none of the {len(keep)} rows of {path}")
     return interactions[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def _filtered_interactions(source: _SourceTable, config: DatasetConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every row of ``source`` in the contract's columns, and [N] which rows the configured filters keep."""
+    interactions, columns = _interactions(source, config)
+    keep = np.ones(len(interactions), dtype=bool)
+    for row_filter in config.interactions.filters:
+        keep &= _filter_keeps(source, interactions, columns, row_filter, config)
+    return interactions, keep
 
 
 def _filter_keeps(source: _SourceTable, interactions: pd.DataFrame, columns: dict[str, str], row_filter: RowFilter,

@@ -10,8 +10,8 @@ An output folder holds::
 
     manifest.json                  written last: a folder without it is incomplete and never read
     examples/train-SSSSS-of-NNNNN.tfrecord
-    vocabularies/user_ids.txt      users with ratings, in the order examples are read back
-    vocabularies/item_ids.txt      the catalog (every rated movie, in movies.dat order)
+    vocabularies/user_ids.txt      users with interactions, in the order examples are read back
+    vocabularies/item_ids.txt      the catalog: the items file in its order, then items chosen but not listed
 """
 from __future__ import annotations
 

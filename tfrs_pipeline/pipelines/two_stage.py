@@ -162,6 +162,9 @@ def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: User
         if config.examples_dir:  # preprocessed by the Beam pipeline: the same windows, read from TFRecords
             examples = tfrecords.read_training_examples(
                 config.examples_dir, {name: getattr(config, name) for name in tfrecords.SPLIT_SETTINGS})
+            # The users set aside as newcomers (new_users_share) are in the files; no model may see them.
+            trained = np.isin(examples["user_id"], train.user_ids)
+            examples = {name: values[trained] for name, values in examples.items()}
         else:
             examples = training_windows(train.user_ids, train.item_ids, config.max_length)
         steps_per_epoch = -(-len(examples["user_id"]) // config.batch_size)
