@@ -26,6 +26,16 @@ def test_a_flag_of_the_other_task_is_refused(capsys):
     assert "session_neighbours" not in {field.name for field in dataclasses.fields(TwoStageConfig)}
 
 
+@pytest.mark.parametrize("flags", [["--examples_dir=examples"], ["--distribution", "mirrored"]])
+def test_the_session_task_refuses_the_scale_out_flags_with_the_reason(capsys, flags):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--task=session", "--data_dir=sessions", *flags])
+    assert exit_info.value.code == 2  # a usage error, before any data is read
+    error = capsys.readouterr().err
+    assert f"{flags[0].split('=')[0]} is not a flag of --task=session:" in error
+    assert "reads its sessions from --data_dir" in error or "trains on one device" in error
+
+
 @pytest.mark.parametrize("task", ["two_stage", "session"])
 def test_help_lists_every_field_once_with_its_default(task):
     printed = io.StringIO()

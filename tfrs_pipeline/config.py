@@ -34,6 +34,7 @@ class TaskConfig:
     """The settings every task shares: data, export, the transformer, training, the index."""
 
     task: ClassVar[str]
+    refused_flags: ClassVar[dict[str, str]] = {}  # flag -> why this task does not take it
 
     data_dir: str | None = _field(None, "data folder or zip (default: $TFRS_PIPELINE_DATA_DIR); "
                                         "'tfds' downloads through TFDS")
@@ -145,6 +146,14 @@ class SessionConfig(TaskConfig):
     """
 
     task: ClassVar[str] = "session"
+    # Flags of the two-stage task this one does not take, and why: a usage error names the reason
+    # (an argparse "unrecognized arguments" would not, and silently ignoring them would train something else).
+    refused_flags: ClassVar[dict[str, str]] = {
+        "examples_dir": "the Beam preprocessing builds the two-stage task's training windows; the session "
+                        "task reads its sessions from --data_dir",
+        "distribution": "the session model trains on one device (tf.distribute is built for the two-stage "
+                        "task's retrieval model only)",
+    }
 
     data_dir: str | None = _field(None, "an SR-GNN benchmark folder (train_sessions.txt + test.tsv), or a CSV "
                                         "of raw events (session id, item id, timestamp) or its folder")

@@ -49,11 +49,15 @@ def parse_config(argv: Sequence[str]) -> TaskConfig:
     task_only = argparse.ArgumentParser(prog=_PROG, add_help=False)  # --help must describe the chosen task's flags
     task_only.add_argument("--task", choices=TASKS, default=TwoStageConfig.task)
     task = task_only.parse_known_args(argv)[0].task
-    parser = _parser(config_for_task(task))
+    config_class = config_for_task(task)
+    parser = _parser(config_class)
+    for flag, reason in config_class.refused_flags.items():
+        if any(arg == f"--{flag}" or arg.startswith(f"--{flag}=") for arg in argv):
+            parser.error(f"--{flag} is not a flag of --task={task}: {reason}")
     values = vars(parser.parse_args(argv))
     del values["task"]
     try:
-        return config_for_task(task)(**values)
+        return config_class(**values)
     except ValueError as error:  # a value the field's checks refuse: a usage error, not a traceback
         parser.error(str(error))
 
