@@ -55,6 +55,7 @@ from tfrs_pipeline.pipelines.common import history, learning_rate, training_data
 from tfrs_pipeline.pipelines.progress import stage
 
 RANKING_VALIDATION_SHARE = 0.1
+INDEX_CHECK_QUERIES = 10_000  # all of MovieLens-1M's 6,040 users
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +124,9 @@ def run(config: TwoStageConfig) -> dict:
         candidate_embeddings = query_tower.item_tower.embed_catalog()[1:]
         np.savez_compressed(run_dir / run_layout.INDEX_EMBEDDINGS, candidate_embeddings=candidate_embeddings.numpy(),
                             query_embeddings=queries)
+        # Tuned and checked on the first users' queries: exact search for every user would cost [U, N] scores.
         top_k_layers, metrics["index"] = index.build_checked_indexes(
-            inputs.catalog.item_ids, candidate_embeddings, tf.constant(queries), config.top_k,
+            inputs.catalog.item_ids, candidate_embeddings, tf.constant(queries[:INDEX_CHECK_QUERIES]), config.top_k,
             config.scann_target_recall, config.scann_overrides)
     with stage(f"export version {version}"):
         _export(config, version, inputs, split.history, query_tower, ranking_model, top_k_layers)
@@ -184,8 +186,8 @@ def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: 
                    targets: np.ndarray, popularity: np.ndarray, run_dir: pathlib.Path) -> tuple[RankingModel, dict]:
     catalog = inputs.catalog
     with stage("retrieve candidates for ranking"):
-        scores = scoring.catalog_scores(query_tower, inputs.users, train)
-        candidates = scoring.candidate_lists(catalog, scores, train, config.ranking_candidates)
+        candidates = scoring.candidate_lists(catalog, scoring.query_embeddings(query_tower, inputs.users, train),
+                                             query_tower.item_tower, train, config.ranking_candidates)
         target_indices = catalog.indices(targets)
         # Only lists where retrieval found the next item teach the ranker anything it can use: at
         # serving time it never sees items retrieval missed, and planting them in the lists would
@@ -222,17 +224,21 @@ def _evaluate(config: TwoStageConfig, inputs: TwoStageInputs, ranking_model: Ran
     catalog = inputs.catalog
     rated = scoring.rated_indices(catalog, tested)
     target_indices = catalog.indices(targets)
-    scores = scoring.scores_of(queries, ranking_model.query_tower.item_tower)
-    retrieval_ranks = evaluation.rank_of_targets(scores, target_indices, rated)
-    candidates = scoring.candidate_lists(catalog, scores, tested, config.ranking_candidates)
+    size = min(config.ranking_candidates, len(catalog) - 1)
+    retrieval_ranks, popularity_ranks = (np.empty(len(targets), np.int64) for _ in range(2))
+    candidates = np.empty((len(targets), size), np.int64)
+    popularity_lists = np.empty((len(targets), min(10, len(catalog) - 1)), np.int64)
+    for rows, scores in scoring.score_blocks(queries, ranking_model.query_tower.item_tower):
+        retrieval_ranks[rows] = evaluation.rank_of_targets(scores, target_indices[rows], rated[rows])
+        candidates[rows] = evaluation.top_k_excluding(scores, rated[rows], size)
+        popularity_scores = np.tile(popularity, (len(scores), 1))
+        popularity_scores[:, 0] = -np.inf
+        popularity_ranks[rows] = evaluation.rank_of_targets(popularity_scores, target_indices[rows], rated[rows])
+        popularity_lists[rows] = evaluation.top_k_excluding(popularity_scores, rated[rows], popularity_lists.shape[1])
     reranked = scoring.rerank(ranking_model, scoring.ranking_features(catalog, inputs.users, tested, candidates,
                                                                       config.max_length), candidates)
     in_list = reranked == target_indices[:, np.newaxis]
     two_stage_ranks = np.where(in_list.any(axis=1), in_list.argmax(axis=1) + 1, retrieval_ranks)
-    popularity_scores = np.tile(popularity, (len(tested), 1))
-    popularity_scores[:, 0] = -np.inf
-    popularity_ranks = evaluation.rank_of_targets(popularity_scores, target_indices, rated)
-    popularity_lists = evaluation.top_k_excluding(popularity_scores, rated, 10)
 
     def report(ranks: np.ndarray, top_lists: np.ndarray) -> dict:
         return {**evaluation.accuracy_metrics(ranks),
