@@ -35,6 +35,7 @@ SCALAR_FEATURES = {"user_id": object}
 WINDOW = "window"  # 0 for a user's most recent window, 1 for the one before, ...
 # The settings that decide which examples a folder holds; `train` refuses a folder made with others.
 SPLIT_SETTINGS = ("max_length", "holdout", "max_users")
+READ_BATCH = 8192
 
 
 def encode_examples(examples: Mapping[str, np.ndarray]) -> Iterator[bytes]:
@@ -82,7 +83,9 @@ def read_training_examples(examples_dir: str | os.PathLike, expected_settings: M
     missing = [shard for shard in shards if not pathlib.Path(shard).is_file()]
     if missing:
         raise DataError(missing[0], None, None, f"a shard the manifest lists is missing ({len(missing)} in all)")
-    records = [tf.train.Example.FromString(record.numpy()) for record in tf.data.TFRecordDataset(shards)]
+    # Read in batches: one eager step per record costs more than parsing it (20 of 28 s at 94K records).
+    records = [tf.train.Example.FromString(record) for batch in
+               tf.data.TFRecordDataset(shards).batch(READ_BATCH).as_numpy_iterator() for record in batch]
     user_rank = {user_id: rank for rank, user_id in enumerate(_read_lines(folder / USER_VOCABULARY))}
     keys = [(user_rank[_feature_value(record, "user_id")], _feature_value(record, WINDOW)) for record in records]
     records = [records[position] for position in sorted(range(len(records)), key=keys.__getitem__)]
