@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         retrieval_seconds = next(seconds for name, seconds in stages.items() if name.startswith("train retrieval"))
         record("train", {
             "seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"], "stages_s": stages,
-            "epochs": flags.epochs, "num_negatives": flags.num_negatives, "keras_epoch_s": epoch_seconds,
+            "epochs": flags.epochs, "num_negatives": flags.num_negatives, "extra_flags": flags.train_flag,
+            "keras_epoch_s": epoch_seconds,  # retrieval's epochs, then ranking's
             "training_targets_per_epoch": targets,
             "training_interactions_per_s": round(targets * flags.epochs / retrieval_seconds),
             "hr@10": {system: metrics["evaluation"][system]["hr@10"]
