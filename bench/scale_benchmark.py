@@ -103,7 +103,7 @@ def ranking_latency(export_dir: pathlib.Path, user_ids: list[str], candidates: i
 
     base = export_dir / "ranking"
     signature = tf.saved_model.load(str(base / str(existing_versions(base)[-1]))).signatures["serving_default"]
-    items = read_items_file(export_dir / ITEMS_FILE)["item_id"].to_numpy(dtype=str)
+    items = read_items_file(export_dir / ITEMS_FILE)[0].item_ids.astype(str)
     rng = np.random.default_rng(0)
     timings = []
     for round_number in range(rounds + 5):
