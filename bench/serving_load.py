@@ -77,11 +77,12 @@ def _latest_signature(base_path: pathlib.Path):
 class ServerProcess:
     """``python -m tfrs_pipeline.serving.server`` on free loopback ports, until ``stop``."""
 
-    def __init__(self, export_dir: pathlib.Path, batching: bool):
-        self.port = free_port()
+    def __init__(self, export_dir: pathlib.Path, batching: bool, port: int | None = None):
+        """``port``: listen there beside the other processes given it (SO_REUSEPORT); by default a free one."""
+        self.port = port or free_port()
         self._log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         flags = [f"--port={self.port}", f"--model_config_file={export_dir / 'models.config'}",
-                 "--file_system_poll_wait_seconds=0"]
+                 "--file_system_poll_wait_seconds=0", *(["--grpc_reuse_port"] if port else [])]
         if batching:
             flags += ["--enable_batching", f"--batching_parameters_file={REPO_ROOT / 'serving_config/batching.config'}"]
         self._process = subprocess.Popen([sys.executable, "-m", "tfrs_pipeline.serving.server", *flags],
@@ -210,6 +211,9 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
     parser.add_argument("--server_processes", default="1",
                         help="comma-separated server process counts to measure the server modes with, e.g. 1,2")
+    parser.add_argument("--shared_port", action="store_true",
+                        help="several processes listen on one port (SO_REUSEPORT: the kernel spreads connections) "
+                             "instead of one port each, spread by the clients")
     parser.add_argument("--out", help="write the figures as JSON here")
     flags = parser.parse_args()
     export_dir = pathlib.Path(flags.export_dir).resolve()
@@ -223,11 +227,18 @@ def main() -> None:
             print(f"{mode}: {json.dumps(results[mode])}", flush=True)
             continue
         for processes in (int(count) for count in flags.server_processes.split(",")):
-            label = mode if processes == 1 else f"{mode} x{processes} processes"
-            servers = [ServerProcess(export_dir, batching=mode == "server_batching") for _ in range(processes)]
+            label = mode if processes == 1 else f"{mode} x{processes} processes" + (
+                " on one port" if flags.shared_port else "")
+            port = free_port() if flags.shared_port and processes > 1 else None
+            servers = [ServerProcess(export_dir, batching=mode == "server_batching", port=port)
+                       for _ in range(processes)]
             try:
-                recommend = server_recommender([server.port for server in servers], flags.k,
-                                               one_call=mode != "server_two_calls")
+                one_call = mode != "server_two_calls"
+                # Every process answers its first request slowly (graphs, the ScaNN searcher): warm them all,
+                # each warm-up on a new connection, which a shared port hands to any of its processes.
+                for warmed_port in [server.port for server in servers] * (4 if port else 1):
+                    server_recommender([warmed_port], flags.k, one_call)(user_ids[0])
+                recommend = server_recommender(sorted({server.port for server in servers}), flags.k, one_call)
                 results[label] = run_load(recommend, user_ids,
                                           flags.clients, flags.duration_s, flags.warmup_s, flags.rate,
                                           tuple(server.pid for server in servers))
