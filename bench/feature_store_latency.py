@@ -25,7 +25,7 @@ from serving_load import ServerProcess, peak_rss_mb, run_load
 
 from tfrs_pipeline.catalog import read_items_file
 from tfrs_pipeline.contracts import DESCRIPTION_FILE, FEATURE_REPO_DIR, ITEMS_FILE
-from tfrs_pipeline.features.events import catalog_item_ids, push_events
+from tfrs_pipeline.features.events import push_events, served_item_ids
 from tfrs_pipeline.features.store import OnlineFeatureStore
 from tfrs_pipeline.serving.client import QUERY_STORE, GrpcTransport, TwoStageClient
 
@@ -68,7 +68,7 @@ def event_to_answer(port: int, repo: pathlib.Path, items: pathlib.Path, user_ids
     """For each user: push one event (an item from deep in the catalog), then ask again; did the answer change?"""
     store = OnlineFeatureStore(repo)
     catalog, _ = read_items_file(items)
-    known = catalog_item_ids(store)
+    known = served_item_ids(store)
     client = TwoStageClient(GrpcTransport(f"127.0.0.1:{port}"), catalog, timeout_s=5, retries=0)
     pushes, answers, changed = [], [], 0
     for position, user in enumerate(store.users(user_ids)):

@@ -21,7 +21,7 @@ from tfrs_pipeline.data.dataset import load_dataset
 from tfrs_pipeline.data.split import hold_out, user_sequences
 from tfrs_pipeline.features import __main__ as features_command
 from tfrs_pipeline.features import store as feature_store
-from tfrs_pipeline.features.events import catalog_item_ids, push_events
+from tfrs_pipeline.features.events import push_events, served_item_ids
 from tfrs_pipeline.features.store import FeatureStoreError, OnlineFeatureStore
 from tfrs_pipeline.serving.client import (
     QUERY_STORE,
@@ -112,7 +112,7 @@ def test_new_users_from_events_or_features_and_users_the_store_does_not_know(ser
     catalog, _ = read_items_file(export_dir / ITEMS_FILE)
     events = pd.DataFrame({"user_id": ["newcomer", "newcomer"], "item_id": list(catalog.item_ids[:2]),
                            "timestamp": [2_000_000_000, 2_000_000_100]})
-    report = push_events(store, events, catalog_item_ids(store))
+    report = push_events(store, events, served_item_ids(store))
     assert (report.events, report.users, report.new_users, report.late_events) == (2, 1, 1, 0)
     # A user who signed up (a row in the users table) but did nothing yet.
     users_table = repo / feature_store.DATA_FOLDER / feature_store.TABLES[feature_store.USER_FEATURES_VIEW]

@@ -24,7 +24,7 @@ from tfrs_pipeline.contracts import ExportDescription
 from tfrs_pipeline.data.dataset import load_dataset, write_interaction_folder
 from tfrs_pipeline.export.catalog_refresh import REFRESHED_MODELS
 from tfrs_pipeline.export.serving_config import ModelEntry, build_config, write_config
-from tfrs_pipeline.features.events import catalog_item_ids, push_events
+from tfrs_pipeline.features.events import push_events, served_item_ids
 from tfrs_pipeline.features.store import OnlineFeatureStore
 from tfrs_pipeline.pipelines import two_stage
 from test_serving_server import RunningServer, retrieval_request
@@ -206,5 +206,5 @@ def test_a_new_item_is_retrieved_for_the_users_whose_taste_it_matches_without_re
     assert share_of_garden > 0.2 and share_of_others < share_of_garden / 10, (share_of_garden, share_of_others)
     store = OnlineFeatureStore(export_dir / "feature_repo")  # events may now name the new item
     report = push_events(store, pd.DataFrame({"user_id": ["c0"], "item_id": ["P100"], "timestamp": [1_800_000_000]}),
-                         catalog_item_ids(store))
+                         served_item_ids(store))
     assert report.events == 1

@@ -72,5 +72,5 @@ def test_metadata_lists_both_retrieval_signatures(served_export):
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
     assert set(signatures.signature_def) == {"serving_default", "query_features"}
-    assert set(signatures.signature_def["serving_default"].outputs) == {"item_ids", "scores"}
+    assert set(signatures.signature_def["serving_default"].outputs) == {"item_ids", "scores", "known_user"}
     assert "history_item_ids" in signatures.signature_def["query_features"].inputs

@@ -140,7 +140,8 @@ def test_metadata_and_status_with_the_official_stubs(server):
 def test_rest_api_row_and_columnar_formats_status_and_metadata(server):
     status, rows = server.rest("/v1/models/retrieval/labels/stable:predict", {"instances": ["1", "2"]})
     assert status == 200 and len(rows["predictions"]) == 2
-    assert set(rows["predictions"][0]) == {"item_ids", "scores"} and len(rows["predictions"][0]["item_ids"]) == 10
+    assert set(rows["predictions"][0]) == {"item_ids", "scores", "known_user"}
+    assert len(rows["predictions"][0]["item_ids"]) == 10
     assert round(np.mean(rows["predictions"][0]["scores"]) / 1000) == 1
 
     status, columns = server.rest("/v1/models/ranking/versions/1:predict", {

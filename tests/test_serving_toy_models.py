@@ -39,7 +39,8 @@ class ToyRetrieval(tf.Module):
     def serve(self, user_id):
         queries = tf.gather(self.user_embeddings, self.users.lookup(user_id))
         scores, indices = tf.math.top_k(tf.matmul(queries, self.item_embeddings, transpose_b=True), k=TOP_K)
-        return {"item_ids": tf.gather(self.item_ids, indices), "scores": scores + self.offset}
+        known_user = tf.reduce_any(tf.equal(user_id[:, tf.newaxis], tf.constant(USER_IDS)[tf.newaxis]), axis=1)
+        return {"item_ids": tf.gather(self.item_ids, indices), "scores": scores + self.offset, "known_user": known_user}
 
 
 class ToyRanking(tf.Module):

@@ -69,6 +69,7 @@ ITEM_ID_INPUT = "item_id"  # retrieval's embed_items function: [N] ids of items 
 SESSION_INPUT = "session_item_ids"
 ITEM_IDS_OUTPUT = "item_ids"
 SCORES_OUTPUT = "scores"
+KNOWN_USER_OUTPUT = "known_user"  # user-id signatures of retrieval and recommender: [batch] the snapshot holds the user
 RESERVED_INPUTS = (USER_ID_INPUT, HISTORY_INPUT, CANDIDATES_INPUT, SESSION_INPUT, ITEM_ID_INPUT)
 
 # --- Served models and files of an export --------------------------------------------------------
@@ -100,7 +101,8 @@ class ExportDescription:
     def to_json(self) -> dict[str, Any]:
         """The description, with each model's signatures spelled out for readers other than our client."""
         fresh_inputs = [*(spec.name for spec in self.features.user_features), HISTORY_INPUT]
-        retrieval = {SERVING_SIGNATURE: {"inputs": [USER_ID_INPUT], "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT]},
+        retrieval = {SERVING_SIGNATURE: {"inputs": [USER_ID_INPUT],
+                                         "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT, KNOWN_USER_OUTPUT]},
                      QUERY_FEATURES_SIGNATURE: {"inputs": fresh_inputs, "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT]}}
         ranking = {SERVING_SIGNATURE: {"inputs": [USER_ID_INPUT, CANDIDATES_INPUT], "outputs": [SCORES_OUTPUT]},
                    QUERY_FEATURES_SIGNATURE: {"inputs": [*fresh_inputs, CANDIDATES_INPUT], "outputs": [SCORES_OUTPUT]}}

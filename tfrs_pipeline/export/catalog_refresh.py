@@ -9,7 +9,9 @@ next retrieval version: the same query towers and user snapshot (loaded and save
 retrained) with the larger catalog search. A running server picks the version up like any other.
 
 The ranking model is not refreshed: it scores an item it has never seen as the unknown item, so
-new items reach a two-stage answer by their retrieval score alone until the next training run.
+new items reach a two-stage answer by their retrieval score alone until the next training run. Nor
+is the one-call ``recommender`` (its ranking half is not saved as functions a refresh could reuse):
+clients see new items through the two calls (``recommender_model=None``) until the next training run.
 """
 from __future__ import annotations
 
@@ -79,9 +81,9 @@ def refresh_catalog(export_dir: str | os.PathLike, items_path: str | os.PathLike
     new = items[~items[ITEM_ID_INPUT].isin(set(catalog.item_ids))].reset_index(drop=True)
     if new.empty:
         return RefreshReport(None, 0, len(items), {})
-    latest = {name: index.load_top_k(str(export_dir / name / str(versioning.existing_versions(export_dir / name)[-1])))
-              for name in REFRESHED_MODELS}
-    base = latest[RETRIEVAL_MODEL]
+    # Both retrieval exports of a version share one query side (towers and snapshot): load it once.
+    base = index.load_top_k(str(export_dir / RETRIEVAL_MODEL /
+                                str(versioning.existing_versions(export_dir / RETRIEVAL_MODEL)[-1])))
     new_embeddings = base.queries.embed_items(
         {ITEM_ID_INPUT: tf.constant(new[ITEM_ID_INPUT].to_numpy().astype(str)),
          **{name: tf.constant(values) for name, values in examples_as_tensors(feature_arrays(new, specs)).items()}})
@@ -91,14 +93,14 @@ def refresh_catalog(export_dir: str | os.PathLike, items_path: str | os.PathLike
     layers, check = index.build_checked_indexes(item_ids, embeddings, base.queries.user_queries[1:], k, target_recall)
     version = max(versioning.next_version(export_dir / name) for name in REFRESHED_MODELS)
 
-    def writer(name: str, kind: str):
-        refreshed = savedmodels.RetrievalExport(latest[name].queries,
+    def writer(kind: str):
+        refreshed = savedmodels.RetrievalExport(base.queries,
                                                 savedmodels.CatalogSearch(layers[kind], item_ids, embeddings, k),
                                                 description.features.user_features)
         return lambda path: savedmodels.save_retrieval(refreshed, path, kind == "scann")
 
     # Both retrieval exports appear together (issue 19, item 6), never one version apart.
-    versioning.publish_together({export_dir / name: writer(name, kind) for name, kind in REFRESHED_MODELS.items()},
+    versioning.publish_together({export_dir / name: writer(kind) for name, kind in REFRESHED_MODELS.items()},
                                 version)
     titles = (new[description.title_feature] if description.title_feature in new else new[ITEM_ID_INPUT]).astype(str)
     Catalog([*catalog.item_ids, *new[ITEM_ID_INPUT]], [*catalog.titles, *titles]).write_items_file(

@@ -30,6 +30,7 @@ from tfrs_pipeline.contracts import (
     HISTORY_INPUT,
     ITEM_ID_INPUT,
     ITEM_IDS_OUTPUT,
+    KNOWN_USER_OUTPUT,
     QUERY_FEATURES_SIGNATURE,
     SCORES_OUTPUT,
     SERVING_SIGNATURE,
@@ -89,6 +90,10 @@ class UserSnapshot(tf.Module):
         """Snapshot rows of ``user_id`` [batch]; 0 for users the snapshot does not know."""
         return self._lookup(user_id)
 
+    def known(self, user_id: tf.Tensor) -> tf.Tensor:
+        """[batch] whether the snapshot holds each user (the others are answered as a new user)."""
+        return self._lookup(user_id) > 0
+
     def _features_of_rows(self, rows: tf.Tensor) -> dict:
         looked_up = {name: tf.gather(values, rows) for name, values in self._features.items()}
         return {**looked_up, USER_ID_INPUT: tf.gather(self._user_ids, rows),
@@ -143,6 +148,7 @@ class RetrievalQueries(tf.Module):
         item_specs = query_tower.item_tower.specs
         self.for_users = tf.function(self._for_users, input_signature=[_USER_ID_SPEC])
         self.rated_items = tf.function(users.rated_items, input_signature=[_USER_ID_SPEC])
+        self.known_users = tf.function(users.known, input_signature=[_USER_ID_SPEC])
         self.for_features = tf.function(self._for_features, input_signature=[fresh_feature_specs(users.specs)])
         self.embed_items = tf.function(query_tower.item_tower.call, input_signature=[item_feature_specs(item_specs)])
 
@@ -218,7 +224,8 @@ class RetrievalExport(tf.Module):
         self.serve_features = tf.function(self._serve_features, input_signature=[fresh_feature_specs(user_specs)])
 
     def _serve(self, user_id: tf.Tensor) -> dict:
-        return self.search(self.queries.for_users(user_id), self.queries.rated_items(user_id))
+        return {**self.search(self.queries.for_users(user_id), self.queries.rated_items(user_id)),
+                KNOWN_USER_OUTPUT: self.queries.known_users(user_id)}
 
     def _serve_features(self, features: dict) -> dict:
         """Fresh features; ``history_item_ids`` any length, "" padded; its items are excluded."""
@@ -292,7 +299,9 @@ class RecommenderExport(tf.Module):
                                           input_signature=[fresh_feature_specs(ranking.users.specs)])
 
     def _serve(self, user_id: tf.Tensor) -> dict:
-        return self._recommend(self.ranking.context_of_users(user_id), self.ranking.users.rated_items(user_id))
+        users = self.ranking.users
+        return {**self._recommend(self.ranking.context_of_users(user_id), users.rated_items(user_id)),
+                KNOWN_USER_OUTPUT: users.known(user_id)}
 
     def _serve_features(self, features: dict) -> dict:
         """Fresh features; ``history_item_ids`` any length, "" padded; its items are excluded."""

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from tfrs_pipeline.data.errors import DataError
-from tfrs_pipeline.features.events import catalog_item_ids, materialize_and_replay, push_events, read_events
+from tfrs_pipeline.features.events import materialize_and_replay, push_events, read_events, served_item_ids
 from tfrs_pipeline.features.store import FeatureStoreError, OnlineFeatureStore
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             events, line_of_row = read_events(flags.events)
             store = OnlineFeatureStore(flags.repo)
-            report = push_events(store, events, catalog_item_ids(store), source=flags.events, line_of_row=line_of_row)
+            report = push_events(store, events, served_item_ids(store), source=flags.events, line_of_row=line_of_row)
             print(report)
             if report.late_events:
                 print(f"features push: {report.late_events} events were older than the histories they belong to "

@@ -72,7 +72,7 @@ def read_events(path: str | os.PathLike) -> tuple[pd.DataFrame, Callable[[int], 
     return read_interactions_file(path)
 
 
-def catalog_item_ids(store: OnlineFeatureStore) -> set[str]:
+def served_item_ids(store: OnlineFeatureStore) -> set[str]:
     """The items the export serves (its items file, which ``catalog refresh`` extends)."""
     return set(read_items_file(store.repo.parent / ITEMS_FILE)[0].item_ids)
 
@@ -85,7 +85,7 @@ def push_events(store: OnlineFeatureStore, events: pd.DataFrame, known_items: Co
     Args:
       store: the online store.
       events: ``user_id``, ``item_id``, ``timestamp`` (Unix seconds), one row per interaction.
-      known_items: the catalog's item ids (``catalog_item_ids``).
+      known_items: the catalog's item ids (``served_item_ids``).
       source: the events' file, named in errors.
       line_of_row: the line of each row in ``source``.
       log: whether to append the events to the repository's event log (a replay does not).
@@ -142,4 +142,4 @@ def materialize_and_replay(repo: str | os.PathLike) -> PushReport:
     if not logs:
         return PushReport(0, 0, 0, 0)
     events = pd.concat([pd.read_parquet(path) for path in logs], ignore_index=True)
-    return push_events(store, events, catalog_item_ids(store), log=False)
+    return push_events(store, events, served_item_ids(store), log=False)

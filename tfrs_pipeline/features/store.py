@@ -41,9 +41,11 @@ from tfrs_pipeline.atomic import write_bytes_atomically, write_text_atomically
 from tfrs_pipeline.contracts import (
     DESCRIPTION_FILE,
     HISTORY_INPUT,
+    ITEM_ID_INPUT,
     MISSING_VALUES,
     MULTI_CATEGORICAL,
     NUMERIC,
+    USER_ID_INPUT,
     ExportDescription,
     FeatureSpec,
 )
@@ -54,8 +56,8 @@ DEFINITIONS_FILE = "features.py"
 DATA_FOLDER = "data"
 EVENTS_FOLDER = "events"
 TIMESTAMP_COLUMN = "event_timestamp"
-USER_ID = "user_id"
-ITEM_ID = "item_id"
+USER_ID = USER_ID_INPUT  # the user entity's join key: the signatures' user id input
+ITEM_ID = ITEM_ID_INPUT  # the item entity's join key
 USER_FEATURES_VIEW = "user_features"
 HISTORY_VIEW = "user_history"
 ITEM_FEATURES_VIEW = "item_features"
@@ -227,10 +229,7 @@ class OnlineFeatureStore:
     """
 
     def __init__(self, repo: str | os.PathLike):
-        self.repo = pathlib.Path(repo)
-        if not (self.repo / CONFIG_FILE).is_file():
-            raise FeatureStoreError(f"no feature repository at {self.repo}: an export writes one in "
-                                    f"<export_dir>/feature_repo ({CONFIG_FILE} is missing)")
+        self.repo = _existing_repository(repo)
         self.description = ExportDescription.read(self.repo.parent / DESCRIPTION_FILE)
         self.history_length = read_history_length(self.repo)
         from feast import FeatureStore
@@ -277,18 +276,25 @@ class OnlineFeatureStore:
 def materialize(repo: str | os.PathLike) -> None:
     """Registers the repository's definitions and loads the online store from its offline tables.
 
-    Every exported user's row replaces what the online store held for them; ``events.materialize``
-    then replays the events pushed since.
+    Every exported user's row replaces what the online store held for them;
+    ``events.materialize_and_replay`` then replays the events pushed since.
     """
     from feast import FeatureStore
 
-    repo = pathlib.Path(repo)
-    if not (repo / CONFIG_FILE).is_file():
-        raise FeatureStoreError(f"no feature repository at {repo} ({CONFIG_FILE} is missing)")
+    repo = _existing_repository(repo)
     with _store_errors(repo):
         store = FeatureStore(repo_path=str(repo))
         store.apply(feature_definitions(repo))
         store.materialize(_MATERIALIZE_FROM, _MATERIALIZE_TO)
+
+
+def _existing_repository(repo: str | os.PathLike) -> pathlib.Path:
+    """``repo`` as a path, once it is known to hold a feature repository."""
+    repo = pathlib.Path(repo)
+    if not (repo / CONFIG_FILE).is_file():
+        raise FeatureStoreError(f"no feature repository at {repo}: an export writes one in "
+                                f"<export_dir>/feature_repo ({CONFIG_FILE} is missing)")
+    return repo
 
 
 def _cell(spec: FeatureSpec, value: Any) -> Any:

@@ -294,7 +294,7 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
     """
     snapshot = savedmodels.UserSnapshot(inputs.users, history.user_ids, history.item_ids, config.max_length)
     catalog_embeddings = tf.Variable(query_tower.item_tower.embed_catalog(), trainable=False)
-    # Ranking's user context holds the retrieval query too: one pass over the users serves all three exports.
+    # Ranking's user context holds the retrieval query too: one pass over the users serves every export.
     user_context = snapshot.precompute(lambda features: ranking_model.user_context(features, catalog_embeddings))
 
     queries = savedmodels.RetrievalQueries(query_tower, snapshot, user_context["query"], catalog_embeddings)

@@ -49,6 +49,7 @@ from tfrs_pipeline.contracts import (
     CANDIDATES_INPUT,
     HISTORY_INPUT,
     ITEM_IDS_OUTPUT,
+    KNOWN_USER_OUTPUT,
     MULTI_CATEGORICAL,
     MULTI_VALUE_SEPARATOR,
     NUMERIC,
@@ -376,13 +377,7 @@ class TwoStageClient:
                                self._top_k(predicted[ITEM_IDS_OUTPUT][0], predicted[SCORES_OUTPUT][0], k), query="")
 
     def _recommend_arm(self, user_ids: list[str], arm: str, k: int) -> list[Recommendations]:
-        """The arm's users, and "" after them: the export answers every id it does not know with row 0 of its
-        snapshot, the row of "", so a user answered exactly as "" is one the export does not know."""
-        asked = [*user_ids, ""]
-        answers = self._two_stage(asked, arm, k, {USER_ID_INPUT: np.array(asked, dtype=object)}, SERVING_SIGNATURE)
-        new_user = answers.pop()
-        return [dataclasses.replace(answer, unknown_user=answer.source != "popular_fallback"
-                                    and answer.items == new_user.items) for answer in answers]
+        return self._two_stage(user_ids, arm, k, {USER_ID_INPUT: np.array(user_ids, dtype=object)}, SERVING_SIGNATURE)
 
     def _two_stage(self, user_ids: list[str], arm: str, k: int, query: Mapping[str, np.ndarray], signature: str,
                    excluded: set[str] = frozenset()) -> list[Recommendations]:
@@ -403,8 +398,9 @@ class TwoStageClient:
             scores, source, problem = ranked[SCORES_OUTPUT], "two_stage", ""
         except PredictError as error:
             scores, source, problem = retrieved[SCORES_OUTPUT], "retrieval_only", str(error)
-        return [Recommendations(user_id, arm, source, self._top_k(candidates[row], scores[row], k), problem)
-                for row, user_id in enumerate(user_ids)]
+        return [Recommendations(user_id, arm, source, self._top_k(candidates[row], scores[row], k), problem,
+                                unknown_user=unknown)
+                for row, (user_id, unknown) in enumerate(zip(user_ids, _unknown_users(retrieved, len(user_ids))))]
 
     def _one_call(self, user_ids: list[str], arm: str, k: int, query: Mapping[str, np.ndarray],
                   signature: str) -> list[Recommendations] | None:
@@ -420,8 +416,9 @@ class TwoStageClient:
                 self._recommender_missing_since = time.monotonic()  # not served (or an older one): two calls
             return None
         return [Recommendations(user_id, arm, "two_stage",
-                                self._top_k(predicted[ITEM_IDS_OUTPUT][row], predicted[SCORES_OUTPUT][row], k))
-                for row, user_id in enumerate(user_ids)]
+                                self._top_k(predicted[ITEM_IDS_OUTPUT][row], predicted[SCORES_OUTPUT][row], k),
+                                unknown_user=unknown)
+                for row, (user_id, unknown) in enumerate(zip(user_ids, _unknown_users(predicted, len(user_ids))))]
 
     def _predict(self, model: str, arm: str, inputs: Mapping[str, np.ndarray],
                  signature: str = SERVING_SIGNATURE) -> tuple[dict, str]:
@@ -474,6 +471,12 @@ class TwoStageClient:
         indices = self.catalog.indices(item_ids)
         return [Recommendation(item_id, str(self.catalog.titles[index - 1]) if index else "", score)
                 for item_id, index, score in zip(item_ids, indices, scores)]
+
+
+def _unknown_users(predicted: Mapping[str, np.ndarray], batch_size: int) -> list[bool]:
+    """Which users the export's snapshot does not hold (its ``known_user`` output; none without it)."""
+    known = predicted.get(KNOWN_USER_OUTPUT)
+    return [False] * batch_size if known is None else [not bool(value) for value in np.asarray(known).reshape(-1)]
 
 
 def _text(value) -> str:
