@@ -10,7 +10,12 @@ candidates -> top 10. The same run measures these ways of answering:
 - ``server``: ``tfrs-model-server`` in its own process, called over gRPC on loopback by
   ``TwoStageClient`` (what a production caller pays: serialization, gRPC, the server's checks);
   ``server_two_calls``: the same client asking retrieval and ranking apart;
-- ``server_batching``: the one-call path with ``--enable_batching`` and ``serving_config/batching.config``.
+- ``server_batching``: the one-call path with ``--enable_batching`` and ``serving_config/batching.config``;
+- ``server_lean`` (and ``server_lean_batching``): the one-call path asked by a load generator that
+  costs little, so the figure measures the server: requests serialized once before the run, sent as
+  bytes by ``--clients`` coroutines on gRPC's asyncio API (C-core channels, one per client), answers
+  checked for ``k`` item ids without building numpy arrays. The Python-client modes stay beside it:
+  they are what a Python caller pays.
 
 The difference between ``server`` and ``in_process`` is the server's own overhead. Reports p50, p90,
 p99 and mean latency, throughput and errors (any answer that is not a two-stage answer counts), CPU
@@ -19,6 +24,7 @@ per request, and the server's peak resident memory (what a replica must be given
     python bench/serving_load.py --export_dir=export --clients=16 --duration_s=20 --out=bench_serving.json
 """
 import argparse
+import asyncio
 import concurrent.futures
 import itertools
 import json
@@ -31,6 +37,7 @@ import tempfile
 import threading
 import time
 
+import grpc
 import numpy as np
 
 import tfrs_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
@@ -38,13 +45,22 @@ import tfrs_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
 # isort: split
 import tensorflow as tf
 from scann import scann_ops  # noqa: F401  (the ScaNN retrieval export needs its ops)
+from tensorflow_serving.apis import predict_pb2
 
-from tfrs_pipeline.contracts import RANKING_MODEL, RECOMMENDER_MODEL, RETRIEVAL_MODEL
+from tfrs_pipeline.contracts import (
+    RANKING_MODEL,
+    RECOMMENDER_MODEL,
+    RETRIEVAL_MODEL,
+    SERVING_SIGNATURE,
+    USER_ID_INPUT,
+)
 from tfrs_pipeline.export.versioning import existing_versions
 from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODES = ("in_process", "in_process_two_calls", "server", "server_two_calls", "server_batching")
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+MODES = ("in_process", "in_process_two_calls", "server", "server_two_calls", "server_batching", "server_lean",
+         "server_lean_batching")
 
 
 def free_port() -> int:
@@ -77,12 +93,14 @@ def _latest_signature(base_path: pathlib.Path):
 class ServerProcess:
     """``python -m tfrs_pipeline.serving.server`` on free loopback ports, until ``stop``."""
 
-    def __init__(self, export_dir: pathlib.Path, batching: bool, port: int | None = None):
-        """``port``: listen there beside the other processes given it (SO_REUSEPORT); by default a free one."""
+    def __init__(self, export_dir: pathlib.Path, batching: bool, port: int | None = None,
+                 extra_flags: tuple[str, ...] = ()):
+        """``port``: listen there beside the other processes given it (SO_REUSEPORT); by default a free one.
+        ``extra_flags``: more server flags (``--grpc_max_threads=4``, ...)."""
         self.port = port or free_port()
         self._log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         flags = [f"--port={self.port}", f"--model_config_file={export_dir / 'models.config'}",
-                 "--file_system_poll_wait_seconds=0", *(["--grpc_reuse_port"] if port else [])]
+                 "--file_system_poll_wait_seconds=0", *(["--grpc_reuse_port"] if port else []), *extra_flags]
         if batching:
             flags += ["--enable_batching", f"--batching_parameters_file={REPO_ROOT / 'serving_config/batching.config'}"]
         self._process = subprocess.Popen([sys.executable, "-m", "tfrs_pipeline.serving.server", *flags],
@@ -132,8 +150,7 @@ def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, wa
     """
     latencies, errors, lock = [], [], threading.Lock()
     recommend(user_ids[0])  # first calls initialize lazily (graph functions, ScaNN searcher): not under load
-    cpu_before = {"client": process_cpu_seconds(os.getpid()),
-                  "server": sum(process_cpu_seconds(pid) for pid in server_pids)}
+    cpu_before = cpu_seconds(server_pids)
     calls = itertools.count()
     started = time.perf_counter()
     measure_from, stop_at = started + warmup_s, started + warmup_s + duration_s
@@ -163,11 +180,19 @@ def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, wa
 
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
-    total_calls = next(calls)
-    cpu_after = {"client": process_cpu_seconds(os.getpid()),
-                 "server": sum(process_cpu_seconds(pid) for pid in server_pids)}
+    return figures(latencies, errors, next(calls), duration_s, cpu_before, cpu_seconds(server_pids))
+
+
+def cpu_seconds(server_pids: tuple[int, ...]) -> dict[str, float]:
+    """CPU seconds so far of this process (the clients) and of the server processes."""
+    return {"client": process_cpu_seconds(os.getpid()), "server": sum(process_cpu_seconds(pid) for pid in server_pids)}
+
+
+def figures(latencies: list[float], errors: list[str], total_calls: int, duration_s: float,
+            cpu_before: dict[str, float], cpu_after: dict[str, float]) -> dict:
+    """Throughput, latency percentiles and CPU per request of one measured load."""
     cpu_ms = {f"{name}_cpu_ms_per_request": 1e3 * (cpu_after[name] - cpu_before[name]) / total_calls
-              for name in (("client", "server") if server_pids else ("client",))}
+              for name in (("client", "server") if cpu_after["server"] else ("client",))}
     if not latencies:
         raise RuntimeError(f"no request finished within {duration_s} s after the warm-up")
     latencies_ms = 1e3 * np.array(latencies)
@@ -175,6 +200,60 @@ def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, wa
             "throughput_rps": len(latencies) / duration_s,
             "p50_ms": float(np.percentile(latencies_ms, 50)), "p90_ms": float(np.percentile(latencies_ms, 90)),
             "p99_ms": float(np.percentile(latencies_ms, 99)), "mean_ms": float(latencies_ms.mean()), **cpu_ms}
+
+
+def run_lean_load(port: int, user_ids: list[str], clients: int, duration_s: float, warmup_s: float, k: int,
+                  server_pids: tuple[int, ...]) -> dict:
+    """Closed-loop load on the recommender by a generator whose own cost per request is small.
+
+    Requests are serialized before the run; each of ``clients`` coroutines sends the bytes on its own
+    C-core channel and checks that the answer holds ``k`` item ids (parsing the response message, no
+    numpy), so nearly all the CPU a request costs is the server's.
+    """
+    requests = [recommender_request(user_id) for user_id in user_ids]
+
+    async def load() -> dict:
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(clients)]
+        calls = [channel.unary_unary(PREDICT_METHOD) for channel in channels]  # bytes in, bytes out
+        latencies, errors = [], []
+        total_calls = 0
+        await calls[0](requests[0], timeout=60)  # the first call initializes lazily: not under load
+        cpu_before = cpu_seconds(server_pids)
+        started = time.perf_counter()
+        measure_from, stop_at = started + warmup_s, started + warmup_s + duration_s
+
+        async def client(index: int) -> None:
+            nonlocal total_calls
+            rng = np.random.default_rng(index)
+            while (sent := time.perf_counter()) < stop_at:
+                total_calls += 1
+                try:
+                    answer = predict_pb2.PredictResponse.FromString(
+                        await calls[index](requests[rng.integers(len(requests))], timeout=5))
+                    items = len(answer.outputs["item_ids"].string_val)
+                    problem = None if items >= k else f"{items} item ids, expected at least {k}"
+                except grpc.aio.AioRpcError as error:
+                    problem = f"{error.code().name}: {error.details()}"
+                if sent >= measure_from:
+                    latencies.append(time.perf_counter() - sent)
+                    if problem:
+                        errors.append(problem)
+
+        await asyncio.gather(*(client(index) for index in range(clients)))
+        cpu_after = cpu_seconds(server_pids)
+        for channel in channels:
+            await channel.close()
+        return figures(latencies, errors, total_calls, duration_s, cpu_before, cpu_after)
+
+    return asyncio.run(load())
+
+
+def recommender_request(user_id: str) -> bytes:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = RECOMMENDER_MODEL
+    request.model_spec.signature_name = SERVING_SIGNATURE
+    request.inputs[USER_ID_INPUT].CopyFrom(tf.make_tensor_proto([user_id]))
+    return request.SerializeToString()
 
 
 def server_recommender(ports: list[int], k: int, one_call: bool = True):
@@ -214,6 +293,8 @@ def main() -> None:
     parser.add_argument("--shared_port", action="store_true",
                         help="several processes listen on one port (SO_REUSEPORT: the kernel spreads connections) "
                              "instead of one port each, spread by the clients")
+    parser.add_argument("--server_flag", action="append", default=[],
+                        help="a flag for every server process, e.g. --server_flag=--grpc_max_threads=4 (repeatable)")
     parser.add_argument("--out", help="write the figures as JSON here")
     flags = parser.parse_args()
     export_dir = pathlib.Path(flags.export_dir).resolve()
@@ -230,24 +311,29 @@ def main() -> None:
             label = mode if processes == 1 else f"{mode} x{processes} processes" + (
                 " on one port" if flags.shared_port else "")
             port = free_port() if flags.shared_port and processes > 1 else None
-            servers = [ServerProcess(export_dir, batching=mode == "server_batching", port=port)
-                       for _ in range(processes)]
+            servers = [ServerProcess(export_dir, batching=mode.endswith("_batching"), port=port,
+                                     extra_flags=tuple(flags.server_flag)) for _ in range(processes)]
+            server_pids = tuple(server.pid for server in servers)
             try:
-                one_call = mode != "server_two_calls"
-                # Every process answers its first request slowly (graphs, the ScaNN searcher): warm them all,
-                # each warm-up on a new connection, which a shared port hands to any of its processes.
-                for warmed_port in [server.port for server in servers] * (4 if port else 1):
-                    server_recommender([warmed_port], flags.k, one_call)(user_ids[0])
-                recommend = server_recommender(sorted({server.port for server in servers}), flags.k, one_call)
-                results[label] = run_load(recommend, user_ids,
-                                          flags.clients, flags.duration_s, flags.warmup_s, flags.rate,
-                                          tuple(server.pid for server in servers))
+                if mode.startswith("server_lean"):
+                    results[label] = run_lean_load(servers[0].port, user_ids, flags.clients, flags.duration_s,
+                                                   flags.warmup_s, flags.k, server_pids)
+                else:
+                    one_call = mode != "server_two_calls"
+                    # Every process answers its first request slowly (graphs, the ScaNN searcher): warm them all,
+                    # each warm-up on a new connection, which a shared port hands to any of its processes.
+                    for warmed_port in [server.port for server in servers] * (4 if port else 1):
+                        server_recommender([warmed_port], flags.k, one_call)(user_ids[0])
+                    recommend = server_recommender(sorted({server.port for server in servers}), flags.k, one_call)
+                    results[label] = run_load(recommend, user_ids, flags.clients, flags.duration_s, flags.warmup_s,
+                                              flags.rate, server_pids)
                 results[label]["server_peak_rss_mb"] = max(peak_rss_mb(server.pid) for server in servers)
             finally:
                 for server in servers:
                     server.stop()
             print(f"{label}: {json.dumps(results[label])}", flush=True)
     report = {"clients": flags.clients, "rate": flags.rate, "duration_s": flags.duration_s,
+              "server_flags": flags.server_flag,
               "export_dir": str(export_dir),
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "results": results}
     traffic = f"open loop at {flags.rate:g} req/s" if flags.rate else "closed loop"

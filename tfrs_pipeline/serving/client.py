@@ -40,7 +40,6 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import grpc
 import numpy as np
-import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfrs_pipeline.catalog import Catalog
@@ -68,6 +67,7 @@ from tfrs_pipeline.contracts import (
 )
 from tfrs_pipeline.features.arrays import feature_array
 from tfrs_pipeline.features.store import FeatureStoreError, OnlineFeatureStore
+from tfrs_pipeline.serving import tensors
 
 LATEST = "latest"  # the arm of answers served by the latest versions, where the server lacks the arm's label
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
@@ -116,12 +116,12 @@ class GrpcTransport:
         if label:
             request.model_spec.version_label = label
         for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            tensors.fill_tensor_proto(request.inputs[name], np.asarray(value))
         try:
             response = self._stub.Predict(request, timeout=timeout_s)
         except grpc.RpcError as error:
             raise PredictError(error.code(), error.details() or "") from None
-        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        return {name: tensors.from_tensor_proto(name, proto) for name, proto in response.outputs.items()}
 
     def close(self) -> None:
         self._channel.close()

@@ -79,7 +79,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = predict_pb2.PredictResponse()
         _fill_spec(response.model_spec, servable, signature_name)
         for name, value in outputs.items():
-            response.outputs[name].CopyFrom(tensors.to_tensor_proto(value))
+            tensors.fill_tensor_proto(response.outputs[name], value)
         return response
 
     @_abort_on_serving_error

@@ -26,6 +26,10 @@ _VALUE_FIELDS = {
     types_pb2.DT_BOOL: "bool_val", types_pb2.DT_HALF: "half_val", types_pb2.DT_BFLOAT16: "half_val",
     types_pb2.DT_UINT32: "uint32_val", types_pb2.DT_UINT64: "uint64_val",
 }
+# Numeric dtypes whose ``tensor_content`` numpy reads as is (little-endian, as every TF client writes it).
+_NUMPY_DTYPES = {dtype.as_datatype_enum: dtype.as_numpy_dtype
+                 for dtype in (tf.float32, tf.float64, tf.int32, tf.int64, tf.int16, tf.int8, tf.uint8, tf.bool)}
+_DTYPE_ENUMS = {np.dtype(numpy_dtype): enum for enum, numpy_dtype in _NUMPY_DTYPES.items()}
 
 
 def check_batch_size(name: str, batch_size: int, max_batch_size: int) -> None:
@@ -53,14 +57,42 @@ def from_tensor_proto(name: str, proto: tensor_pb2.TensorProto, max_batch_size: 
         if values != elements:
             raise invalid_argument(f"input '{name}': the shape {dims} holds {elements} values but "
                                    f"{values} were sent")
+    return _array_of(name, proto, dims)
+
+
+def _array_of(name: str, proto: tensor_pb2.TensorProto, dims: list[int]) -> np.ndarray:
+    """The values of a checked proto, read straight from its fields for the encodings clients send.
+
+    ``tf.make_ndarray`` handles every encoding but walks the values in Python; on a small model that
+    walk is a visible share of a request, so strings and ``tensor_content`` are read directly.
+    """
+    if proto.dtype == types_pb2.DT_STRING and not proto.tensor_content:
+        array = np.empty(len(proto.string_val), dtype=object)
+        array[:] = proto.string_val
+        return array.reshape(dims)
+    if proto.tensor_content and proto.dtype in _NUMPY_DTYPES:
+        return np.frombuffer(proto.tensor_content, dtype=_NUMPY_DTYPES[proto.dtype]).reshape(dims)
     try:
         return tf.make_ndarray(proto)
     except (TypeError, ValueError) as error:
         raise invalid_argument(f"input '{name}' is not a valid TensorProto: {error}") from None
 
 
-def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-    return tf.make_tensor_proto(array)
+def fill_tensor_proto(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None:
+    """Writes ``array`` into ``proto`` (a response's output, in place).
+
+    Strings go to ``string_val`` and numbers to ``tensor_content``, the encoding ``tf.make_tensor_proto``
+    chooses, without its per-value Python work or the copy into a separate message.
+    """
+    if array.dtype == object or array.dtype.kind in "SU":
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(value if isinstance(value, bytes) else str(value).encode("utf-8")
+                                for value in array.ravel().tolist())
+    else:
+        proto.dtype = _DTYPE_ENUMS.get(array.dtype) or tf.as_dtype(array.dtype).as_datatype_enum
+        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+    for size in array.shape:
+        proto.tensor_shape.dim.add().size = size
 
 
 def from_json(name: str, value, dtype: tf.DType) -> np.ndarray:
