@@ -15,7 +15,10 @@ candidates -> top 10. The same run measures these ways of answering:
   costs little, so the figure measures the server: requests serialized once before the run, sent as
   bytes by ``--clients`` coroutines on gRPC's asyncio API (C-core channels, one per client), answers
   checked for ``k`` item ids without building numpy arrays. The Python-client modes stay beside it:
-  they are what a Python caller pays.
+  they are what a Python caller pays;
+- ``grpc_floor``: the lean generator against a Python gRPC server set up as ours whose Predict only
+  echoes the request: gRPC's own cost per call in Python, the part of ``server_lean`` that is not
+  inference and not our code.
 
 The difference between ``server`` and ``in_process`` is the server's own overhead. Reports p50, p90,
 p99 and mean latency, throughput and errors (any answer that is not a two-stage answer counts), CPU
@@ -60,7 +63,7 @@ from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 MODES = ("in_process", "in_process_two_calls", "server", "server_two_calls", "server_batching", "server_lean",
-         "server_lean_batching")
+         "server_lean_batching", "grpc_floor")
 
 
 def free_port() -> int:
@@ -202,18 +205,19 @@ def figures(latencies: list[float], errors: list[str], total_calls: int, duratio
             "p99_ms": float(np.percentile(latencies_ms, 99)), "mean_ms": float(latencies_ms.mean()), **cpu_ms}
 
 
-def run_lean_load(port: int, user_ids: list[str], clients: int, duration_s: float, warmup_s: float, k: int,
-                  server_pids: tuple[int, ...]) -> dict:
+def run_lean_load(ports: list[int], user_ids: list[str], clients: int, duration_s: float, warmup_s: float,
+                  k: int | None, server_pids: tuple[int, ...]) -> dict:
     """Closed-loop load on the recommender by a generator whose own cost per request is small.
 
     Requests are serialized before the run; each of ``clients`` coroutines sends the bytes on its own
-    C-core channel and checks that the answer holds ``k`` item ids (parsing the response message, no
-    numpy), so nearly all the CPU a request costs is the server's.
+    C-core channel (to ``ports`` in turn) and checks that the answer holds ``k`` item ids (parsing the
+    response message, no numpy), so nearly all the CPU a request costs is the server's. ``k`` None
+    accepts any answer (the echo server's).
     """
     requests = [recommender_request(user_id) for user_id in user_ids]
 
     async def load() -> dict:
-        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(clients)]
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{ports[index % len(ports)]}") for index in range(clients)]
         calls = [channel.unary_unary(PREDICT_METHOD) for channel in channels]  # bytes in, bytes out
         latencies, errors = [], []
         total_calls = 0
@@ -228,10 +232,8 @@ def run_lean_load(port: int, user_ids: list[str], clients: int, duration_s: floa
             while (sent := time.perf_counter()) < stop_at:
                 total_calls += 1
                 try:
-                    answer = predict_pb2.PredictResponse.FromString(
-                        await calls[index](requests[rng.integers(len(requests))], timeout=5))
-                    items = len(answer.outputs["item_ids"].string_val)
-                    problem = None if items >= k else f"{items} item ids, expected at least {k}"
+                    answer = await calls[index](requests[rng.integers(len(requests))], timeout=5)
+                    problem = None if k is None else _short_answer(answer, k)
                 except grpc.aio.AioRpcError as error:
                     problem = f"{error.code().name}: {error.details()}"
                 if sent >= measure_from:
@@ -248,6 +250,45 @@ def run_lean_load(port: int, user_ids: list[str], clients: int, duration_s: floa
     return asyncio.run(load())
 
 
+def _short_answer(response: bytes, k: int) -> str | None:
+    items = len(predict_pb2.PredictResponse.FromString(response).outputs["item_ids"].string_val)
+    return None if items >= k else f"{items} item ids, expected at least {k}"
+
+
+class EchoServer:
+    """The gRPC floor: a Python gRPC server set up as ours (same thread pool, same options) whose
+    Predict returns the request's bytes, in its own process. What it costs per call is what gRPC in
+    Python costs before any of our code runs."""
+
+    def __init__(self):
+        self.port = free_port()
+        self._process = subprocess.Popen([sys.executable, __file__, f"--serve_echo_on={self.port}"],
+                                         stdout=subprocess.PIPE, text=True)
+        if self._process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the echo server did not start")
+        self.pid = self._process.pid
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=60)
+
+
+def serve_echo(port: int) -> None:
+    from tfrs_pipeline.serving.server import build_flag_parser
+
+    defaults = build_flag_parser().parse_args([])
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=defaults.grpc_max_threads),
+                         options=[("grpc.max_receive_message_length", defaults.grpc_max_message_bytes),
+                                  ("grpc.max_send_message_length", defaults.grpc_max_message_bytes)])
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(PREDICT_METHOD.split("/")[1],
+                                                                          {"Predict": echo})])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+
+
 def recommender_request(user_id: str) -> bytes:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = RECOMMENDER_MODEL
@@ -256,7 +297,7 @@ def recommender_request(user_id: str) -> bytes:
     return request.SerializeToString()
 
 
-def server_recommender(ports: list[int], k: int, one_call: bool = True):
+def server_recommender(ports: list[int], k: int, one_call: bool = True, timeout_s: float = 5):
     """One ``TwoStageClient`` (own gRPC channel) per client thread, as separate callers would have.
 
     With several server processes, client threads are spread over them round-robin: the client-side
@@ -270,7 +311,7 @@ def server_recommender(ports: list[int], k: int, one_call: bool = True):
         if not hasattr(local, "client"):
             with lock:
                 port = next(next_port)
-            local.client = TwoStageClient(GrpcTransport(f"127.0.0.1:{port}"), timeout_s=5, retries=0,
+            local.client = TwoStageClient(GrpcTransport(f"127.0.0.1:{port}"), timeout_s=timeout_s, retries=0,
                                           recommender_model=RECOMMENDER_MODEL if one_call else None)
         answer = local.client.recommend(user_id, k)
         if answer.source != "two_stage" or len(answer.items) != k:
@@ -296,11 +337,23 @@ def main() -> None:
     parser.add_argument("--server_flag", action="append", default=[],
                         help="a flag for every server process, e.g. --server_flag=--grpc_max_threads=4 (repeatable)")
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--serve_echo_on", type=int, help=argparse.SUPPRESS)  # the grpc_floor mode's server
     flags = parser.parse_args()
+    if flags.serve_echo_on:
+        return serve_echo(flags.serve_echo_on)
     export_dir = pathlib.Path(flags.export_dir).resolve()
     user_ids = [str(user) for user in range(1, flags.num_users + 1)]
     results = {}
     for mode in flags.modes.split(","):
+        if mode == "grpc_floor":
+            echo = EchoServer()
+            try:
+                results[mode] = run_lean_load([echo.port], user_ids, flags.clients, flags.duration_s, flags.warmup_s,
+                                              None, (echo.pid,))
+            finally:
+                echo.stop()
+            print(f"{mode}: {json.dumps(results[mode])}", flush=True)
+            continue
         if mode.startswith("in_process"):
             model = InProcessTwoStage(export_dir, one_call=mode == "in_process")
             results[mode] = run_load(lambda user_id: model.recommend(user_id, flags.k), user_ids, flags.clients,
@@ -316,14 +369,15 @@ def main() -> None:
             server_pids = tuple(server.pid for server in servers)
             try:
                 if mode.startswith("server_lean"):
-                    results[label] = run_lean_load(servers[0].port, user_ids, flags.clients, flags.duration_s,
-                                                   flags.warmup_s, flags.k, server_pids)
+                    results[label] = run_lean_load(sorted({server.port for server in servers}), user_ids,
+                                                   flags.clients, flags.duration_s, flags.warmup_s, flags.k,
+                                                   server_pids)
                 else:
                     one_call = mode != "server_two_calls"
                     # Every process answers its first request slowly (graphs, the ScaNN searcher): warm them all,
                     # each warm-up on a new connection, which a shared port hands to any of its processes.
                     for warmed_port in [server.port for server in servers] * (4 if port else 1):
-                        server_recommender([warmed_port], flags.k, one_call)(user_ids[0])
+                        server_recommender([warmed_port], flags.k, one_call, timeout_s=60)(user_ids[0])
                     recommend = server_recommender(sorted({server.port for server in servers}), flags.k, one_call)
                     results[label] = run_load(recommend, user_ids, flags.clients, flags.duration_s, flags.warmup_s,
                                               flags.rate, server_pids)
