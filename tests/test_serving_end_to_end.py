@@ -1,4 +1,6 @@
 """The real exports of a small training run, served and queried the way a user would."""
+import time
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -74,3 +76,20 @@ def test_metadata_lists_both_retrieval_signatures(served_export):
     assert set(signatures.signature_def) == {"serving_default", "query_features"}
     assert set(signatures.signature_def["serving_default"].outputs) == {"item_ids", "scores", "known_user"}
     assert "history_item_ids" in signatures.signature_def["query_features"].inputs
+
+
+def test_the_first_request_to_a_new_server_does_not_wait_for_graph_optimization(small_export):
+    """A signature's first run optimizes its graph; the server does it while loading, before a version is
+    available, so no client request pays it, after start-up or a rollout. (Without the warm-up the
+    first request took 0.23 to 0.41 s here on a quiet machine, the next ones 2 ms.)"""
+    export_dir, _ = small_export
+    running = RunningServer(export_dir / "models.config")
+    try:
+        first_requests = {}
+        for model in ("retrieval", "retrieval_brute_force", "recommender"):
+            started = time.perf_counter()
+            running.predictions.Predict(retrieval_request(["1"], model=model), timeout=60)
+            first_requests[model] = round(time.perf_counter() - started, 3)
+        assert max(first_requests.values()) < 0.15, first_requests
+    finally:
+        running.close()

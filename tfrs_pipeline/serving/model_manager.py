@@ -74,12 +74,14 @@ class ModelManager:
       max_num_load_retries: how many more times a version that failed to load is tried (TF Serving's
         ``--max_num_load_retries``).
       load_retry_interval_s: the time between those tries (``--load_retry_interval_micros``).
+      graph_rewrites: let TensorFlow's graph optimizer rewrite the signatures (``--tensorflow_graph_rewrites``).
     """
 
     def __init__(self, allow_labels_for_unavailable_versions: bool = False,
                  on_unload: Callable[[Servable], None] = lambda servable: None,
-                 max_num_load_retries: int = 5, load_retry_interval_s: float = 60.0):
+                 max_num_load_retries: int = 5, load_retry_interval_s: float = 60.0, graph_rewrites: bool = True):
         self._allow_unavailable_labels = allow_labels_for_unavailable_versions
+        self._graph_rewrites = graph_rewrites
         self._on_unload = on_unload
         self._max_load_retries = max_num_load_retries
         self._load_retry_interval_s = load_retry_interval_s
@@ -196,7 +198,9 @@ class ModelManager:
             model.statuses[version] = VersionStatus("LOADING")
         path = pathlib.Path(model.config.base_path) / str(version)
         try:
-            servable = Servable(name, version, path)
+            started = time.monotonic()
+            servable = Servable(name, version, path, self._graph_rewrites)
+            refused = servable.warm_up()
         except Exception as error:  # a broken version must not take the server down
             message = f"failed to load model {name} version {version} from {path}: {type(error).__name__}: {error}"
             tries = model.failed_loads.get(version, (0, 0.0))[0] + 1
@@ -211,7 +215,8 @@ class ModelManager:
             model.servables[version] = servable
             model.statuses[version] = VersionStatus("AVAILABLE")
             model.failed_loads.pop(version, None)
-        log.info("loaded model %s version %d from %s", name, version, path)
+        log.info("loaded model %s version %d from %s in %.1f s, warmed up%s", name, version, path,
+                 time.monotonic() - started, f" but for {', '.join(refused)}" if refused else "")
         return True
 
     def _label_problems(self) -> list[str]:

@@ -32,13 +32,17 @@ from tfrs_pipeline.serving.errors import ServingError, invalid_argument
 class Servable:
     """A SavedModel version ready to serve: ``run`` checks a request's inputs and calls a signature."""
 
-    def __init__(self, name: str, version: int, path: str | pathlib.Path):
+    def __init__(self, name: str, version: int, path: str | pathlib.Path, graph_rewrites: bool = True):
+        """``graph_rewrites``: let TensorFlow's graph optimizer (Grappler) rewrite each signature's graph
+        on its first run, as TF Serving does; without it that run costs no time or memory."""
         self.name = name
         self.version = version
         self.path = pathlib.Path(path)
         self.signature_defs = _read_signature_defs(self.path)
         graph = tf.Graph()
-        self._session = tf.compat.v1.Session(graph=graph)
+        config = tf.compat.v1.ConfigProto()
+        config.graph_options.rewrite_options.disable_meta_optimizer = not graph_rewrites
+        self._session = tf.compat.v1.Session(graph=graph, config=config)
         with graph.as_default():
             tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(self.path))
         self._runners: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {}
@@ -83,6 +87,25 @@ class Servable:
         except tf.errors.InvalidArgumentError as error:
             raise invalid_argument(f"model {self.name} version {self.version}: {error.message}") from None
 
+    def warm_up(self) -> list[str]:
+        """Runs each signature once on a one-row request of empty strings and zeros, as TF Serving
+        replays a model's warm-up requests before it serves the version.
+
+        A signature's first run builds its executor and lets TensorFlow optimize its graph, seconds
+        for a large model; done here, before the version is available, no client waits for it.
+        Returns the signatures that refused such a request (their first client request does that work).
+        """
+        refused = []
+        for signature_name, signature_def in self.signature_defs.items():
+            inputs = _placeholder_request(signature_def)
+            try:
+                if inputs is None:
+                    raise ValueError("an input of unknown rank")
+                self.call(signature_name, inputs)
+            except (ServingError, ValueError, tf.errors.OpError):
+                refused.append(signature_name)
+        return refused
+
     def _make_runner(self, signature_name: str) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
         signature_def = self.signature_def(signature_name)
         input_names, output_names = sorted(signature_def.inputs), sorted(signature_def.outputs)
@@ -98,6 +121,18 @@ class Servable:
                     return dict(zip(output_names, values))
                 self._runners[signature_name] = runner
             return self._runners[signature_name]
+
+
+def _placeholder_request(signature_def: meta_graph_pb2.SignatureDef) -> dict[str, np.ndarray] | None:
+    """One row of "" and 0 per input (every unknown dimension 1); None if an input's rank is unknown."""
+    inputs = {}
+    for name, tensor_info in signature_def.inputs.items():
+        if tensor_info.tensor_shape.unknown_rank:
+            return None
+        shape = [1 if dim.size < 0 else dim.size for dim in tensor_info.tensor_shape.dim]
+        dtype = _numpy_dtype(tensor_info)
+        inputs[name] = np.full(shape, b"" if dtype is object else 0, dtype=dtype)
+    return inputs
 
 
 def _numpy_dtype(tensor_info: meta_graph_pb2.TensorInfo):
