@@ -25,6 +25,7 @@ import time
 from typing import Callable
 
 import grpc
+from tensorflow.core.protobuf import config_pb2
 
 from tfrs_pipeline.export.serving_config import ModelConfig, ModelServerConfig, config_problems
 from tfrs_pipeline.export.versioning import scan_versions
@@ -74,14 +75,15 @@ class ModelManager:
       max_num_load_retries: how many more times a version that failed to load is tried (TF Serving's
         ``--max_num_load_retries``).
       load_retry_interval_s: the time between those tries (``--load_retry_interval_micros``).
-      graph_rewrites: let TensorFlow's graph optimizer rewrite the signatures (``--tensorflow_graph_rewrites``).
+      session_config: how each version's session runs (``servable.session_config_for``).
     """
 
     def __init__(self, allow_labels_for_unavailable_versions: bool = False,
                  on_unload: Callable[[Servable], None] = lambda servable: None,
-                 max_num_load_retries: int = 5, load_retry_interval_s: float = 60.0, graph_rewrites: bool = True):
+                 max_num_load_retries: int = 5, load_retry_interval_s: float = 60.0,
+                 session_config: config_pb2.ConfigProto | None = None):
         self._allow_unavailable_labels = allow_labels_for_unavailable_versions
-        self._graph_rewrites = graph_rewrites
+        self._session_config = session_config
         self._on_unload = on_unload
         self._max_load_retries = max_num_load_retries
         self._load_retry_interval_s = load_retry_interval_s
@@ -199,7 +201,7 @@ class ModelManager:
         path = pathlib.Path(model.config.base_path) / str(version)
         try:
             started = time.monotonic()
-            servable = Servable(name, version, path, self._graph_rewrites)
+            servable = Servable(name, version, path, self._session_config)
             refused = servable.warm_up()
         except Exception as error:  # a broken version must not take the server down
             message = f"failed to load model {name} version {version} from {path}: {type(error).__name__}: {error}"

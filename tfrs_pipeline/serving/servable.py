@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from scann import scann_ops  # noqa: F401  (registers the ScaNN ops, so ScaNN-indexed exports load)
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, saved_model_pb2
 
 from tfrs_pipeline.contracts import SERVING_SIGNATURE
 from tfrs_pipeline.serving.errors import ServingError, invalid_argument
@@ -32,17 +32,15 @@ from tfrs_pipeline.serving.errors import ServingError, invalid_argument
 class Servable:
     """A SavedModel version ready to serve: ``run`` checks a request's inputs and calls a signature."""
 
-    def __init__(self, name: str, version: int, path: str | pathlib.Path, graph_rewrites: bool = True):
-        """``graph_rewrites``: let TensorFlow's graph optimizer (Grappler) rewrite each signature's graph
-        on its first run, as TF Serving does; without it that run costs no time or memory."""
+    def __init__(self, name: str, version: int, path: str | pathlib.Path,
+                 session_config: config_pb2.ConfigProto | None = None):
+        """``session_config``: how the version's session runs its graphs (``session_config_for``)."""
         self.name = name
         self.version = version
         self.path = pathlib.Path(path)
         self.signature_defs = _read_signature_defs(self.path)
         graph = tf.Graph()
-        config = tf.compat.v1.ConfigProto()
-        config.graph_options.rewrite_options.disable_meta_optimizer = not graph_rewrites
-        self._session = tf.compat.v1.Session(graph=graph, config=config)
+        self._session = tf.compat.v1.Session(graph=graph, config=session_config)
         with graph.as_default():
             tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(self.path))
         self._runners: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {}
@@ -121,6 +119,17 @@ class Servable:
                     return dict(zip(output_names, values))
                 self._runners[signature_name] = runner
             return self._runners[signature_name]
+
+
+def session_config_for(graph_rewrites: bool = True) -> config_pb2.ConfigProto:
+    """A session configuration for every loaded version.
+
+    ``graph_rewrites``: let TensorFlow's graph optimizer (Grappler) rewrite each signature's graph on its
+    first run, as TF Serving does; without it that run costs little time or memory.
+    """
+    config = config_pb2.ConfigProto()
+    config.graph_options.rewrite_options.disable_meta_optimizer = not graph_rewrites
+    return config
 
 
 def _placeholder_request(signature_def: meta_graph_pb2.SignatureDef) -> dict[str, np.ndarray] | None:

@@ -33,6 +33,7 @@ from tfrs_pipeline.serving.metrics import ServerMetrics
 from tfrs_pipeline.serving.model_manager import ModelManager
 from tfrs_pipeline.serving.prediction import PredictionBackend
 from tfrs_pipeline.serving.rest_api import RestServer
+from tfrs_pipeline.serving.servable import session_config_for
 from tfrs_pipeline.serving.server_protos import BatchingParameters, MonitoringConfig
 
 log = logging.getLogger("tfrs_pipeline.serving")
@@ -144,7 +145,7 @@ class ModelServer:
                                     on_unload=lambda servable: self.backend.forget(servable),
                                     max_num_load_retries=flags.max_num_load_retries,
                                     load_retry_interval_s=flags.load_retry_interval_micros / 1e6,
-                                    graph_rewrites=flags.tensorflow_graph_rewrites)
+                                    session_config=session_config_for(flags.tensorflow_graph_rewrites))
         self.backend = PredictionBackend(self.manager, ServerMetrics(), batching_options(flags),
                                          flags.max_request_batch_size)
         self.metrics_path = metrics_path(flags)
