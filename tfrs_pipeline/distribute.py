@@ -10,6 +10,10 @@ each, and a run on one device and a run on N see the same batches in the same or
   - ``multi_worker``: the same across machines; every worker runs the same command with its own
     ``TF_CONFIG``, e.g. ``{"cluster": {"worker": ["host1:12345", "host2:12345"]},
     "task": {"type": "worker", "index": 0}}`` (Kubernetes operators and Vertex AI set it).
+
+Every worker trains; only the chief (`is_chief`) evaluates and writes the run's outputs, as TensorFlow's
+multi-worker guide prescribes: N workers writing one export folder would race for its version
+numbers and files, and each would spend the evaluation's hours again for the same weights.
 """
 from __future__ import annotations
 
@@ -37,6 +41,20 @@ def strategy_for(distribution: str) -> tf.distribute.Strategy:
         _check_tf_config(os.environ.get(TF_CONFIG))
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's outputs: always, unless it is a multi-worker non-chief.
+
+    The chief is the worker of task type ``chief`` if ``TF_CONFIG`` names one, else worker 0.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def _check_tf_config(text: str | None) -> None:

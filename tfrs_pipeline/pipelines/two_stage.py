@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -99,12 +100,15 @@ def run(config: TwoStageConfig) -> dict:
         # [N + 1] interactions per catalog index in what retrieval trains on: its logQ, the items with an
         # id row of their own, the ranker's popularity feature and the popularity baseline.
         popularity = inputs.catalog.counts(retrieval_train.item_ids)
+    strategy = distribute.strategy_for(config.distribution)
+    if not distribute.is_chief(strategy):
+        return _train_retrieval_share(config, strategy, inputs, retrieval_train, ranking_targets, popularity)
     version = max(versioning.next_version(pathlib.Path(config.export_dir) / name) for name in TWO_STAGE_MODELS)
     run_dir = run_layout.start_run(config.export_dir, version, config)
 
     # Retrieval is built (its variables made), compiled and trained on the strategy's replicas. Ranking
     # (a few thousand lists) trains on one device: its Keras loss reduction is one tf.distribute refuses.
-    with distribute.strategy_for(config.distribution).scope():
+    with strategy.scope():
         query_tower, retrieval_history = _train_retrieval(config, inputs, retrieval_train, ranking_targets,
                                                           popularity, run_dir)
     ranking_model, ranking_history = _train_ranking(config, inputs, query_tower, retrieval_train, ranking_targets,
@@ -138,6 +142,21 @@ def run(config: TwoStageConfig) -> dict:
     return metrics
 
 
+def _train_retrieval_share(config: TwoStageConfig, strategy: tf.distribute.Strategy, inputs: TwoStageInputs,
+                           train: UserSequences, validation_targets: np.ndarray, popularity: np.ndarray) -> dict:
+    """A multi-worker non-chief's whole run: its share of every retrieval batch, and nothing written.
+
+    The chief holds the same weights once training ends (the gradients are all-reduced), and alone
+    evaluates, trains ranking and exports (`distribute.is_chief`). Returns this worker's training history.
+    """
+    resolver = strategy.cluster_resolver
+    with strategy.scope():
+        _, retrieval_history = _train_retrieval(config, inputs, train, validation_targets, popularity, run_dir=None)
+    print(f"[tfrs_pipeline] {resolver.task_type} {resolver.task_id} is not the chief: it trained its share of "
+          "retrieval; the chief evaluates and exports", file=sys.stderr, flush=True)
+    return {"training": {"retrieval": retrieval_history}}
+
+
 def _split(config: TwoStageConfig, data: InteractionData) -> tuple[HeldOutSplit, HeldOutSplit | None]:
     """The models' split, and the users set aside as newcomers (``new_users_share``; None without)."""
     sequences = user_sequences(data.interactions)
@@ -149,35 +168,50 @@ def _split(config: TwoStageConfig, data: InteractionData) -> tuple[HeldOutSplit,
     return set_aside_users(split, config.new_users_share, config.seed)
 
 
+def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserSequences,
+                    popularity: np.ndarray) -> tuple[RetrievalModel, dict]:
+    """The compiled retrieval model of a run and its training examples (windows of ``train``).
+
+    The examples are the TFRecords of ``config.examples_dir`` when given, else built in memory: the
+    same windows either way. Benchmarks that train a bounded number of steps at scale call this too.
+    """
+    schema = inputs.data.schema.features
+    item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features,
+                           config.embedding_dim, has_interactions=popularity[1:] > 0)
+    query_tower = QueryTower(item_tower, config.max_length, config.embedding_dim, schema.user_features,
+                             inputs.users.lookup(train.user_ids),
+                             user_ids=list(train.user_ids) if config.user_id_embedding else None,
+                             num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout)
+    model = RetrievalModel(query_tower, item_tower, popularity, config.num_negatives)
+    if config.examples_dir:  # preprocessed by the Beam pipeline: the same windows, read from TFRecords
+        examples = tfrecords.read_training_examples(
+            config.examples_dir, {name: getattr(config, name) for name in tfrecords.SPLIT_SETTINGS})
+        # The users set aside as newcomers (new_users_share) are in the files; no model may see them.
+        trained = np.isin(examples["user_id"], train.user_ids)
+        if not trained.all():  # a copy of every column: only when there is something to drop
+            examples = {name: values[trained] for name, values in examples.items()}
+    else:
+        examples = training_windows(train.user_ids, train.item_ids, config.max_length)
+    steps_per_epoch = -(-len(examples["user_id"]) // config.batch_size)
+    model.compile(optimizer=tf.keras.optimizers.Adam(
+        learning_rate(config.learning_rate, config.learning_rate_decay, config.epochs * steps_per_epoch)))
+    return model, examples
+
+
 def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserSequences,
                      validation_targets: np.ndarray, popularity: np.ndarray,
-                     run_dir: pathlib.Path) -> tuple[QueryTower, dict]:
+                     run_dir: pathlib.Path | None) -> tuple[QueryTower, dict]:
+    """Builds, compiles and trains retrieval; ``run_dir`` None (a non-chief worker) keeps no logs or validation."""
     with stage("build retrieval model"):
-        schema = inputs.data.schema.features
-        item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features,
-                               config.embedding_dim, has_interactions=popularity[1:] > 0)
-        query_tower = QueryTower(item_tower, config.max_length, config.embedding_dim, schema.user_features,
-                                 inputs.users.lookup(train.user_ids),
-                                 user_ids=list(train.user_ids) if config.user_id_embedding else None,
-                                 num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout)
-        model = RetrievalModel(query_tower, item_tower, popularity, config.num_negatives)
-        if config.examples_dir:  # preprocessed by the Beam pipeline: the same windows, read from TFRecords
-            examples = tfrecords.read_training_examples(
-                config.examples_dir, {name: getattr(config, name) for name in tfrecords.SPLIT_SETTINGS})
-            # The users set aside as newcomers (new_users_share) are in the files; no model may see them.
-            trained = np.isin(examples["user_id"], train.user_ids)
-            examples = {name: values[trained] for name, values in examples.items()}
-        else:
-            examples = training_windows(train.user_ids, train.item_ids, config.max_length)
-        steps_per_epoch = -(-len(examples["user_id"]) // config.batch_size)
-        model.compile(optimizer=tf.keras.optimizers.Adam(
-            learning_rate(config.learning_rate, config.learning_rate_decay, config.epochs * steps_per_epoch)))
+        model, examples = build_retrieval(config, inputs, train, popularity)
+        query_tower = model.query_tower
     with stage(f"train retrieval ({len(examples['user_id'])} windows, {config.epochs} epochs)"):
         fit_history = model.fit(
             training_dataset(examples, config.batch_size, config.seed, user_features=inputs.users),
             epochs=config.epochs, verbose=config.verbose,
-            callbacks=[scoring.ValidationRanking(inputs.catalog, inputs.users, query_tower, train, validation_targets),
-                       tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RETRIEVAL_MODEL))],
+            callbacks=[] if run_dir is None else [
+                scoring.ValidationRanking(inputs.catalog, inputs.users, query_tower, train, validation_targets),
+                tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RETRIEVAL_MODEL))],
         )
     return query_tower, history(fit_history)
 
