@@ -22,6 +22,13 @@ def _left_pad(rows: Sequence[np.ndarray], length: int) -> np.ndarray:
     return padded
 
 
+def trimmed_left_padded(rows: Sequence[np.ndarray], max_length: int, width_step: int = WIDTH_STEP) -> np.ndarray:
+    """[len(rows), W] rows of at most ``max_length`` items left-padded with "", W their longest length
+    rounded up to ``width_step`` (at most ``max_length``): what `length_sorted_batches` gives a batch."""
+    longest = max([1, *map(len, rows)])
+    return _left_pad(rows, min(max_length, -(-longest // width_step) * width_step))
+
+
 def training_windows(user_ids: np.ndarray, item_sequences: Sequence[np.ndarray], max_length: int) -> dict:
     """Examples ``user_id`` [E], ``history_item_ids`` [E, L], ``target_item_ids`` [E, L].
 

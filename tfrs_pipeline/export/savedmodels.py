@@ -38,6 +38,7 @@ from tfrs_pipeline.contracts import (
     USER_ID_INPUT,
     FeatureSpec,
 )
+from tfrs_pipeline.data.sequence_examples import trimmed_left_padded
 from tfrs_pipeline.features.arrays import FeatureRows, examples_as_tensors, input_spec
 from tfrs_pipeline.index import SCANN_SAVE_OPTIONS
 from tfrs_pipeline.models.encoders import most_recent_left_padded
@@ -72,16 +73,16 @@ class UserSnapshot(tf.Module):
     def __init__(self, users: FeatureRows, user_ids: Sequence[str], histories: Sequence[np.ndarray], max_length: int):
         super().__init__()
         self.specs = users.specs
+        self._max_length = max_length
         self._lookup = tf.keras.layers.StringLookup(vocabulary=list(user_ids), mask_token=None)
         self._user_ids = tf.constant(["", *map(str, user_ids)])  # row 0 is the unknown user
         self._features = {name: tf.constant(values)
                           for name, values in examples_as_tensors(users.lookup(["", *user_ids])).items()}
-        recent = [np.asarray(items[-max_length:], dtype=object) for items in histories]
-        padded = np.full((len(recent) + 1, max_length), "", dtype=object)
-        for row, items in enumerate(recent, start=1):
-            if len(items):
-                padded[row, max_length - len(items):] = items
-        self._histories = tf.constant(padded.astype(str))
+        # Kept as lists for `precompute` only, never a [users, max_length] array: at 1M users of 200 slots
+        # that tensor and its numpy source would hold 8.8 GB (24 + 20 bytes a slot, arithmetic) while
+        # exporting, and the query tower would run over every padded slot.
+        self._recent = [np.asarray([], dtype=object)] + [np.asarray(items[-max_length:], dtype=object)
+                                                          for items in histories]
         rated = [np.asarray([], dtype=str)] + [np.asarray(items, dtype=str) for items in histories]
         self._rated = tf.RaggedTensor.from_row_lengths(
             tf.constant(np.concatenate(rated), tf.string), [len(items) for items in rated])
@@ -94,21 +95,28 @@ class UserSnapshot(tf.Module):
         """[batch] whether the snapshot holds each user (the others are answered as a new user)."""
         return self._lookup(user_id) > 0
 
-    def _features_of_rows(self, rows: tf.Tensor) -> dict:
+    def _features_of_rows(self, rows: np.ndarray) -> dict:
+        """The features and history of ``rows``, the history left-padded to the longest of them only."""
         looked_up = {name: tf.gather(values, rows) for name, values in self._features.items()}
         return {**looked_up, USER_ID_INPUT: tf.gather(self._user_ids, rows),
-                HISTORY_INPUT: tf.gather(self._histories, rows)}
+                HISTORY_INPUT: tf.constant(trimmed_left_padded([self._recent[row] for row in rows],
+                                                               self._max_length).astype(str))}
 
     def precompute(self, compute: Callable[[dict], dict], batch_size: int = 512) -> dict[str, tf.Variable]:
         """``compute``(features) for every snapshot row, as per-row tables to ``tf.gather`` with ``rows``.
 
         Row 0 holds what an unknown user gets, so a lookup of any id is defined. The tables are
         non-trainable variables: they are saved with the model's other weights, not in its graph.
+        Rows are computed in batches of similar history length, each trimmed of the slots all its
+        rows pad (as evaluation computes them): most users' histories fill a small part of the window.
         """
-        num_rows = int(tf.shape(self._user_ids)[0])
-        chunks = [compute(self._features_of_rows(tf.range(start, min(start + batch_size, num_rows))))
-                  for start in range(0, num_rows, batch_size)]
-        return {name: tf.Variable(tf.concat([chunk[name] for chunk in chunks], axis=0), trainable=False, name=name)
+        lengths = np.array([len(items) for items in self._recent])
+        order = np.argsort(lengths, kind="stable")
+        chunks = [compute(self._features_of_rows(order[start:start + batch_size]))
+                  for start in range(0, len(order), batch_size)]
+        in_row_order = np.argsort(order)
+        return {name: tf.Variable(tf.gather(tf.concat([chunk[name] for chunk in chunks], axis=0), in_row_order),
+                                  trainable=False, name=name)
                 for name in chunks[0]}
 
     def rated_items(self, user_id: tf.Tensor) -> tf.Tensor:
