@@ -7,10 +7,11 @@ What a cluster does with one ``TF_CONFIG`` per machine (Kubernetes operators and
 here with one process per worker on localhost ports: each runs the same ``python -m
 tfrs_pipeline.train`` command with ``--distribution=multi_worker``, and `tf.distribute`'s
 MultiWorkerMirroredStrategy keeps their retrieval models in step over gRPC (each worker takes its
-share of every global batch; the gradients are all-reduced). Every worker writes its own export
-folder (``<work_dir>/worker_<i>``); worker 0's is the one to serve. The workers trained the same
-weights when their retrieval training losses agree epoch for epoch, which the script checks and
-prints with each worker's wall time beside a one-worker run of the same command.
+share of every global batch; the gradients are all-reduced). They share one export folder
+(``<work_dir>/export``), which only the chief (worker 0) writes; the other workers print their
+retrieval losses and exit. The workers trained the same weights when their retrieval training
+losses agree epoch for epoch, which the script checks and prints with each worker's wall time
+beside a one-worker run of the same command.
 """
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
 import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+NON_CHIEF_LOSSES = re.compile(r"is not the chief: .*\(loss per epoch: ([^)]*)\)")
 
 
 def free_ports(count: int) -> list[int]:
@@ -51,8 +54,7 @@ def run_workers(data_dir: str, work_dir: pathlib.Path, workers: int, extra_flags
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CONFIG": json.dumps(tf_config),
                "CUDA_VISIBLE_DEVICES": ""}
         log = open(work_dir / f"worker_{index}.log", "w")
-        children.append((subprocess.Popen(train_command(data_dir, work_dir / f"worker_{index}", extra_flags,
-                                                        "multi_worker"),
+        children.append((subprocess.Popen(train_command(data_dir, work_dir / "export", extra_flags, "multi_worker"),
                                           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT), log))
     results = []
     for index, (child, log) in enumerate(children):
@@ -61,8 +63,9 @@ def run_workers(data_dir: str, work_dir: pathlib.Path, workers: int, extra_flags
         if child.returncode:
             tail = (work_dir / f"worker_{index}.log").read_text()[-3000:]
             raise RuntimeError(f"worker {index} failed ({child.returncode}):\n{tail}")
-        results.append({"seconds": round(time.perf_counter() - started, 1),
-                        **_losses(work_dir / f"worker_{index}")})
+        losses = (_losses(work_dir / "export") if index == 0
+                  else _printed_losses((work_dir / f"worker_{index}.log").read_text()))
+        results.append({"seconds": round(time.perf_counter() - started, 1), **losses})
     return {"workers": results}
 
 
@@ -78,6 +81,14 @@ def _losses(export_dir: pathlib.Path) -> dict:
     metrics = json.loads((export_dir / "metrics.json").read_text())
     return {"retrieval_loss": metrics["training"]["retrieval"]["loss"],
             "retrieval_hr@10": metrics.get("evaluation", {}).get("retrieval", {}).get("hr@10")}
+
+
+def _printed_losses(log: str) -> dict:
+    """A non-chief worker's retrieval losses, from the line it prints instead of writing an export."""
+    found = NON_CHIEF_LOSSES.search(log)
+    if not found:
+        raise RuntimeError(f"no loss line from a non-chief worker:\n{log[-3000:]}")
+    return {"retrieval_loss": [float(loss) for loss in found.group(1).split(", ")]}
 
 
 def main(argv: list[str] | None = None) -> int:

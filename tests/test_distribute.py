@@ -67,7 +67,7 @@ def test_two_workers_train_together_and_only_the_chief_writes_the_export(shared_
     command = [sys.executable, "-m", "tfrs_pipeline.train", f"--data_dir={shared_data_dir / 'ml-1m'}",
                f"--export_dir={export_dir}", "--distribution=multi_worker", "--max_users=40", "--epochs=1",
                "--ranking_epochs=1", "--max_length=16", "--embedding_dim=16", "--num_blocks=1", "--batch_size=32",
-               "--ranking_candidates=50", "--top_k=20", "--verbose=2"]
+               "--ranking_candidates=50", "--top_k=20", "--verbose=0"]
     workers = []
     for index in range(2):
         tf_config = {"cluster": {"worker": [f"localhost:{port}" for port in ports]},
@@ -78,16 +78,16 @@ def test_two_workers_train_together_and_only_the_chief_writes_the_export(shared_
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs[1][-3000:] + outputs[0][-3000:]
 
-    chief_losses, worker_losses = (re.findall(r" - loss: ([\d.]+)", output) for output in outputs)
-    assert len(worker_losses) == 1 and len(chief_losses) == 2  # the chief alone trains ranking after retrieval
-    assert float(worker_losses[0]) == pytest.approx(float(chief_losses[0]), rel=1e-3)  # one model, trained together
-    assert "worker 1 is not the chief" in outputs[1]
+    printed = re.search(r"worker 1 is not the chief: .*\(loss per epoch: ([^)]*)\)", outputs[1])
+    assert printed, outputs[1][-3000:]
     assert "export version 1" in outputs[0] and "export version" not in outputs[1]
     # One run's outputs, written once: the chief's version 1 of every model, its run folder, nothing else.
     assert sorted(path.name for path in (export_dir / "recommender").iterdir()) == ["1"]
     assert sorted(path.name for path in (export_dir / "runs").iterdir()) == ["1"]
     metrics = json.loads((export_dir / "metrics.json").read_text())
     assert metrics["version"] == 1 and "evaluation" in metrics
+    # One model, trained together: the non-chief's loss is the chief's.
+    assert float(printed.group(1)) == pytest.approx(metrics["training"]["retrieval"]["loss"][0], rel=1e-4)
 
 
 def _train(distribution: str, data_dir: str) -> dict:
