@@ -72,3 +72,55 @@ def test_sampled_positive_is_corrected_for_sampling_unless_it_is_one_of_the_rows
     np.testing.assert_allclose(logits[:, 0].numpy(), [dot[0] - np.log(draw_probability_of_4), dot[1] + 0.25],
                                rtol=1e-5)
     assert labels.numpy().tolist() == [0, 0]
+
+
+def test_a_sampled_step_embeds_only_the_rows_it_reads_and_trains_as_the_whole_catalog_would(shared_data_dir):
+    """The retrieval step embeds its histories', targets' and negatives' items only (the catalog's embedding
+    per step grew with the catalog); its loss and every gradient equal those of the whole catalog's embedding."""
+    from tfrs_pipeline.data.dataset import load_dataset
+    from tfrs_pipeline.data.sequence_examples import training_windows
+    from tfrs_pipeline.data.split import leave_last_out, user_sequences
+    from tfrs_pipeline.features.arrays import examples_as_tensors
+    from tfrs_pipeline.models.item_tower import ItemTower
+    from tfrs_pipeline.models.query_tower import QueryTower
+    from tfrs_pipeline.models.retrieval import RetrievalModel
+    from tfrs_pipeline.pipelines.two_stage import TwoStageInputs
+
+    inputs = TwoStageInputs.from_data(load_dataset(shared_data_dir / "ml-1m", max_users=30))
+    train, _ = leave_last_out(user_sequences(inputs.data.interactions))
+    examples = training_windows(train.user_ids, train.item_ids, 16)
+    batch = examples_as_tensors({**{name: values[:24] for name, values in examples.items()},
+                                 **inputs.users.lookup(examples["user_id"][:24])})
+    schema = inputs.data.schema.features
+    item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features, 8)
+    query_tower = QueryTower(item_tower, 16, 8, schema.user_features, inputs.users.lookup(train.user_ids),
+                             num_blocks=1, num_heads=2, dropout=0.0)
+    model = RetrievalModel(query_tower, item_tower, inputs.catalog.counts(train.item_ids), num_negatives=64)
+
+    read_rows = tf.constant([0, 5, 5, 17, 3000])
+    rows = item_tower.embed_catalog_rows(read_rows).numpy()
+    whole = item_tower.embed_catalog().numpy()
+    np.testing.assert_allclose(rows[[0, 5, 17, 3000]], whole[[0, 5, 17, 3000]], rtol=1e-6)
+    assert not rows[np.setdiff1d(np.arange(len(rows)), [0, 5, 17, 3000])].any()
+
+    def whole_catalog_loss():  # the step as it was: every catalog row embedded, the same negatives drawn first
+        targets = batch["target_item_ids"]
+        has_target = tf.not_equal(targets, "")
+        positives = tf.boolean_mask(item_tower.indices(targets), has_target)
+        negatives = model._softmax.draw_negatives(positives)
+        catalog = item_tower.embed_catalog()
+        queries = tf.boolean_mask(query_tower.sequence_embeddings(batch, True, catalog), has_target)
+        return model._softmax.loss(queries, positives, catalog, negatives=negatives)
+
+    results = []
+    for loss_fn in (lambda: model.compute_loss(batch, training=True), whole_catalog_loss):
+        tf.random.set_seed(7)  # the same negatives in both
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        gradients = tape.gradient(loss, model.trainable_variables)
+        results.append((loss.numpy(), [tf.convert_to_tensor(gradient).numpy() for gradient in gradients]))
+    (loss, gradients), (expected_loss, expected_gradients) = results
+    assert np.isclose(loss, expected_loss, rtol=1e-5)
+    assert len(gradients) == len(expected_gradients) > 5
+    for gradient, expected in zip(gradients, expected_gradients):
+        np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-6)

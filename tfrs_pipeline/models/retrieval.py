@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrs_pipeline.contracts import HISTORY_INPUT
 from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.sampled_softmax import MixedNegativeSoftmax
@@ -36,12 +37,18 @@ class RetrievalModel(tfrs.models.Model):
     def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
         targets = features["target_item_ids"]
         has_target = tf.not_equal(targets, "")
-        catalog_embeddings = self.item_tower.embed_catalog()
+        positives = tf.boolean_mask(self.item_tower.indices(targets), has_target)
+        negatives = None
+        if self.num_negatives is None:
+            catalog_embeddings = self.item_tower.embed_catalog()
+        else:  # the step reads only its histories', targets' and negatives' rows: embed those alone
+            negatives = self._softmax.draw_negatives(positives)
+            catalog_embeddings = self.item_tower.embed_catalog_rows(tf.concat(
+                [tf.reshape(self.item_tower.indices(features[HISTORY_INPUT]), [-1]), positives, negatives], axis=0))
         sequence_queries = self.query_tower.sequence_embeddings(features, training, catalog_embeddings)
         queries = tf.boolean_mask(sequence_queries, has_target)
-        positives = tf.boolean_mask(self.item_tower.indices(targets), has_target)
         # Inside a distributed train step Keras sums the replicas' losses; dividing keeps the loss
         # (and its gradient) the same as on one device. Outside one, there is nothing to divide.
         replica_context = tf.distribute.get_replica_context()
         replicas = replica_context.num_replicas_in_sync if replica_context is not None else 1
-        return self._softmax.loss(queries, positives, catalog_embeddings) / replicas
+        return self._softmax.loss(queries, positives, catalog_embeddings, negatives=negatives) / replicas

@@ -57,15 +57,26 @@ class MixedNegativeSoftmax:
         frequencies = target_counts / max(1, target_counts.sum())
         self._log_one_minus_frequency = tf.constant(np.log1p(-np.minimum(frequencies, 1 - 1e-7)), tf.float32)
 
+    def draw_negatives(self, positives: tf.Tensor) -> tf.Tensor:
+        """[S' <= S] distinct catalog indices: half drawn from the batch's ``positives``, half uniformly."""
+        num_in_batch = self.num_negatives // 2
+        in_batch = tf.gather(positives, tf.random.uniform([num_in_batch], 0, tf.size(positives), tf.int32))
+        uniform = tf.random.uniform([self.num_negatives - num_in_batch], 1, self._num_items + 1, dtype=tf.int64)
+        negatives, _ = tf.unique(tf.concat([in_batch, uniform], axis=0))
+        return negatives
+
     def loss(self, queries: tf.Tensor, positives: tf.Tensor, catalog_embeddings: tf.Tensor,
-             logit_bonus: LogitBonus | None = None) -> tf.Tensor:
+             logit_bonus: LogitBonus | None = None, negatives: tf.Tensor | None = None) -> tf.Tensor:
         """Mean cross-entropy over the P rows.
 
         Args:
           queries: [P, dim] one query per target.
           positives: [P] int64 catalog indices (1..N) of the targets.
-          catalog_embeddings: [N + 1, dim]; row 0 (unknown item) never competes.
+          catalog_embeddings: [N + 1, dim]; row 0 (unknown item) never competes. With sampled
+            negatives only the rows of the positives, the negatives and the logit bonus's items are read.
           logit_bonus: added to the logits of the items it names, row by row.
+          negatives: ``draw_negatives(positives)`` when the caller needed them first (to embed only
+            the rows it reads); drawn here when None.
         """
         if self.num_negatives is None:
             bonus = None
@@ -73,17 +84,17 @@ class MixedNegativeSoftmax:
                 bonus = logit_bonus.for_candidates(tf.range(1, self._num_items + 1, dtype=positives.dtype),
                                                    self._num_items)
             return full_softmax_cross_entropy(queries, catalog_embeddings[1:], positives - 1, bonus)
-        logits, labels = self.sampled_logits(queries, positives, catalog_embeddings, logit_bonus)
+        logits, labels = self.sampled_logits(queries, positives, catalog_embeddings, logit_bonus, negatives)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
     def sampled_logits(self, queries: tf.Tensor, positives: tf.Tensor, catalog_embeddings: tf.Tensor,
-                       logit_bonus: LogitBonus | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+                       logit_bonus: LogitBonus | None = None,
+                       negatives: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """Logits [P, 1 + S] with the positive in column 0, all corrected by log P(drawn); labels [P] (zeros)."""
         num_in_batch = self.num_negatives // 2
         num_uniform = self.num_negatives - num_in_batch
-        in_batch = tf.gather(positives, tf.random.uniform([num_in_batch], 0, tf.size(positives), tf.int32))
-        uniform = tf.random.uniform([num_uniform], 1, self._num_items + 1, dtype=tf.int64)
-        negatives, _ = tf.unique(tf.concat([in_batch, uniform], axis=0))
+        if negatives is None:
+            negatives = self.draw_negatives(positives)
         log_missed_by_uniform = num_uniform * float(np.log1p(-1.0 / self._num_items))
 
         def log_draw_probability(indices: tf.Tensor) -> tf.Tensor:
