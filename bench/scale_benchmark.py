@@ -16,7 +16,15 @@ over the whole process tree (Beam's worker processes and the model server includ
      query tower per request), 1 and 16 users per call, in-process;
   5. ranking of ``--ranking_candidates`` candidates for one user, in-process (here);
   6. ``bench/serving_load.py``: the two-stage answer at 16 closed-loop clients, in-process and
-     through ``tfrs-model-server`` with batching (requests/s, p50/p99, the server's peak memory).
+     through ``tfrs-model-server`` (``--serving_modes``: requests/s, p50/p99, the server's peak memory);
+  7. ``bench/feature_store_latency.py``: the export's online store read for 1 and 16 users, the
+     answer from the store's features and history against the answer by user id at 16 clients, and
+     an event's time to a changed answer.
+
+``--max_users=N`` measures a slice: the data set's whole catalog and the N users with the smallest
+ids (Beam and ``train`` both take it), for the costs of the catalog at a size whose every user this
+machine cannot train, evaluate and export in the time at hand (the per-user costs then come from
+``bench/scale_training.py`` on the whole data set).
 
 A step whose output exists in ``--work_dir`` is not run again unless ``--rerun`` names it, so a
 size that breaks late can be resumed. Everything a step printed is kept in ``<work_dir>/logs/``.
@@ -37,7 +45,7 @@ import numpy as np
 import psutil
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-STEPS = ("generate", "beam", "train", "signatures", "ranking", "serving")
+STEPS = ("generate", "beam", "train", "signatures", "ranking", "serving", "feature_store")
 STAGE_LINE = re.compile(r"\[tfrs_pipeline\] (.+): done in ([\d.]+)s")
 KERAS_EPOCH = re.compile(r"^\d+/\d+ - (\d+)s - ", re.MULTILINE)
 
@@ -132,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun", default="", help="steps to run again even where their output exists")
     parser.add_argument("--serving_seconds", type=float, default=20)
     parser.add_argument("--train_flag", action="append", default=[], help="extra flag for train, repeatable")
+    parser.add_argument("--max_users", type=int, help="a slice: the whole catalog and the users with the smallest "
+                                                      "ids (Beam's and train's --max_users)")
+    parser.add_argument("--serving_modes", default="in_process,server_batching",
+                        help="bench/serving_load.py --modes")
     flags = parser.parse_args(argv)
+    slice_flags = [f"--max_users={flags.max_users}"] if flags.max_users else []
     work_dir = pathlib.Path(flags.work_dir).resolve()
     log_dir = work_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if wanted("beam", (examples_dir / "manifest.json").exists()):
         result = run_measured("beam", [python, "-m", "tfrs_pipeline.data.beam_pipeline", f"--data_dir={data_dir}",
                                        f"--output_dir={examples_dir}", f"--direct_num_workers={flags.beam_workers}",
-                                       "--direct_running_mode=multi_processing"], log_dir)
+                                       "--direct_running_mode=multi_processing", *slice_flags], log_dir)
         manifest = json.loads((examples_dir / "manifest.json").read_text())
         record("beam", {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
                         "workers": flags.beam_workers, "examples": manifest["num_examples"],
@@ -175,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                                         f"--examples_dir={examples_dir}", f"--export_dir={export_dir}",
                                         f"--epochs={flags.epochs}", f"--num_negatives={flags.num_negatives}",
                                         f"--ranking_candidates={flags.ranking_candidates}", "--verbose=2",
-                                        *flags.train_flag], log_dir)
+                                        *slice_flags, *flags.train_flag], log_dir)
         stages = {name: float(seconds) for name, seconds in STAGE_LINE.findall(result["output"])}
         metrics = json.loads((export_dir / "metrics.json").read_text())
         manifest = json.loads((examples_dir / "manifest.json").read_text())
@@ -197,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             "savedmodel_mb": {model.name: folder_mb(model) for model in sorted(export_dir.iterdir())
                               if model.is_dir() and (model / "1").is_dir()},
         })
-    user_ids = [str(user) for user in range(1, flags.users)]
+    served_users = flags.max_users or flags.users  # the synthetic users' ids are 0 .. users - 1
+    user_ids = [str(user) for user in range(1, served_users)]
     if wanted("signatures", "signatures" in figures):
         result = run_measured("signatures", [python, "bench/signature_latency.py", f"scale={export_dir}",
                                              f"--data_dir={data_dir}", "--rounds=30"], log_dir)
@@ -209,9 +223,15 @@ def main(argv: list[str] | None = None) -> int:
         out = work_dir / "serving.json"
         run_measured("serving", [python, "bench/serving_load.py", f"--export_dir={export_dir}", "--clients=16",
                                  f"--duration_s={flags.serving_seconds}", "--warmup_s=5",
-                                 f"--num_users={flags.users - 1}", "--modes=in_process,server_batching",
+                                 f"--num_users={served_users - 1}", f"--modes={flags.serving_modes}",
                                  f"--out={out}"], log_dir)
         record("serving", json.loads(out.read_text())["results"])
+    if wanted("feature_store", "feature_store" in figures):
+        out = work_dir / "feature_store.json"
+        result = run_measured("feature_store", [python, "bench/feature_store_latency.py", f"--export_dir={export_dir}",
+                                                "--clients=16", f"--duration_s={flags.serving_seconds}", "--warmup_s=5",
+                                                f"--out={out}"], log_dir)
+        record("feature_store", {"peak_rss_mb": result["peak_rss_mb"], **json.loads(out.read_text())["results"]})
     if flags.out:
         pathlib.Path(flags.out).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(flags.out).write_text(json.dumps(figures, indent=2) + "\n")

@@ -28,8 +28,11 @@ FnApiRunner, with ``--direct_num_workers=N --direct_running_mode=multi_processin
 processes (Beam's own DirectRunner first tries the Prism runner, which downloads a binary). Any other
 runner gets the pipeline as is, with its options passed through, for example
 ``--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp --output_dir=gs://B/examples``,
-``--runner=FlinkRunner --flink_master=HOST:8081`` or ``--runner=SparkRunner``. The folder's configuration
-and items file are read where the pipeline is launched and the interactions file by the workers
+``--runner=FlinkRunner --flink_master=HOST:8081`` or ``--runner=SparkRunner``. Flink and Spark run
+Python pipelines through Beam's portable job server, a Java jar that Beam fetches from Maven Central
+on first use (``~/.apache_beam/cache/jars/beam-runners-flink-2.2-job-server-<beam version>.jar``, or
+``--flink_job_server_jar=PATH``); without network access to it, stage the jar there first. The
+folder's configuration and items file are read where the pipeline is launched and the interactions file by the workers
 (through Beam's file systems), so on a remote runner ``--data_dir`` is a folder both see, such as a
 bucket mounted at the same path (gcsfuse); reading the contract from ``gs://`` paths directly is not
 built yet.
