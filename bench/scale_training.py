@@ -98,9 +98,10 @@ def measure_snapshot(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, h
                "context_seconds": round(time.perf_counter() - wall - built_s, 1),
                "cpu_seconds": round(time.process_time() - cpu, 1),
                "rss_added_mb": round((PROCESS.memory_info().rss - rss_before) / 2**20),
-               # What the export holds only while it precomputes: every user's id, features and padded history.
-               "export_only_tensor_mb": round(tensor_bytes([snapshot._user_ids, snapshot._histories,
-                                                            *snapshot._features.values()]) / 2**20, 1),
+               # What the export holds only while it precomputes: every user's id and features (the
+               # histories are numpy lists, padded a batch at a time).
+               "export_only_tensor_mb": round(tensor_bytes([snapshot._user_ids, *snapshot._features.values()])
+                                              / 2**20, 1),
                # What the served models keep per user besides the id lookup: rated items and the precomputed tables.
                "rated_tensor_mb": round(tensor_bytes([snapshot._rated]) / 2**20, 1),
                "context_tensor_mb": round(tensor_bytes(user_context.values()) / 2**20, 1),
