@@ -110,6 +110,11 @@ class TwoStageConfig(TaskConfig):
                                     choices=("scann", "brute_force"))
     ranking_epochs: int = _field(5, "ranking model training epochs", minimum=1)
     ranking_batch_size: int = _field(32, "users per ranking training batch", minimum=1)
+    ranking_rules_per_item: int = _field(50, "each item's strongest item-to-item rules (forward and backward, "
+                                             "from the training histories) the ranker looks candidates up in; "
+                                             "0: no rules", minimum=0)
+    ranking_recent_items: int = _field(10, "the user's most recent items whose rules the ranker reads, one "
+                                           "feature each", minimum=1)
     scann_num_leaves: int | None = _field(None, "ScaNN partitions (default: tuned from the catalog size and "
                                                 "the data)", minimum=1)
     scann_leaves_to_search: int | None = _field(None, "ScaNN partitions searched per query (default: tuned)",

@@ -43,6 +43,24 @@ class SequentialRules:
         popularity = np.bincount(items, minlength=num_items + 1).astype(np.float32)
         self._tie_break = _POPULARITY_TIE_BREAK * popularity / max(1.0, popularity.max())
 
+    def strongest_rules(self, per_item: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each item's ``per_item`` strongest rules as tables to gather from inside a model.
+
+        Returns:
+          ([N + 1, per_item] target indices, [N + 1, per_item] weights), strongest first; rows with
+          fewer rules (and row 0) are padded with target 0 and weight 0, which match nothing.
+        """
+        targets = np.zeros((self.num_items + 1, per_item), np.int64)
+        weights = np.zeros((self.num_items + 1, per_item), np.float32)
+        sources = np.repeat(np.arange(self.num_items + 1), np.diff(self._rule_starts))
+        # Strongest first within each source: sort by (source, -weight); then the rank within the source.
+        order = np.lexsort((-self._rule_weights, sources))
+        rank = np.arange(len(order)) - self._rule_starts[sources[order]]
+        kept = rank < per_item
+        targets[sources[order][kept], rank[kept]] = self._rule_targets[order][kept]
+        weights[sources[order][kept], rank[kept]] = self._rule_weights[order][kept]
+        return targets, weights
+
     def scores(self, last_items: np.ndarray) -> np.ndarray:
         """[batch, N + 1] scores of every item after sessions ending with ``last_items`` ([batch] indices)."""
         scores = np.tile(self._tie_break, (len(last_items), 1))

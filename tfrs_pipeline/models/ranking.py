@@ -13,6 +13,8 @@ ranker keeps retrieval's order, so a few thousand lists can only move it where t
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -21,6 +23,49 @@ from tfrs_pipeline.contracts import HISTORY_INPUT
 from tfrs_pipeline.models.query_tower import QueryTower
 
 CANDIDATE_FEATURE = "candidate_item_ids"  # training and evaluation lists: [batch, N] item ids
+DEFAULT_RECENT_ITEMS = 10  # history items whose rules each candidate is looked up in
+
+
+class ItemRules(tf.Module):
+    """Item-to-item rule weights between each candidate and the user's most recent items.
+
+    A factorized score says how well a candidate fits the user's taste as a whole; a rule says that
+    people who chose this recent item chose that one soon after, which a dot product blurs. Each
+    table holds every item's strongest rules (``SequentialRules.strongest_rules``): [N + 1, M]
+    target indices and weights, so a lookup costs [batch, candidates, recent, M] comparisons
+    whatever the catalog's size, and the tables are saved with the model.
+
+    Args:
+      tables: (targets, weights) pairs, each [N + 1, M]; e.g. the forward rules (history item ->
+        candidate) and the backward ones (candidate -> history item).
+      recent_items: how many of the most recent history items are looked up, each a feature of its own.
+    """
+
+    def __init__(self, tables: Sequence[tuple[np.ndarray, np.ndarray]], recent_items: int = DEFAULT_RECENT_ITEMS):
+        super().__init__()
+        self.recent_items = recent_items
+        # Variables, not constants: at a large catalog the tables would outgrow the graph's 2 GB limit.
+        self._targets = [tf.Variable(targets, trainable=False, dtype=tf.int64) for targets, _ in tables]
+        self._weights = [tf.Variable(np.log1p(weights), trainable=False, dtype=tf.float32) for _, weights in tables]
+
+    @property
+    def num_features(self) -> int:
+        return len(self._targets) * self.recent_items
+
+    def __call__(self, recent: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
+        """[B, N, tables * recent_items] log(1 + weight) of the rule (recent item k, candidate), 0 where none.
+
+        Args:
+          recent: [B, recent_items] catalog indices of the most recent history items (0: none).
+          candidates: [B, N] catalog indices.
+        """
+        features = []
+        for targets, weights in zip(self._targets, self._weights):
+            rule_targets = tf.gather(targets, recent)  # [B, K, M]
+            matches = tf.equal(candidates[:, :, tf.newaxis, tf.newaxis], rule_targets[:, tf.newaxis])  # [B, N, K, M]
+            rule_weights = tf.gather(weights, recent)[:, tf.newaxis]  # [B, 1, K, M]
+            features.append(tf.reduce_sum(tf.where(matches, rule_weights, 0.0), axis=-1))
+        return tf.concat(features, axis=-1)
 
 
 class RankingModel(tfrs.models.Model):
@@ -31,13 +76,16 @@ class RankingModel(tfrs.models.Model):
       item_popularity: [N + 1] training interactions per catalog index.
       item_categories: [N + 1, C] multi-hot categories per catalog index (``features.arrays.category_matrix``;
         C may be 0).
+      rules: item-to-item rules between the candidates and the user's recent items (None: none).
       hidden_units: widths of the deep part.
     """
 
     def __init__(self, query_tower: QueryTower, item_popularity: np.ndarray, item_categories: np.ndarray,
-                 hidden_units: tuple[int, ...] = (128, 64), dropout: float = 0.1, **kwargs):
+                 rules: ItemRules | None = None, hidden_units: tuple[int, ...] = (128, 64), dropout: float = 0.1,
+                 **kwargs):
         super().__init__(**kwargs)
         self.query_tower = query_tower
+        self.rules = rules
         self.query_tower.trainable = False
         log_popularity = np.log1p(item_popularity.astype(np.float32))
         self._log_popularity = tf.constant(log_popularity / max(1.0, float(log_popularity.max())))
@@ -67,11 +115,18 @@ class RankingModel(tfrs.models.Model):
         so an export can compute this once per known user instead of once per request.
         """
         history = self.query_tower.item_tower.indices(features[HISTORY_INPUT])  # [B, L]
-        return {
+        context = {
             "query": self.query_tower.query(features, False, catalog_embeddings),
             "last_item": tf.gather(catalog_embeddings, history[:, -1]),
             "history_categories": _mean_over_real_items(tf.gather(self._categories, history), history),
+            # log(1 + items in the history window): how much the query and the rules rest on.
+            "history_length": tf.math.log1p(tf.reduce_sum(tf.cast(history > 0, tf.float32), axis=1, keepdims=True)),
         }
+        if self.rules is not None:
+            recent = history[:, -self.rules.recent_items:]
+            missing = self.rules.recent_items - tf.shape(recent)[1]  # a history shorter than the rules read
+            context["recent_items"] = tf.pad(recent, [[0, 0], [missing, 0]])
+        return context
 
     def score(self, context: dict, candidate_item_ids: tf.Tensor, catalog_embeddings: tf.Tensor,
               training: bool = False) -> tf.Tensor:
@@ -86,9 +141,19 @@ class RankingModel(tfrs.models.Model):
             return tf.repeat(user_vector[:, tf.newaxis, :], num_candidates, axis=1)
 
         retrieval_scores = tf.einsum("bd,bnd->bn", query, candidate_embeddings)
+        # Where the candidate stands in this list: its retrieval rank and log-share of the list's softmax.
+        retrieval_ranks = tf.argsort(tf.argsort(-retrieval_scores, axis=1, stable=True), axis=1, stable=True)
+        list_log_shares = retrieval_scores - tf.reduce_logsumexp(retrieval_scores, axis=1, keepdims=True)
+        extra = []
+        if self.rules is not None:
+            extra.append(self.rules(context["recent_items"], candidates))
         crossed = tf.concat(
             [
                 retrieval_scores[..., tf.newaxis],
+                tf.math.log1p(tf.cast(retrieval_ranks, tf.float32))[..., tf.newaxis],
+                tf.maximum(list_log_shares, -20.0)[..., tf.newaxis],
+                per_candidate(context["history_length"]),
+                *extra,
                 tf.einsum("bd,bnd->bn", context["last_item"], candidate_embeddings)[..., tf.newaxis],
                 tf.einsum("bc,bnc->bn", history_categories, candidate_categories)[..., tf.newaxis],
                 tf.gather(self._log_popularity, candidates)[..., tf.newaxis],
@@ -102,9 +167,26 @@ class RankingModel(tfrs.models.Model):
         )
         return retrieval_scores + tf.squeeze(self._deep(self._cross(crossed), training=training), -1)
 
+    def contexts(self, features: dict, batch_size: int = 512) -> dict:
+        """``user_context`` of every row of ``features``, in batches: what ``compute_loss`` reads.
+
+        The towers are frozen, so each list's context is computed once for the whole training run
+        instead of once per step and epoch (a transformer pass over the history each time).
+        """
+        catalog_embeddings = self.query_tower.item_tower.embed_catalog()
+        rows = int(tf.shape(features[HISTORY_INPUT])[0])
+        chunks = [self.user_context({name: values[start:start + batch_size] for name, values in features.items()},
+                                    catalog_embeddings) for start in range(0, rows, batch_size)]
+        return {name: tf.concat([chunk[name] for chunk in chunks], axis=0) for name in chunks[0]}
+
     def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
-        """Listwise softmax: ``labels`` [batch, N] is one-hot on the true next item."""
-        return self.task(labels=features["labels"], predictions=self(features, training=training))
+        """Listwise softmax: ``labels`` [batch, N] is one-hot on the true next item among ``candidate_item_ids``.
+
+        ``features["context"]`` is each list's user context (``contexts``).
+        """
+        scores = self.score(features["context"], features[CANDIDATE_FEATURE],
+                            self.query_tower.item_tower.embed_catalog(), training)
+        return self.task(labels=features["labels"], predictions=scores)
 
 
 def _mean_over_real_items(values: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:

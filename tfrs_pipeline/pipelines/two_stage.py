@@ -48,9 +48,10 @@ from tfrs_pipeline.data.split import (
 from tfrs_pipeline.export import savedmodels, serving_config, versioning
 from tfrs_pipeline.features import events, store
 from tfrs_pipeline.features.arrays import FeatureRows, category_matrix, feature_arrays
+from tfrs_pipeline.models.cooccurrence import SequentialRules
 from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
-from tfrs_pipeline.models.ranking import RankingModel
+from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE, ItemRules, RankingModel
 from tfrs_pipeline.models.retrieval import RetrievalModel
 from tfrs_pipeline.pipelines.common import history, learning_rate, training_dataset
 from tfrs_pipeline.pipelines.progress import stage
@@ -233,13 +234,15 @@ def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: 
         found = (candidates == target_indices[:, np.newaxis]).any(axis=1)
         candidates, target_indices = candidates[found], target_indices[found]
         features = scoring.ranking_features(catalog, inputs.users, train.select(found), candidates, config.max_length)
-        features["labels"] = (candidates == target_indices[:, np.newaxis]).astype(np.float32)
-    ranking_model = RankingModel(query_tower, popularity, inputs.item_categories)
+    rules = _item_rules(config, [catalog.indices(items) for items in train.item_ids], len(catalog))
+    ranking_model = RankingModel(query_tower, popularity, inputs.item_categories, rules)
+    features = {"context": ranking_model.contexts(features), CANDIDATE_FEATURE: features[CANDIDATE_FEATURE],
+                "labels": (candidates == target_indices[:, np.newaxis]).astype(np.float32)}
     ranking_model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate / 2))
     with stage(f"train ranking ({len(candidates)} lists of {candidates.shape[1]}, {config.ranking_epochs} epochs)"):
         # A tenth of the lists is held back to stop training before the correction overfits.
         is_validation = np.random.default_rng(config.seed).random(len(candidates)) < RANKING_VALIDATION_SHARE
-        train_lists, validation_lists = ({name: values[keep] for name, values in features.items()}
+        train_lists, validation_lists = (tf.nest.map_structure(lambda values: tf.boolean_mask(values, keep), features)
                                          for keep in (~is_validation, is_validation))
         fit_history = ranking_model.fit(
             tf.data.Dataset.from_tensor_slices(train_lists).shuffle(len(candidates), seed=config.seed)
@@ -250,6 +253,20 @@ def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: 
                        tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RANKING_MODEL))],
         )
     return ranking_model, history(fit_history)
+
+
+def _item_rules(config: TwoStageConfig, sequences: list[np.ndarray], num_items: int) -> ItemRules | None:
+    """The ranker's item-to-item rules, from what retrieval trains on (never a target the ranker learns from).
+
+    Two tables: the forward rules (a history item, then the candidate within ``DEFAULT_MAX_GAP``
+    items) and the backward ones (the candidate, then the history item): where people rate in bursts
+    whose order within a sitting says little, both directions carry evidence.
+    """
+    if not config.ranking_rules_per_item:
+        return None
+    tables = [SequentialRules(ordered, num_items).strongest_rules(config.ranking_rules_per_item)
+              for ordered in (sequences, [items[::-1] for items in sequences])]
+    return ItemRules(tables, config.ranking_recent_items)
 
 
 def _evaluate(config: TwoStageConfig, inputs: TwoStageInputs, ranking_model: RankingModel, tested: UserSequences,
