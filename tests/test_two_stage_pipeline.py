@@ -189,3 +189,26 @@ def test_bad_data_dir_gives_a_clear_error_and_no_export(tmp_path):
     assert result.returncode == 2
     assert "ratings.dat:1" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_ranker_rules_are_the_sequential_rules_of_each_recent_item():
+    """The ranker's rule features hold, for each recent item, the weight of its rule to the candidate."""
+    import tensorflow as tf
+
+    from tfrs_pipeline.models.cooccurrence import SequentialRules
+    from tfrs_pipeline.models.ranking import ItemRules
+
+    sessions = [np.array([1, 2, 3]), np.array([1, 3, 2, 4]), np.array([2, 3])]
+    rules = SequentialRules(sessions, num_items=4, max_gap=2)
+    recent = np.array([[1, 2], [0, 3]])  # the second user has one item; 0 is padding
+    candidates = np.array([[2, 3, 4], [2, 4, 1]])
+    features = ItemRules([rules.strongest_rules(per_item=4)], recent_items=2)(
+        tf.constant(recent, tf.int64), tf.constant(candidates, tf.int64)).numpy()
+    for row in range(2):
+        for slot, item in enumerate(recent[row]):
+            expected = rules.scores(np.array([item]))[0, candidates[row]] if item else np.zeros(3)
+            expected = np.where(expected > 1e-2, expected, 0.0)  # no rule: only the popularity tie-break (< 1e-3)
+            np.testing.assert_allclose(features[row, :, slot], np.log1p(expected), atol=1e-3)
+    strongest = ItemRules([rules.strongest_rules(per_item=1)], recent_items=1)
+    kept = strongest(tf.constant([[3]], tf.int64), tf.constant([[2, 4]], tf.int64))
+    assert np.count_nonzero(kept.numpy()) == 1  # only item 3's strongest rule is kept
