@@ -30,24 +30,28 @@ from tfrs_pipeline.data.dataset import load_dataset, write_interaction_folder
 def run_variant(data_dir: str, out: pathlib.Path, label: str, extra_flags: str) -> dict:
     export_dir = out / label
     flags = [f"--data_dir={data_dir}", f"--export_dir={export_dir}", "--verbose=2", *shlex.split(extra_flags)]
+    load_before = os.getloadavg()
     start = time.perf_counter()
     exit_code = train.main(flags)
     wall_seconds = time.perf_counter() - start
     if exit_code:
         raise SystemExit(f"variant {label} failed with exit code {exit_code}")
     metrics = json.loads((export_dir / "metrics.json").read_text())
-    return {"label": label, "flags": flags, "wall_seconds": wall_seconds, "metrics": metrics}
+    # The 1-minute load before and the 15-minute load after: wall times mean little without them.
+    return {"label": label, "flags": flags, "wall_seconds": wall_seconds, "metrics": metrics,
+            "load_average": [load_before[0], os.getloadavg()[2]]}
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| variant | system | HR@10 | NDCG@10 | HR@50 | MRR | coverage | pop. pct. | wall (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| variant | system | HR@10 | NDCG@10 | HR@50 | MRR | coverage | pop. pct. | wall (s) | load |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for result in results:
         for system in ("retrieval", "two_stage", "popularity"):
             values = result["metrics"]["evaluation"][system]
             lines.append(f"| {result['label']} | {system} | {values['hr@10']:.4f} | {values['ndcg@10']:.4f} | "
                          f"{values['hr@50']:.4f} | {values['mrr']:.4f} | {values['coverage']:.3f} | "
-                         f"{values['popularity_percentile']:.3f} | {result['wall_seconds']:.0f} |")
+                         f"{values['popularity_percentile']:.3f} | {result['wall_seconds']:.0f} | "
+                         f"{result['load_average'][0]:.1f} / {result['load_average'][1]:.1f} |")
     return "\n".join(lines)
 
 

@@ -223,36 +223,65 @@ def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: User
 
 def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower, train: UserSequences,
                    targets: np.ndarray, popularity: np.ndarray, run_dir: pathlib.Path) -> tuple[RankingModel, dict]:
-    catalog = inputs.catalog
     with stage("retrieve candidates for ranking"):
-        candidates = scoring.candidate_lists(catalog, scoring.query_embeddings(query_tower, inputs.users, train),
-                                             query_tower.item_tower, train, config.ranking_candidates)
-        target_indices = catalog.indices(targets)
-        # Only lists where retrieval found the next item teach the ranker anything it can use: at
-        # serving time it never sees items retrieval missed, and planting them in the lists would
-        # teach it to promote whatever retrieval scores low.
-        found = (candidates == target_indices[:, np.newaxis]).any(axis=1)
-        candidates, target_indices = candidates[found], target_indices[found]
-        features = scoring.ranking_features(catalog, inputs.users, train.select(found), candidates, config.max_length)
+        lists, _ = ranking_lists(config, inputs, query_tower, train, targets)
+    ranking_model = build_ranking_model(config, inputs, query_tower, train, popularity)
+    with stage(f"train ranking ({lists['labels'].shape[0]} lists of {lists['labels'].shape[1]}, "
+               f"{config.ranking_epochs} epochs)"):
+        return ranking_model, fit_ranking(config, ranking_model, lists, run_dir)
+
+
+def ranking_lists(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower, train: UserSequences,
+                  targets: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The ranker's training lists: retrieval's candidates after ``train`` where they hold the user's next item.
+
+    Returns the ranker's features of each list (``scoring.ranking_features``) with ``labels`` [lists,
+    candidates], one-hot on the next item; and [U] whether each user has a list.
+    """
+    catalog = inputs.catalog
+    candidates = scoring.candidate_lists(catalog, scoring.query_embeddings(query_tower, inputs.users, train),
+                                         query_tower.item_tower, train, config.ranking_candidates)
+    target_indices = catalog.indices(targets)
+    # Only lists where retrieval found the next item teach the ranker anything it can use: at
+    # serving time it never sees items retrieval missed, and planting them in the lists would
+    # teach it to promote whatever retrieval scores low.
+    found = (candidates == target_indices[:, np.newaxis]).any(axis=1)
+    candidates, target_indices = candidates[found], target_indices[found]
+    features = scoring.ranking_features(catalog, inputs.users, train.select(found), candidates, config.max_length)
+    return {**features, "labels": (candidates == target_indices[:, np.newaxis]).astype(np.float32)}, found
+
+
+def build_ranking_model(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower,
+                        train: UserSequences, popularity: np.ndarray) -> RankingModel:
+    """An untrained ranker on the frozen ``query_tower``, its rules counted in ``train`` (what retrieval trains on)."""
+    catalog = inputs.catalog
     rules = _item_rules(config, [catalog.indices(items) for items in train.item_ids], len(catalog))
     ranking_model = RankingModel(query_tower, popularity, inputs.item_categories, rules)
-    features = {"context": ranking_model.contexts(features), CANDIDATE_FEATURE: features[CANDIDATE_FEATURE],
-                "labels": (candidates == target_indices[:, np.newaxis]).astype(np.float32)}
     ranking_model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate / 2))
-    with stage(f"train ranking ({len(candidates)} lists of {candidates.shape[1]}, {config.ranking_epochs} epochs)"):
-        # A tenth of the lists is held back to stop training before the correction overfits.
-        is_validation = np.random.default_rng(config.seed).random(len(candidates)) < RANKING_VALIDATION_SHARE
-        train_lists, validation_lists = (tf.nest.map_structure(lambda values: tf.boolean_mask(values, keep), features)
-                                         for keep in (~is_validation, is_validation))
-        fit_history = ranking_model.fit(
-            tf.data.Dataset.from_tensor_slices(train_lists).shuffle(len(candidates), seed=config.seed)
-            .batch(config.ranking_batch_size),
-            validation_data=tf.data.Dataset.from_tensor_slices(validation_lists).batch(scoring.BATCH),
-            epochs=config.ranking_epochs, verbose=config.verbose,
-            callbacks=[tf.keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True),
-                       tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RANKING_MODEL))],
-        )
-    return ranking_model, history(fit_history)
+    return ranking_model
+
+
+def fit_ranking(config: TwoStageConfig, ranking_model: RankingModel, lists: dict,
+                run_dir: pathlib.Path | None = None) -> dict:
+    """Trains the ranker on ``lists`` (``ranking_lists``); returns its per-epoch history.
+
+    A tenth of the lists is held back to stop training before the correction overfits.
+    """
+    features = {"context": ranking_model.contexts({name: values for name, values in lists.items() if name != "labels"}),
+                CANDIDATE_FEATURE: lists[CANDIDATE_FEATURE], "labels": lists["labels"]}
+    num_lists = len(lists["labels"])
+    is_validation = np.random.default_rng(config.seed).random(num_lists) < RANKING_VALIDATION_SHARE
+    train_lists, validation_lists = (tf.nest.map_structure(lambda values: tf.boolean_mask(values, keep), features)
+                                     for keep in (~is_validation, is_validation))
+    callbacks = [tf.keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True)]
+    if run_dir is not None:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RANKING_MODEL)))
+    fit_history = ranking_model.fit(
+        tf.data.Dataset.from_tensor_slices(train_lists).shuffle(num_lists, seed=config.seed)
+        .batch(config.ranking_batch_size),
+        validation_data=tf.data.Dataset.from_tensor_slices(validation_lists).batch(scoring.BATCH),
+        epochs=config.ranking_epochs, verbose=config.verbose, callbacks=callbacks)
+    return history(fit_history)
 
 
 def _item_rules(config: TwoStageConfig, sequences: list[np.ndarray], num_items: int) -> ItemRules | None:

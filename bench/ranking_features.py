@@ -1,0 +1,143 @@
+"""Benchmark: ranker variants on one trained retrieval, chosen on validation lists, reported on the test items.
+
+    python bench/ranking_features.py --data_dir=../shared/data/ml-1m --out=/tmp/bench_ranking --epochs=6 \
+        --variant rules= --variant no_rules=ranking_rules_per_item=0 \
+        --variant forward_100=ranking_rules_per_item=100
+
+Retrieval trains once with the defaults (``--epochs`` of them; its towers are saved under ``<out>`` and
+read back by a later run with the same ``--epochs``), so the variants differ in the ranker alone and a
+variant costs minutes, not a full run. Each variant is a label and ``field=value`` settings of
+``TwoStageConfig`` (comma separated) for the ranker.
+
+Two measures per variant:
+  - validation: the ranker's own lists (each user's last training item, which retrieval never
+    trained on), ranked out of fold: 5 folds by user, each ranker trained as the pipeline trains it
+    on the other four. Two-stage HR@10 / NDCG@10 over all users (a list without the item is a miss).
+    Settings are chosen on this, never on the test items.
+  - test: the ranker trained on every list, as ``python -m tfrs_pipeline.train`` trains it, evaluated
+    by the pipeline's evaluation (full catalog, rated items removed).
+Prints a markdown table and writes ``<out>/ranking_results.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import tfrs_pipeline  # noqa: F401
+from tfrs_pipeline import evaluation, scoring
+from tfrs_pipeline.config import TwoStageConfig
+from tfrs_pipeline.data.dataset import load_dataset
+from tfrs_pipeline.data.split import leave_last_out
+from tfrs_pipeline.models.item_tower import ItemTower
+from tfrs_pipeline.models.query_tower import QueryTower
+from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE
+from tfrs_pipeline.pipelines import two_stage
+
+FOLDS = 5
+_MISSED = 1 << 30  # the rank of an item retrieval did not put in the list
+
+
+def _settings(text: str) -> dict:
+    fields = {field.name: field.type for field in dataclasses.fields(TwoStageConfig)}
+    settings = {}
+    for assignment in filter(None, text.split(",")):
+        name, value = assignment.split("=", 1)
+        settings[name] = {"int": int, "float": float, "int | None": int}.get(fields[name], str)(value)
+    return settings
+
+
+def _query_tower(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, train, popularity: np.ndarray,
+                 targets: np.ndarray, out: pathlib.Path) -> QueryTower:
+    """Retrieval's query tower, trained once per ``config.epochs`` and kept under ``out``."""
+    checkpoint = out / f"retrieval_{config.epochs}_epochs" / "towers"
+    if checkpoint.with_suffix(".index").is_file():
+        schema = inputs.data.schema.features
+        item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features,
+                               config.embedding_dim, has_interactions=popularity[1:] > 0)
+        query_tower = QueryTower(item_tower, config.max_length, config.embedding_dim, schema.user_features,
+                                 inputs.users.lookup(train.user_ids), num_blocks=config.num_blocks,
+                                 num_heads=config.num_heads, dropout=config.dropout)
+        tf.train.Checkpoint(query_tower=query_tower).read(str(checkpoint)).expect_partial()
+        return query_tower
+    run_dir = checkpoint.parent / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    query_tower, _ = two_stage._train_retrieval(config, inputs, train, targets, popularity, run_dir)
+    tf.train.Checkpoint(query_tower=query_tower).write(str(checkpoint))
+    return query_tower
+
+
+def _subset(lists: dict, rows: np.ndarray) -> dict:
+    return {name: tf.gather(values, rows) for name, values in lists.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=os.environ.get("TFRS_PIPELINE_DATA_DIR"))
+    parser.add_argument("--out", default="/tmp/bench_ranking")
+    parser.add_argument("--epochs", type=int, default=TwoStageConfig.epochs, help="retrieval's epochs")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="label=field=value,... of TwoStageConfig for the ranker (repeatable)")
+    args = parser.parse_args()
+    out = pathlib.Path(args.out)
+    base = TwoStageConfig(data_dir=args.data_dir, export_dir=str(out / "export"), epochs=args.epochs, verbose=0)
+    tf.keras.utils.set_random_seed(base.seed)
+    inputs = two_stage.TwoStageInputs.from_data(load_dataset(base.data_dir))
+    split, _ = two_stage._split(base, inputs.data)
+    train, targets = leave_last_out(split.history)
+    popularity = inputs.catalog.counts(train.item_ids)
+    query_tower = _query_tower(base, inputs, train, popularity, targets, out)
+    lists, found = two_stage.ranking_lists(base, inputs, query_tower, train, targets)
+    target_indices = inputs.catalog.indices(targets)
+    candidates = inputs.catalog.indices(lists[CANDIDATE_FEATURE].numpy().astype(str).ravel()).reshape(
+        lists["labels"].shape)
+    found_rows = np.flatnonzero(found)
+    fold_of = np.random.default_rng(1).integers(0, FOLDS, len(found_rows))
+    test_queries = scoring.query_embeddings(query_tower, inputs.users, split.tested_history())
+    retrieval_ranks = np.full(len(targets), _MISSED)
+    retrieval_ranks[found_rows] = lists["labels"].argmax(axis=1) + 1
+    results = []
+    for variant in args.variant or ["default="]:
+        label, settings = variant.split("=", 1)
+        config = dataclasses.replace(base, **_settings(settings))
+        load_before = os.getloadavg()[0]
+        start = time.perf_counter()
+        ranks = np.full(len(targets), _MISSED)
+        for fold in range(FOLDS):
+            model = two_stage.build_ranking_model(config, inputs, query_tower, train, popularity)
+            two_stage.fit_ranking(config, model, _subset(lists, np.flatnonzero(fold_of != fold)))
+            held = np.flatnonzero(fold_of == fold)
+            held_lists = _subset(lists, held)
+            reranked = scoring.rerank(model, {name: values for name, values in held_lists.items() if name != "labels"},
+                                      candidates[held])
+            ranks[found_rows[held]] = (reranked == target_indices[found_rows[held], np.newaxis]).argmax(axis=1) + 1
+        model = two_stage.build_ranking_model(config, inputs, query_tower, train, popularity)
+        history = two_stage.fit_ranking(config, model, lists)
+        test, _ = two_stage._evaluate(config, inputs, model, split.tested_history(), split.test_targets,
+                                      test_queries, popularity)
+        results.append({"label": label, "settings": settings, "ranking_epochs_run": len(history["loss"]),
+                        "validation": {"retrieval": evaluation.accuracy_metrics(retrieval_ranks, cutoffs=(10,)),
+                                       "two_stage": evaluation.accuracy_metrics(ranks, cutoffs=(10,))},
+                        "test": test, "seconds": time.perf_counter() - start,
+                        "load_average": [load_before, os.getloadavg()[0]]})
+        print(json.dumps(results[-1]["validation"]), flush=True)
+    lines = ["| variant | validation two-stage HR@10 | NDCG@10 | test retrieval HR@10 | test two-stage HR@10 | NDCG@10 "
+             "| HR@50 | coverage | pop. pct. | s | load |", "| --- " * 11 + "|"]
+    for result in results:
+        validation, test = result["validation"]["two_stage"], result["test"]["two_stage"]
+        lines.append(f"| {result['label']} | {validation['hr@10']:.4f} | {validation['ndcg@10']:.4f} | "
+                     f"{result['test']['retrieval']['hr@10']:.4f} | {test['hr@10']:.4f} | {test['ndcg@10']:.4f} | "
+                     f"{test['hr@50']:.4f} | {test['coverage']:.3f} | {test['popularity_percentile']:.3f} | "
+                     f"{result['seconds']:.0f} | {result['load_average'][0]:.1f} |")
+    (out / "ranking_results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
