@@ -98,7 +98,7 @@ def main() -> None:
     candidates = inputs.catalog.indices(lists[CANDIDATE_FEATURE].numpy().astype(str).ravel()).reshape(
         lists["labels"].shape)
     found_rows = np.flatnonzero(found)
-    fold_of = np.random.default_rng(1).integers(0, FOLDS, len(found_rows))
+    fold_of = np.random.default_rng(1).integers(0, FOLDS, len(targets))[found_rows]  # by user
     test_queries = scoring.query_embeddings(query_tower, inputs.users, split.tested_history())
     retrieval_ranks = np.full(len(targets), _MISSED)
     retrieval_ranks[found_rows] = lists["labels"].argmax(axis=1) + 1

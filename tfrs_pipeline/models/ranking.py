@@ -1,10 +1,13 @@
 """Ranking: re-scores the candidates retrieval found, with features a factorized model cannot use.
 
 Retrieval must score the whole catalog with one dot product; ranking sees only a few hundred
-candidates per user and can afford crossing features: the retrieval score itself, the elementwise
-product of query and candidate, how the candidate's categories match the user's history, how
-popular it is, how close it is to the last item the user chose. A deep & cross network (Wang et al.
-2020) learns those crosses explicitly.
+candidates per user and can afford crossing features: the retrieval score itself and the
+candidate's rank and share within its list, the elementwise product of query and candidate, how the
+candidate's categories match the user's history, how popular it is, how close it is to the last
+item the user chose, how long the history is, and, the strongest of them, item-to-item rules: how
+often people who chose one of the user's recent items chose the candidate soon after (or before),
+counted in the training histories (``ItemRules``). A deep & cross network (Wang et al. 2020) learns
+those crosses explicitly. Every feature comes from the interactions and the declared schema.
 
 It is trained for what the two-stage pipeline needs: each training list is the candidates retrieval
 returned for a held-out next item, and a listwise softmax puts the true item at the top. The network
