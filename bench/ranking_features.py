@@ -95,7 +95,7 @@ def main() -> None:
     query_tower = _query_tower(base, inputs, train, popularity, targets, out)
     lists, found = two_stage.ranking_lists(base, inputs, query_tower, train, targets)
     target_indices = inputs.catalog.indices(targets)
-    candidates = inputs.catalog.indices(lists[CANDIDATE_FEATURE].numpy().astype(str).ravel()).reshape(
+    candidates = inputs.catalog.indices(lists[CANDIDATE_FEATURE].ravel()).reshape(
         lists["labels"].shape)
     found_rows = np.flatnonzero(found)
     fold_of = np.random.default_rng(1).integers(0, FOLDS, len(targets))[found_rows]  # by user
