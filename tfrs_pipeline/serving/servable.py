@@ -93,16 +93,17 @@ class Servable:
         for a large model; done here, before the version is available, no client waits for it.
         Returns the signatures that refused such a request (their first client request does that work).
         """
-        refused = []
-        for signature_name, signature_def in self.signature_defs.items():
-            inputs = _placeholder_request(signature_def)
-            try:
-                if inputs is None:
-                    raise ValueError("an input of unknown rank")
-                self.call(signature_name, inputs)
-            except (ServingError, ValueError, tf.errors.OpError):
-                refused.append(signature_name)
-        return refused
+        return [signature_name for signature_name, signature_def in self.signature_defs.items()
+                if not self._answers(signature_name, _placeholder_request(signature_def))]
+
+    def _answers(self, signature_name: str, inputs: dict[str, np.ndarray] | None) -> bool:
+        if inputs is None:  # an input of unknown rank: no placeholder fits it
+            return False
+        try:
+            self.call(signature_name, inputs)
+        except (ServingError, tf.errors.OpError):
+            return False
+        return True
 
     def _make_runner(self, signature_name: str) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
         signature_def = self.signature_def(signature_name)
