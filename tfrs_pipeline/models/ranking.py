@@ -35,8 +35,14 @@ class ItemRules(tf.Module):
     A factorized score says how well a candidate fits the user's taste as a whole; a rule says that
     people who chose this recent item chose that one soon after, which a dot product blurs. Each
     table holds every item's strongest rules (``SequentialRules.strongest_rules``): [N + 1, M]
-    target indices and weights, so a lookup costs [batch, candidates, recent, M] comparisons
-    whatever the catalog's size, and the tables are saved with the model.
+    target indices and weights.
+
+    Every (source, target) pair of every table is a key of one hash table whose value is the pair's
+    row of weights, one column per table: a request looks each (recent item, candidate) pair up once,
+    whatever the catalog's size or M. Comparing each candidate with every rule of every recent item
+    instead costs candidates x recent x M comparisons per table, the ranker's most expensive step.
+    The hash table and the weights are saved with the model's variables, not in its graph, so a
+    large catalog's rules do not meet the graph's 2 GB limit.
 
     Args:
       tables: (targets, weights) pairs, each [N + 1, M]; e.g. the forward rules (history item ->
@@ -47,28 +53,53 @@ class ItemRules(tf.Module):
     def __init__(self, tables: Sequence[tuple[np.ndarray, np.ndarray]], recent_items: int = DEFAULT_RECENT_ITEMS):
         super().__init__()
         self.recent_items = recent_items
-        # Variables, not constants: at a large catalog the tables would outgrow the graph's 2 GB limit.
-        self._targets = [tf.Variable(targets, trainable=False, dtype=tf.int64) for targets, _ in tables]
-        self._weights = [tf.Variable(np.log1p(weights), trainable=False, dtype=tf.float32) for _, weights in tables]
+        self._num_tables = len(tables)
+        self._key_base = max(targets.shape[0] for targets, _ in tables)  # N + 1: key = source * (N + 1) + target
+        keys, pair_weights = _pairs(tables, self._key_base)
+        no_rule = len(keys)  # the all-zero row appended to the weights
+        self._pair_rows = tf.lookup.experimental.DenseHashTable(
+            key_dtype=tf.int64, value_dtype=tf.int64, default_value=no_rule, empty_key=-1, deleted_key=-2)
+        self._pair_rows.insert(tf.constant(keys), tf.range(no_rule, dtype=tf.int64))
+        self._pair_weights = tf.Variable(pair_weights, trainable=False)
 
     @property
     def num_features(self) -> int:
-        return len(self._targets) * self.recent_items
+        return self._num_tables * self.recent_items
 
     def __call__(self, recent: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
         """[B, N, tables * recent_items] log(1 + weight) of the rule (recent item k, candidate), 0 where none.
+
+        Features are ordered table by table, recent item by recent item within a table.
 
         Args:
           recent: [B, recent_items] catalog indices of the most recent history items (0: none).
           candidates: [B, N] catalog indices.
         """
-        features = []
-        for targets, weights in zip(self._targets, self._weights):
-            rule_targets = tf.gather(targets, recent)  # [B, K, M]
-            matches = tf.equal(candidates[:, :, tf.newaxis, tf.newaxis], rule_targets[:, tf.newaxis])  # [B, N, K, M]
-            rule_weights = tf.gather(weights, recent)[:, tf.newaxis]  # [B, 1, K, M]
-            features.append(tf.reduce_sum(tf.where(matches, rule_weights, 0.0), axis=-1))
-        return tf.concat(features, axis=-1)
+        keys = recent[:, tf.newaxis, :] * self._key_base + candidates[:, :, tf.newaxis]  # [B, N, K]
+        rows = tf.reshape(self._pair_rows.lookup(tf.reshape(keys, [-1])), tf.shape(keys))
+        weights = tf.transpose(tf.gather(self._pair_weights, rows), [0, 1, 3, 2])  # [B, N, tables, K]
+        return tf.reshape(weights, tf.concat([tf.shape(candidates), [self.num_features]], axis=0))
+
+
+def _pairs(tables: Sequence[tuple[np.ndarray, np.ndarray]], key_base: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tables' (source, target) pairs as hash keys, and each key's log(1 + weight) per table.
+
+    Returns:
+      ([P] distinct keys, [P + 1, tables] weights): row P is all zeros, what a pair without a rule
+      reads; padding (target 0, weight 0) is no pair.
+    """
+    sources, targets, weights, columns = [], [], [], []
+    for column, (table_targets, table_weights) in enumerate(tables):
+        has_rule = (table_targets > 0) & (table_weights > 0)
+        sources.append(np.nonzero(has_rule)[0])
+        targets.append(table_targets[has_rule])
+        weights.append(np.log1p(table_weights[has_rule]))
+        columns.append(np.full(has_rule.sum(), column))
+    keys, pair_of_rule = np.unique(np.concatenate(sources).astype(np.int64) * key_base + np.concatenate(targets),
+                                   return_inverse=True)
+    pair_weights = np.zeros((len(keys) + 1, len(tables)), np.float32)
+    np.add.at(pair_weights, (pair_of_rule, np.concatenate(columns)), np.concatenate(weights).astype(np.float32))
+    return keys, pair_weights
 
 
 class RankingModel(tfrs.models.Model):
