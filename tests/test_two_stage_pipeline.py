@@ -179,6 +179,24 @@ def test_ranking_export_scores_the_candidates_it_is_given(small_export):
     assert not np.allclose(scores[0], scores[0, 0]), "a ranker must tell candidates apart"
 
 
+def test_the_users_rated_items_live_in_the_checkpoint_not_in_the_graphs(small_export, shared_data_dir):
+    """Every rated item id grows with the interactions: as a graph constant it was copied while a version
+    loaded and optimized (seconds and hundreds of MB at MovieLens-1M) and would meet the 2 GB graph limit."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    export_dir, metrics = small_export
+    data = load_dataset(str(shared_data_dir / "ml-1m"), max_users=150)
+    rated_items = len(data.interactions) - metrics["evaluation"]["users"]  # the snapshot holds all but the test items
+    for name in MODELS:
+        saved_model = saved_model_pb2.SavedModel.FromString((export_dir / name / "1" / "saved_model.pb").read_bytes())
+        graph = saved_model.meta_graphs[0].graph_def
+        nodes = [*graph.node, *(node for function in graph.library.function for node in function.node_def)]
+        largest = max(int(np.prod([dim.size for dim in node.attr["value"].tensor.tensor_shape.dim]))
+                      for node in nodes if node.op == "Const" and node.attr["dtype"].type == types_pb2.DT_STRING)
+        assert largest < rated_items, f"{name}: a string constant of {largest} values ({rated_items} rated items)"
+
+
 def test_bad_data_dir_gives_a_clear_error_and_no_export(tmp_path):
     (tmp_path / "ratings.dat").write_text("1,2,3,4\n")
     (tmp_path / "movies.dat").write_text("1::Toy Story (1995)::Animation\n")

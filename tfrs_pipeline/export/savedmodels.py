@@ -83,9 +83,12 @@ class UserSnapshot(tf.Module):
         # exporting, and the query tower would run over every padded slot.
         self._recent = [np.asarray([], dtype=object)] + [np.asarray(items[-max_length:], dtype=object)
                                                           for items in histories]
+        # Variables, not a constant: a graph constant is copied as the graph is loaded and optimized, and at
+        # millions of users it nears the graph's 2 GB limit; variables are restored once from the checkpoint.
         rated = [np.asarray([], dtype=str)] + [np.asarray(items, dtype=str) for items in histories]
-        self._rated = tf.RaggedTensor.from_row_lengths(
-            tf.constant(np.concatenate(rated), tf.string), [len(items) for items in rated])
+        self._rated = tf.Variable(np.concatenate(rated), trainable=False, dtype=tf.string, name="rated_item_ids")
+        self._rated_row_splits = tf.Variable(np.cumsum([0] + [len(items) for items in rated]), trainable=False,
+                                             dtype=tf.int64, name="rated_row_splits")
 
     def rows(self, user_id: tf.Tensor) -> tf.Tensor:
         """Snapshot rows of ``user_id`` [batch]; 0 for users the snapshot does not know."""
@@ -121,7 +124,8 @@ class UserSnapshot(tf.Module):
 
     def rated_items(self, user_id: tf.Tensor) -> tf.Tensor:
         """[batch, most rated in batch] item ids each user rated, "" padded."""
-        return tf.gather(self._rated, self._lookup(user_id)).to_tensor(default_value="")
+        rated = tf.RaggedTensor.from_row_splits(self._rated, self._rated_row_splits, validate=False)
+        return tf.gather(rated, self._lookup(user_id)).to_tensor(default_value="")
 
 
 def _fresh_query_features(features: dict, max_length: int) -> dict:
