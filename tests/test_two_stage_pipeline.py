@@ -58,8 +58,10 @@ def test_metrics_cover_every_system_on_the_full_catalog(small_export, shared_dat
         assert values["hr@10"] <= values["hr@50"] <= values["hr@200"]
     # Retrieving 100 candidates, the two stages can only reorder them: they agree at cut-off 100 and beyond.
     assert evaluation["two_stage"]["hr@200"] == evaluation["retrieval"]["hr@200"]
-    loss = metrics["training"]["retrieval"]["loss"]
-    assert loss[-1] < loss[0], "retrieval training must reduce its loss"
+    retrieval = metrics["training"]["retrieval"]
+    assert retrieval["loss"][-1] < retrieval["loss"][0], "retrieval training must reduce its loss"
+    # Validation runs every few epochs and always after the last: two epochs are validated once, at the end.
+    assert retrieval["val_epochs"] == [2] and len(retrieval["val_hr@10"]) == 1
 
 
 def test_retrieval_export_serves_unseen_items_in_a_fresh_process(small_export, shared_data_dir):

@@ -104,6 +104,9 @@ class TwoStageConfig(TaskConfig):
     new_users_share: float = _field(0.0, "share of the tested users kept out of all training and export, and "
                                          "evaluated through the fresh-feature path as users who arrive after "
                                          "training (cold start); 0: none", minimum=0)
+    validation_every: int = _field(4, "retrieval's full-catalog validation (HR@10, NDCG@10, loss in the logs and "
+                                      "report) runs after every this many epochs and after the last; 1: every "
+                                      "epoch", minimum=1)
     ranking_candidates: int = _field(200, "retrieved items the ranking model re-scores", minimum=1)
     recommender_index: str = _field("scann", "the index of the one-call recommender model: scann, or brute_force "
                                              "(no custom ops: loads in stock TF Serving)",

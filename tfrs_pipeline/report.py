@@ -30,7 +30,14 @@ from matplotlib.ticker import MaxNLocator
 
 from tfrs_pipeline import evaluation, index
 from tfrs_pipeline.atomic import write_text_atomically
-from tfrs_pipeline.run_layout import CONFIG_FILE, EVALUATION_DETAILS, INDEX_EMBEDDINGS, METRICS_FILE, REPORT_FILE
+from tfrs_pipeline.run_layout import (
+    CONFIG_FILE,
+    EVALUATION_DETAILS,
+    INDEX_EMBEDDINGS,
+    METRICS_FILE,
+    REPORT_FILE,
+    VALIDATION_EPOCHS,
+)
 
 SYSTEMS = ("retrieval", "two_stage", "popularity")
 SYSTEM_LABELS = {"retrieval": "retrieval", "two_stage": "retrieve + rank", "popularity": "popularity baseline"}
@@ -93,7 +100,8 @@ def plot_loss_curves(training: dict) -> Figure:
     """Training and validation loss per epoch of each model, and the retrieval's validation HR@10.
 
     Args:
-      training: ``metrics["training"]``: per model, its Keras history (``loss``, ``val_loss``, ...).
+      training: ``metrics["training"]``: per model, its Keras history (``loss``, ``val_loss``, ...), and
+        where validation ran only after some epochs, their numbers (``VALIDATION_EPOCHS``).
     """
     panels = [(model, ("loss", "val_loss"), f"{model} loss") for model in training]
     if "val_hr@10" in training.get("retrieval", {}):
@@ -103,7 +111,10 @@ def plot_loss_curves(training: dict) -> Figure:
         for name in names:
             values = training[model].get(name)
             if values:
-                axes.plot(range(1, len(values) + 1), values, marker="o", label=name)
+                epochs = range(1, len(values) + 1)
+                if name.startswith("val_"):
+                    epochs = training[model].get(VALIDATION_EPOCHS, epochs)
+                axes.plot(epochs, values, marker="o", label=name)
         axes.set(title=title, xlabel="epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend()

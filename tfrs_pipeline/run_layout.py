@@ -25,6 +25,7 @@ REPORT_FILE = "report.html"
 EVALUATION_DETAILS = "evaluation_details.npz"  # per-user ranks and lists, for the report's plots
 INDEX_EMBEDDINGS = "index_embeddings.npz"  # the catalog and query vectors the index was built on
 TENSORBOARD_FOLDER = "tensorboard"  # one subfolder per trained model
+VALIDATION_EPOCHS = "val_epochs"  # in a model's training history: the epochs (1-based) its val_* metrics follow
 
 
 def run_dir(export_dir: str | os.PathLike, version: int, model: str | None = None) -> pathlib.Path:

@@ -90,22 +90,34 @@ def rerank(ranking_model: RankingModel, features: dict, candidates: np.ndarray) 
 
 
 class ValidationRanking(tf.keras.callbacks.Callback):
-    """Adds ``val_loss``, ``val_hr@10`` and ``val_ndcg@10`` of the validation items to each epoch's logs.
+    """Adds ``val_loss``, ``val_hr@10`` and ``val_ndcg@10`` of the validation items to some epochs' logs.
 
     HR and NDCG on the full catalog are what the run is judged by, so progress bars, TensorBoard and
-    the report show them per epoch. ``val_loss`` is the full-catalog softmax cross-entropy, taken from
-    the same scores: exact even when training samples its negatives, and with no second pass over
-    the validation users.
+    the report show them. ``val_loss`` is the full-catalog softmax cross-entropy, taken from the same
+    scores: exact even when training samples its negatives, and with no second pass over the
+    validation users. It runs after every ``every``-th epoch and after the last (``validated_epochs``
+    lists them, 1-based): it chooses nothing, so watching the curve every few epochs costs nothing
+    in quality, while a pass over every user and the whole catalog after each epoch is a sizeable
+    share of a short run.
+
+    Args:
+      every: validate after epochs ``every``, ``2 * every``, ... (1: after each).
+      epochs: the run's epochs, so that the last is validated too; None: only the multiples of ``every``.
     """
 
     def __init__(self, catalog: Catalog, users: FeatureRows, query_tower: QueryTower, history: UserSequences,
-                 targets: np.ndarray):
+                 targets: np.ndarray, every: int = 1, epochs: int | None = None):
         super().__init__()
         self._users, self._query_tower, self._history = users, query_tower, history
         self._rated = rated_indices(catalog, history)
         self._target_indices = catalog.indices(targets)
+        self._every, self._epochs = every, epochs
+        self.validated_epochs: list[int] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if (epoch + 1) % self._every and epoch + 1 != self._epochs:
+            return
+        self.validated_epochs.append(epoch + 1)
         queries = query_embeddings(self._query_tower, self._users, self._history)
         ranks, loss_sum = np.empty(len(queries), np.int64), 0.0
         for rows, scores in score_blocks(queries, self._query_tower.item_tower):

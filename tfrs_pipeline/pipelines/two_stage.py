@@ -210,15 +210,19 @@ def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: User
     with stage("build retrieval model"):
         model, examples = build_retrieval(config, inputs, train, popularity)
         query_tower = model.query_tower
+    callbacks, validation = [], None
+    if run_dir is not None:
+        validation = scoring.ValidationRanking(inputs.catalog, inputs.users, query_tower, train, validation_targets,
+                                               config.validation_every, config.epochs)
+        callbacks = [validation,
+                     tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RETRIEVAL_MODEL))]
     with stage(f"train retrieval ({len(examples['user_id'])} windows, {config.epochs} epochs)"):
-        fit_history = model.fit(
+        fit_history = history(model.fit(
             training_dataset(examples, config.batch_size, config.seed, user_features=inputs.users),
-            epochs=config.epochs, verbose=config.verbose,
-            callbacks=[] if run_dir is None else [
-                scoring.ValidationRanking(inputs.catalog, inputs.users, query_tower, train, validation_targets),
-                tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RETRIEVAL_MODEL))],
-        )
-    return query_tower, history(fit_history)
+            epochs=config.epochs, verbose=config.verbose, callbacks=callbacks))
+    if validation is not None:
+        fit_history[run_layout.VALIDATION_EPOCHS] = validation.validated_epochs
+    return query_tower, fit_history
 
 
 def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower, train: UserSequences,
