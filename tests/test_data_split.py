@@ -140,3 +140,17 @@ def test_set_aside_users_leave_no_trace_in_the_training_split(sequences):
     row_of = {user_id: row for row, user_id in enumerate(split.history.user_ids)}
     for user_id, target in zip(newcomers.tested_history().user_ids, newcomers.test_targets):
         assert split.test_targets[row_of[user_id]] == target
+
+
+def test_a_sample_of_tested_users_is_seeded_and_every_user_below_its_size(sequences):
+    split = hold_out(sequences, SplitRule())
+    for every_user in (10_000, 0):  # ML-1M's 6,040 users are fewer than the default sample; 0 is "all"
+        assert split.sample_tested(every_user, seed=0).test_rows.tolist() == list(range(6_040))
+    sampled = split.sample_tested(1_000, seed=3)
+    assert len(sampled.test_rows) == 1_000 == len(np.unique(sampled.test_rows))
+    assert np.all(np.diff(sampled.test_rows) > 0)  # in the split's order
+    assert sampled.history is split.history
+    targets_by_row = dict(zip(split.test_rows.tolist(), split.test_targets))
+    assert sampled.test_targets.tolist() == [targets_by_row[row] for row in sampled.test_rows.tolist()]
+    assert np.array_equal(split.sample_tested(1_000, seed=3).test_rows, sampled.test_rows)
+    assert not np.array_equal(split.sample_tested(1_000, seed=4).test_rows, sampled.test_rows)

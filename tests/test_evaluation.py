@@ -34,3 +34,19 @@ def test_validation_loss_is_tensorflows_softmax_cross_entropy():
     targets = rng.integers(0, 300, 50)
     expected = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=scores).numpy().mean()
     assert np.isclose(evaluation.softmax_cross_entropy(scores, targets), expected, rtol=1e-5)
+
+
+def test_hit_rate_interval_covers_the_whole_populations_rate_about_95_times_in_100():
+    rng = np.random.default_rng(0)
+    population_ranks = rng.geometric(0.03, size=50_000)  # HR@10 about 0.26
+    population_rate = np.mean(population_ranks <= 10)
+    assert evaluation.hit_rate_interval(population_ranks, len(population_ranks)) == 0.0  # every user: exact
+    covered = []
+    for _ in range(400):
+        sample = rng.choice(population_ranks, 2_000, replace=False)
+        half_width = evaluation.hit_rate_interval(sample, len(population_ranks))
+        covered.append(abs(np.mean(sample <= 10) - population_rate) <= half_width)
+    assert 0.92 <= np.mean(covered) <= 0.98
+    wide, narrow = (evaluation.hit_rate_interval(population_ranks[:size], len(population_ranks))
+                    for size in (1_000, 10_000))
+    assert narrow < wide / 2.5  # about 1 / sqrt(n)

@@ -108,6 +108,11 @@ class TwoStageConfig(TaskConfig):
                                       "report) runs after every this many epochs and after the last; 1: every "
                                       "epoch", minimum=1)
     ranking_candidates: int = _field(200, "retrieved items the ranking model re-scores", minimum=1)
+    evaluation_users: int = _field(10_000, "tested users the evaluation (and each epoch's validation) ranks the "
+                                           "whole catalog for: a seeded sample when there are more, its size and "
+                                           "HR@10 interval in metrics.json; 0: every user", minimum=0)
+    ranking_users: int = _field(50_000, "users whose retrieved candidate lists train the ranker: a seeded "
+                                        "sample when there are more; 0: every user", minimum=0)
     recommender_index: str = _field("scann", "the index of the one-call recommender model: scann, or brute_force "
                                              "(no custom ops: loads in stock TF Serving)",
                                     choices=("scann", "brute_force"))

@@ -75,6 +75,20 @@ def accuracy_metrics(ranks: np.ndarray, cutoffs: Iterable[int] = CUTOFFS,
     return metrics
 
 
+def hit_rate_interval(ranks: np.ndarray, population: int, k: int = 10, z: float = 1.96) -> float:
+    """Half-width of the interval (95% by default) around HR@k of ``ranks``, a random sample of ``population`` users.
+
+    It says how far the sample's hit rate may lie from the one all ``population`` users would give:
+    the normal approximation of a proportion with the finite-population correction, so it is 0 when
+    every user is ranked and grows as the sample shrinks.
+    """
+    sampled = len(ranks)
+    if sampled >= population or sampled < 2:
+        return 0.0
+    hit_rate = float(np.mean(np.asarray(ranks) <= k))
+    return float(z * np.sqrt(hit_rate * (1 - hit_rate) / (sampled - 1) * (1 - sampled / population)))
+
+
 def beyond_accuracy_metrics(top_lists: np.ndarray, item_popularity: np.ndarray,
                             item_categories: np.ndarray) -> dict[str, float]:
     """Coverage, popularity and diversity of recommendation lists.

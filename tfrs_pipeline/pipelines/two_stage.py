@@ -42,6 +42,7 @@ from tfrs_pipeline.data.split import (
     UserSequences,
     hold_out,
     leave_last_out,
+    sample_rows,
     set_aside_users,
     user_sequences,
 )
@@ -116,15 +117,20 @@ def run(config: TwoStageConfig) -> dict:
                                                     popularity, run_dir)
     metrics = {"version": version, "data": {"source": inputs.data.source, **inputs.data.policy_counts},
                "training": {"retrieval": retrieval_history, "ranking": ranking_history}}
-    # Every user's query after their whole history: what the evaluation ranks and the index is checked with.
-    queries = scoring.query_embeddings(query_tower, inputs.users, split.history)
-    if len(split.test_targets):
-        with stage("evaluate on the full catalog"):
-            metrics["evaluation"], details = _evaluate(config, inputs, ranking_model, split.tested_history(),
-                                                       split.test_targets, queries[split.test_rows], popularity)
+    evaluated = split.sample_tested(config.evaluation_users, config.seed)
+    # Queries after the whole history of the evaluated users and of the first users, whom the index is
+    # checked with (the first rows of ``queries``): never every user's, which at 1M users is hours of tower.
+    query_rows = np.union1d(evaluated.test_rows, np.arange(min(INDEX_CHECK_QUERIES, len(split.history))))
+    queries = scoring.query_embeddings(query_tower, inputs.users, split.history.select(query_rows))
+    if len(evaluated.test_targets):
+        with stage(f"evaluate {len(evaluated.test_targets)} of {len(split.test_targets)} users on the full catalog"):
+            metrics["evaluation"], details = _evaluate(
+                config, inputs, ranking_model, evaluated.tested_history(), evaluated.test_targets,
+                queries[np.searchsorted(query_rows, evaluated.test_rows)], popularity)
+            metrics["evaluation_sample"] = _sample_interval(details, len(split.test_targets), config.seed)
             np.savez_compressed(run_dir / run_layout.EVALUATION_DETAILS, **details)
-            metrics["cold_start"] = _evaluate_cold_start(config, inputs, query_tower, ranking_model, split, details,
-                                                         new_users, popularity)
+            metrics["cold_start"] = _evaluate_cold_start(config, inputs, query_tower, ranking_model, evaluated,
+                                                         details, new_users, popularity)
     with stage("build and check the ScaNN index"):
         candidate_embeddings = query_tower.item_tower.embed_catalog()[1:]
         np.savez_compressed(run_dir / run_layout.INDEX_EMBEDDINGS, candidate_embeddings=candidate_embeddings.numpy(),
@@ -212,8 +218,9 @@ def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: User
         query_tower = model.query_tower
     callbacks, validation = [], None
     if run_dir is not None:
-        validation = scoring.ValidationRanking(inputs.catalog, inputs.users, query_tower, train, validation_targets,
-                                               config.validation_every, config.epochs)
+        validated = sample_rows(len(train), config.evaluation_users, config.seed)  # the evaluation's sample size
+        validation = scoring.ValidationRanking(inputs.catalog, inputs.users, query_tower, train.select(validated),
+                                               validation_targets[validated], config.validation_every, config.epochs)
         callbacks = [validation,
                      tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RETRIEVAL_MODEL))]
     with stage(f"train retrieval ({len(examples['user_id'])} windows, {config.epochs} epochs)"):
@@ -239,10 +246,17 @@ def ranking_lists(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: Q
                   targets: np.ndarray) -> tuple[dict, np.ndarray]:
     """The ranker's training lists: retrieval's candidates after ``train`` where they hold the user's next item.
 
+    Lists are built for a seeded sample of ``config.ranking_users`` users (all of them below that): the
+    ranker's few weights learn as well from tens of thousands of lists, and each list holds its
+    user's history and candidates in memory.
+
     Returns the ranker's features of each list (``scoring.ranking_features``) with ``labels`` [lists,
-    candidates], one-hot on the next item; and [U] whether each user has a list.
+    candidates], one-hot on the next item; and [U] whether each user of ``train`` has a list.
     """
     catalog = inputs.catalog
+    sampled = sample_rows(len(train), config.ranking_users, config.seed)
+    has_list = np.zeros(len(train), bool)
+    train, targets = train.select(sampled), targets[sampled]
     candidates = scoring.candidate_lists(catalog, scoring.query_embeddings(query_tower, inputs.users, train),
                                          query_tower.item_tower, train, config.ranking_candidates)
     target_indices = catalog.indices(targets)
@@ -252,7 +266,8 @@ def ranking_lists(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: Q
     found = (candidates == target_indices[:, np.newaxis]).any(axis=1)
     candidates, target_indices = candidates[found], target_indices[found]
     features = scoring.ranking_features(catalog, inputs.users, train.select(found), candidates, config.max_length)
-    return {**features, "labels": (candidates == target_indices[:, np.newaxis]).astype(np.float32)}, found
+    has_list[sampled[found]] = True
+    return {**features, "labels": (candidates == target_indices[:, np.newaxis]).astype(np.float32)}, has_list
 
 
 def build_ranking_model(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower,
@@ -347,15 +362,24 @@ def _evaluate(config: TwoStageConfig, inputs: TwoStageInputs, ranking_model: Ran
     }, details
 
 
+def _sample_interval(details: dict, tested_users: int, seed: int) -> dict:
+    """How many of the tested users the evaluation ranked, and how far its HR@10 may be from all of theirs."""
+    ranked = len(details["retrieval_ranks"])
+    return {"users": ranked, "tested_users": tested_users, "seed": seed, "hr@10_ci95": {
+        system: evaluation.hit_rate_interval(details[f"{system}_ranks"], tested_users)
+        for system in ("retrieval", "two_stage", "popularity")}}
+
+
 def _evaluate_cold_start(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower,
                          ranking_model: RankingModel, split: HeldOutSplit, details: dict,
                          new_users: HeldOutSplit | None, popularity: np.ndarray) -> dict:
     """How the models do where they cannot lean on memory: new items, and users they never trained on.
 
-    ``new_items``: the test cases whose item no training interaction holds (it is in the catalog
-    through its features alone). ``new_users``: the set-aside users (``new_users_share``), answered
-    from their features and history as the ``query_features`` signatures answer a user the export
-    does not know.
+    ``split`` holds the evaluated users (``details`` are theirs). ``new_items``: the test cases whose
+    item no training interaction holds (it is in the catalog through its features alone).
+    ``new_users``: the set-aside users (``new_users_share``; a sample of them, as for the others),
+    answered from their features and history as the ``query_features`` signatures answer a user
+    the export does not know.
     """
     seen = inputs.catalog.counts(split.history.item_ids) > 0
     is_new_item = ~seen[inputs.catalog.indices(split.test_targets)]
@@ -363,6 +387,7 @@ def _evaluate_cold_start(config: TwoStageConfig, inputs: TwoStageInputs, query_t
         system: evaluation.accuracy_metrics(details[f"{system}_ranks"][is_new_item], cutoffs=(10, 50))
         for system in ("retrieval", "two_stage") if is_new_item.any()}}}
     if new_users is not None and len(new_users.test_targets):
+        new_users = new_users.sample_tested(config.evaluation_users, config.seed)
         newcomers = new_users.tested_history()
         queries = scoring.query_embeddings(query_tower, inputs.users, newcomers)
         metrics, _ = _evaluate(config, inputs, ranking_model, newcomers, new_users.test_targets, queries, popularity)
