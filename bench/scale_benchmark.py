@@ -36,6 +36,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -46,14 +47,16 @@ import psutil
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = ("generate", "beam", "train", "signatures", "ranking", "serving", "feature_store")
-STAGE_LINE = re.compile(r"\[tfrs_pipeline\] (.+): done in ([\d.]+)s")
+STAGE_LINE = re.compile(r"\[tfrs_pipeline\] (.+): done in ([\d.]+)s \(([\d.]+) CPU-s\)")
 KERAS_EPOCH = re.compile(r"^\d+/\d+ - (\d+)s - ", re.MULTILINE)
 
 
 def run_measured(name: str, command: list[str], log_dir: pathlib.Path) -> dict:
-    """Runs ``command``; returns its wall seconds, the peak resident memory of its process tree and its output."""
+    """Runs ``command``; returns its wall and CPU seconds, the peak resident memory of its process tree and
+    its output. CPU seconds are what compares on a shared machine, where wall time is someone else's too."""
     log_path = log_dir / f"{name}.log"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    cpu_before = _children_cpu_seconds()
     started = time.perf_counter()
     with open(log_path, "w") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
@@ -63,7 +66,14 @@ def run_measured(name: str, command: list[str], log_dir: pathlib.Path) -> dict:
     output = log_path.read_text(errors="replace")
     if child.returncode:
         raise RuntimeError(f"{name} failed ({child.returncode}); see {log_path}:\n{output[-3000:]}")
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak["value"] / 2**20), "output": output}
+    return {"seconds": round(seconds, 1), "cpu_seconds": round(_children_cpu_seconds() - cpu_before, 1),
+            "peak_rss_mb": round(peak["value"] / 2**20), "output": output}
+
+
+def _children_cpu_seconds() -> float:
+    """User and system CPU of every finished child (and the children they waited for) of this process."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _sample_peak_rss(child: subprocess.Popen) -> dict:
@@ -189,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                                         f"--epochs={flags.epochs}", f"--num_negatives={flags.num_negatives}",
                                         f"--ranking_candidates={flags.ranking_candidates}", "--verbose=2",
                                         *slice_flags, *flags.train_flag], log_dir)
-        stages = {name: float(seconds) for name, seconds in STAGE_LINE.findall(result["output"])}
+        stages = {name: float(seconds) for name, seconds, _ in STAGE_LINE.findall(result["output"])}
+        stages_cpu = {name: float(cpu_seconds) for name, _, cpu_seconds in STAGE_LINE.findall(result["output"])}
         metrics = json.loads((export_dir / "metrics.json").read_text())
         manifest = json.loads((examples_dir / "manifest.json").read_text())
         # Every interaction but a user's first, test and ranking items is a training target.
@@ -197,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         epoch_seconds = [int(seconds) for seconds in KERAS_EPOCH.findall(result["output"])]
         retrieval_seconds = next(seconds for name, seconds in stages.items() if name.startswith("train retrieval"))
         record("train", {
-            "seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"], "stages_s": stages,
+            "seconds": result["seconds"], "cpu_seconds": result["cpu_seconds"], "peak_rss_mb": result["peak_rss_mb"],
+            "stages_s": stages, "stages_cpu_s": stages_cpu,
             "epochs": flags.epochs, "num_negatives": flags.num_negatives, "extra_flags": flags.train_flag,
             "keras_epoch_s": epoch_seconds,  # retrieval's epochs, then ranking's
             "training_targets_per_epoch": targets,
@@ -206,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                       for system in ("retrieval", "two_stage", "popularity")},
             "ndcg@10": {system: metrics["evaluation"][system]["ndcg@10"]
                         for system in ("retrieval", "two_stage", "popularity")},
+            "evaluation_sample": metrics["evaluation_sample"],
             "index": {name: metrics["index"][name] for name in ("scann_params", "top10_agreement", "recall_at_10")},
             "savedmodel_mb": {model.name: folder_mb(model) for model in sorted(export_dir.iterdir())
                               if model.is_dir() and (model / "1").is_dir()},
