@@ -211,6 +211,20 @@ def test_bad_data_dir_gives_a_clear_error_and_no_export(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_rules_counted_a_range_of_sources_at_a_time_are_the_rules_counted_at_once():
+    """Bounded memory at tens of millions of clicks must not change a single weight."""
+    from tfrs_pipeline.models.cooccurrence import SequentialRules, strongest_rules
+
+    rng = np.random.default_rng(0)
+    sessions = [rng.zipf(1.3, size=rng.integers(1, 40)) % 300 + 1 for _ in range(2_000)]
+    at_once = SequentialRules(sessions, num_items=300).strongest_rules(per_item=20)
+    clicks = sum(len(session) for session in sessions)
+    in_passes = strongest_rules(sessions, num_items=300, per_item=20, max_pairs=clicks)  # about 10 passes
+    for table, expected in zip(in_passes, at_once):
+        assert table.dtype == expected.dtype and np.array_equal(table, expected)
+    assert np.count_nonzero(at_once[1]) > 1_000
+
+
 def test_ranker_rules_are_the_sequential_rules_of_each_recent_item():
     """The ranker's rule features hold, for each recent item, the weight of its rule to the candidate."""
     import tensorflow as tf

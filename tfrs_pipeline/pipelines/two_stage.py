@@ -49,7 +49,7 @@ from tfrs_pipeline.data.split import (
 from tfrs_pipeline.export import savedmodels, serving_config, versioning
 from tfrs_pipeline.features import events, store
 from tfrs_pipeline.features.arrays import FeatureRows, category_matrix, feature_arrays
-from tfrs_pipeline.models.cooccurrence import SequentialRules
+from tfrs_pipeline.models.cooccurrence import strongest_rules
 from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE, ItemRules, RankingModel
@@ -314,7 +314,7 @@ def _item_rules(config: TwoStageConfig, sequences: list[np.ndarray], num_items: 
     """
     if not config.ranking_rules_per_item:
         return None
-    tables = [SequentialRules(ordered, num_items).strongest_rules(config.ranking_rules_per_item)
+    tables = [strongest_rules(ordered, num_items, config.ranking_rules_per_item)
               for ordered in (sequences, [items[::-1] for items in sequences])]
     return ItemRules(tables, config.ranking_recent_items)
 
