@@ -13,33 +13,26 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
+
+import tfrs_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
+
+# isort: split
 import tensorflow as tf
 
-import tfrs_pipeline  # noqa: F401
 from tfrs_pipeline import scoring
 from tfrs_pipeline.config import TwoStageConfig
 from tfrs_pipeline.data.dataset import load_dataset
 from tfrs_pipeline.data.split import leave_last_out
 from tfrs_pipeline.pipelines import two_stage
 from tfrs_pipeline.pipelines.common import training_dataset
+from tfrs_pipeline.pipelines.progress import stage
 
 
-class Timed:
-    """Wall and CPU seconds of a ``with`` block, printed with its label and the load average."""
-
-    def __init__(self, label: str):
-        self.label = label
-
-    def __enter__(self) -> Timed:
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *_) -> None:
-        wall, cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
-        print(f"{self.label}: wall {wall:.1f} s, CPU {cpu:.1f} s, load {os.getloadavg()[0]:.1f}", flush=True)
+def timed(label: str):
+    """``progress.stage`` (wall and CPU seconds of the block), its label carrying the load average."""
+    return stage(f"{label} (load {os.getloadavg()[0]:.1f})")
 
 
 def main() -> None:
@@ -54,7 +47,7 @@ def main() -> None:
     train, validation_targets = leave_last_out(split.history)
     popularity = inputs.catalog.counts(train.item_ids)
     model, examples = two_stage.build_retrieval(config, inputs, train, popularity)
-    with Timed("input pipeline, one epoch"):
+    with timed("input pipeline, one epoch"):
         batches = list(training_dataset(examples, config.batch_size, config.seed, user_features=inputs.users))
     positions = [int(np.sum(batch["target_item_ids"].numpy() != b"")) for batch in batches]
     print(f"{len(batches)} steps per epoch, {sum(positions)} trained positions", flush=True)
@@ -62,12 +55,12 @@ def main() -> None:
     sample = [batches[row] for row in drawn]
     signature = {name: tf.TensorSpec([None] * values.shape.rank, values.dtype) for name, values in sample[0].items()}
     steps = tf.data.Dataset.from_generator(lambda: iter(sample), output_signature=signature)
-    with Timed(f"first pass over the {len(sample)} steps (traces each width)"):
+    with timed(f"first pass over the {len(sample)} steps (traces each width)"):
         model.fit(steps, epochs=1, verbose=0)
-    with Timed(f"{len(sample)} training steps ({sum(positions[row] for row in drawn)} positions)"):
+    with timed(f"{len(sample)} training steps ({sum(positions[row] for row in drawn)} positions)"):
         model.fit(steps, epochs=1, verbose=0)
     validation = scoring.ValidationRanking(inputs.catalog, inputs.users, model.query_tower, train, validation_targets)
-    with Timed("one full-catalog validation"):
+    with timed("one full-catalog validation"):
         validation.on_epoch_end(0, {})
 
 

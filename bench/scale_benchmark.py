@@ -199,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                                         f"--epochs={flags.epochs}", f"--num_negatives={flags.num_negatives}",
                                         f"--ranking_candidates={flags.ranking_candidates}", "--verbose=2",
                                         *slice_flags, *flags.train_flag], log_dir)
-        stages = {name: float(seconds) for name, seconds, _ in STAGE_LINE.findall(result["output"])}
-        stages_cpu = {name: float(cpu_seconds) for name, _, cpu_seconds in STAGE_LINE.findall(result["output"])}
+        stage_lines = STAGE_LINE.findall(result["output"])
+        stages = {name: float(seconds) for name, seconds, _ in stage_lines}
+        stages_cpu = {name: float(cpu_seconds) for name, _, cpu_seconds in stage_lines}
         metrics = json.loads((export_dir / "metrics.json").read_text())
         manifest = json.loads((examples_dir / "manifest.json").read_text())
         # Every interaction but a user's first, test and ranking items is a training target.

@@ -88,8 +88,6 @@ def strongest_rules(sessions: Sequence[np.ndarray], num_items: int, per_item: in
     """
     clicks = sum(len(session) for session in sessions)
     passes = max(1, int(np.ceil(clicks * max_gap / max_pairs)))
-    if passes == 1:
-        return SequentialRules(sessions, num_items, max_gap).strongest_rules(per_item)
     targets = np.zeros((num_items + 1, per_item), np.int64)
     weights = np.zeros((num_items + 1, per_item), np.float32)
     # Ranges of equal click counts, not of equal width: popular items may sit anywhere in the catalog.
