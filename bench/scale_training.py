@@ -91,7 +91,8 @@ def measure_snapshot(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, h
     rows = np.arange(min(users, len(history.user_ids)))
     sequences = history.select(rows)
     rss_before, wall, cpu = PROCESS.memory_info().rss, time.perf_counter(), time.process_time()
-    snapshot = savedmodels.UserSnapshot(inputs.users, sequences.user_ids, sequences.item_ids, config.max_length)
+    snapshot = savedmodels.UserSnapshot(inputs.users, sequences.user_ids, sequences.item_ids, config.max_length,
+                                        inputs.catalog.item_ids)
     built_s = time.perf_counter() - wall
     user_context = snapshot.precompute(lambda features: ranking_model.user_context(features, catalog_embeddings))
     figures = {"users": len(rows), "snapshot_seconds": round(built_s, 1),

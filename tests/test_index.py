@@ -127,3 +127,38 @@ def test_scann_savedmodel_reloads_in_a_fresh_process(factorization, tmp_path):
     reloaded = json.loads(completed.stdout.strip().splitlines()[-1])
     assert reloaded["ids"] == movie_ids.numpy().astype(str).tolist()
     np.testing.assert_allclose(reloaded["scores"], scores.numpy(), rtol=1e-6)
+
+
+def test_the_catalog_search_excludes_by_position_and_pads_an_exhausted_list(factorization):
+    """Over real embeddings: each user's answer is the exact top-k of the items left after their exclusions."""
+    from tfrs_pipeline.export.savedmodels import CatalogSearch
+
+    movie_ids = factorization["movie_ids"].astype(str)
+    embeddings = factorization["movie_embeddings"]
+    queries = factorization["user_embeddings"][:8]
+    layer = index.build_top_k("brute_force", tf.constant(index.catalog_positions(len(movie_ids))), embeddings, K)
+    search = CatalogSearch(layer, movie_ids, embeddings, K)
+    rng = np.random.default_rng(0)
+    scores = queries @ embeddings.T
+    top = np.argsort(-scores, axis=1)
+    # Exclude part of each user's exact top 30 (and, for one user, every item but three): "" padded rows.
+    excluded = [list(movie_ids[rng.choice(top[row, :30], size=row + 3, replace=False)]) for row in range(len(queries))]
+    excluded[-1] = list(movie_ids[top[-1, 3:]])
+    width = max(map(len, excluded))
+    answer = search(tf.constant(queries), tf.constant([row + [""] * (width - len(row)) for row in excluded]))
+    for row, (ids, row_scores) in enumerate(zip(answer["item_ids"].numpy().astype(str), answer["scores"].numpy())):
+        kept = [movie_ids[column] for column in top[row] if movie_ids[column] not in set(excluded[row])][:K]
+        if row == len(queries) - 1:
+            assert list(ids[:3]) == kept and set(ids[3:]) == {""} and np.isinf(row_scores[3:]).all()
+        else:
+            assert list(ids) == kept and not set(ids) & set(excluded[row])
+
+
+def test_rated_positions_are_distinct_ascending_and_leave_out_unknown_items():
+    from tfrs_pipeline.export.savedmodels import rated_positions
+
+    catalog = np.array(["m3", "m1", "m2"])  # positions 1, 2, 3
+    positions, row_splits = rated_positions(catalog, [np.array([], dtype=str), np.array(["m2", "m3", "m2", "gone"]),
+                                                      np.array(["m1"])])
+    assert row_splits.tolist() == [0, 0, 2, 3]
+    assert positions.tolist() == [1, 3, 2]

@@ -241,15 +241,22 @@ def _widened(params: ScannParams, num_candidates: int) -> ScannParams:
     )
 
 
+def catalog_positions(num_items: int) -> np.ndarray:
+    """[num_items] the positions 1..N of a catalog's items: identifiers of an index whose results are
+    excluded, ranked and looked up by position (0 is no item), their ids gathered only at the end."""
+    return np.arange(1, num_items + 1, dtype=np.int64)
+
+
 LATENCY_QUERIES = 200  # queries timed one by one when an index is checked
 
 
-def build_checked_indexes(item_ids: np.ndarray, candidate_embeddings: tf.Tensor, queries: tf.Tensor, k: int,
+def build_checked_indexes(identifiers: np.ndarray, candidate_embeddings: tf.Tensor, queries: tf.Tensor, k: int,
                           target_recall: float = 0.99, overrides: dict | None = None) -> tuple[dict, dict]:
     """Brute-force and ScaNN top-k layers over a catalog, ScaNN tuned to agree with exact top-10.
 
     Args:
-      item_ids: [n] the ids the layers return, aligned with ``candidate_embeddings``.
+      identifiers: [n] what the layers return for each item, aligned with ``candidate_embeddings``: its id,
+        or its catalog position (``catalog_positions``).
       candidate_embeddings: [n, dim].
       queries: [queries, dim] real queries (the evaluated users'), to tune on and to check with.
       k: results per query the layers serve.
@@ -260,12 +267,15 @@ def build_checked_indexes(item_ids: np.ndarray, candidate_embeddings: tf.Tensor,
       The layers by kind (``TOP_K_KINDS``) and the check: settings, top-10 agreement, recall@10,
       and latency per single query and per batch of each kind.
     """
-    k = min(k, len(item_ids))
+    identifiers = np.asarray(identifiers)
+    if identifiers.dtype.kind not in "iu":
+        identifiers = identifiers.astype(str)
+    k = min(k, len(identifiers))
     if overrides:
-        params = dataclasses.replace(scann_params_for(len(item_ids), 10), **overrides)
+        params = dataclasses.replace(scann_params_for(len(identifiers), 10), **overrides)
     else:
-        params = tune_scann(candidate_embeddings, queries, k=min(10, len(item_ids)), target_recall=target_recall)
-    layers = {kind: build_top_k(kind, tf.constant(np.asarray(item_ids).astype(str)), candidate_embeddings, k,
+        params = tune_scann(candidate_embeddings, queries, k=min(10, len(identifiers)), target_recall=target_recall)
+    layers = {kind: build_top_k(kind, tf.constant(identifiers), candidate_embeddings, k,
                                 params=params) for kind in TOP_K_KINDS}
     _, exact = layers["brute_force"](queries, k=min(10, k))
     _, approximate = layers["scann"](queries, k=min(10, k))

@@ -90,7 +90,8 @@ def refresh_catalog(export_dir: str | os.PathLike, items_path: str | os.PathLike
     item_ids = np.concatenate([base.search.item_ids.numpy().astype(str), new[ITEM_ID_INPUT].to_numpy().astype(str)])
     embeddings = tf.concat([base.search.candidate_embeddings, new_embeddings], axis=0)
     k = int(base.signatures[SERVING_SIGNATURE](user_id=tf.constant([""]))[ITEM_IDS_OUTPUT].shape[1])  # the served k
-    layers, check = index.build_checked_indexes(item_ids, embeddings, base.queries.user_queries[1:], k, target_recall)
+    layers, check = index.build_checked_indexes(index.catalog_positions(len(item_ids)), embeddings,
+                                                base.queries.user_queries[1:], k, target_recall)
     version = max(versioning.next_version(export_dir / name) for name in REFRESHED_MODELS)
 
     def writer(kind: str):

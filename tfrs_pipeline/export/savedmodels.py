@@ -50,6 +50,7 @@ from tfrs_pipeline.models.session_knn import SessionNeighbours, sum_by_row
 _USER_ID_SPEC = tf.TensorSpec([None], tf.string, name=USER_ID_INPUT)
 _HISTORY_SPEC = tf.TensorSpec([None, None], tf.string, name=HISTORY_INPUT)
 _CANDIDATES_SPEC = tf.TensorSpec([None, None], tf.string, name=CANDIDATES_INPUT)
+NO_POSITION = np.iinfo(np.int64).max  # pads rows of sorted catalog positions, after every real one
 
 
 def fresh_feature_specs(user_specs: Sequence[FeatureSpec]) -> dict[str, tf.TensorSpec]:
@@ -68,9 +69,12 @@ class UserSnapshot(tf.Module):
       user_ids: [U] ids of the users the snapshot holds.
       histories: per user, all their item ids in chronological order.
       max_length: history slots of the query tower.
+      catalog_item_ids: [N] the catalog in index order (``CatalogSearch`` positions 1..N): the rated items
+        are held as sorted positions, which exclude at the cost of a binary search and no string lookup.
     """
 
-    def __init__(self, users: FeatureRows, user_ids: Sequence[str], histories: Sequence[np.ndarray], max_length: int):
+    def __init__(self, users: FeatureRows, user_ids: Sequence[str], histories: Sequence[np.ndarray], max_length: int,
+                 catalog_item_ids: Sequence[str]):
         super().__init__()
         self.specs = users.specs
         self._max_length = max_length
@@ -85,10 +89,10 @@ class UserSnapshot(tf.Module):
                                                           for items in histories]
         # Variables, not a constant: a graph constant is copied as the graph is loaded and optimized, and at
         # millions of users it nears the graph's 2 GB limit; variables are restored once from the checkpoint.
-        rated = [np.asarray([], dtype=str)] + [np.asarray(items, dtype=str) for items in histories]
-        self._rated = tf.Variable(np.concatenate(rated), trainable=False, dtype=tf.string, name="rated_item_ids")
-        self._rated_row_splits = tf.Variable(np.cumsum([0] + [len(items) for items in rated]), trainable=False,
-                                             dtype=tf.int64, name="rated_row_splits")
+        positions, row_splits = rated_positions(np.asarray(catalog_item_ids).astype(str),
+                                                [np.zeros(0, dtype=str), *histories])
+        self._rated = tf.Variable(positions, trainable=False, name="rated_positions")
+        self._rated_row_splits = tf.Variable(row_splits, trainable=False, name="rated_row_splits")
 
     def rows(self, user_id: tf.Tensor) -> tf.Tensor:
         """Snapshot rows of ``user_id`` [batch]; 0 for users the snapshot does not know."""
@@ -122,10 +126,32 @@ class UserSnapshot(tf.Module):
                                   trainable=False, name=name)
                 for name in chunks[0]}
 
-    def rated_items(self, user_id: tf.Tensor) -> tf.Tensor:
-        """[batch, most rated in batch] item ids each user rated, "" padded."""
-        rated = tf.RaggedTensor.from_row_splits(self._rated, self._rated_row_splits, validate=False)
-        return tf.gather(rated, self._lookup(user_id)).to_tensor(default_value="")
+    def rated_positions(self, user_id: tf.Tensor) -> tf.Tensor:
+        """[batch, most rated in batch] catalog positions each user rated, ascending, ``NO_POSITION`` padded.
+
+        Gathers from the variables directly: reading a variable whole copies it (every rated item of
+        every user, per request), a gather copies only the requested users' rows.
+        """
+        rows = self._lookup(user_id)
+        starts = tf.gather(self._rated_row_splits, rows)
+        positions = tf.ragged.range(starts, tf.gather(self._rated_row_splits, rows + 1))
+        return positions.with_flat_values(tf.gather(self._rated, positions.flat_values)).to_tensor(NO_POSITION)
+
+
+def rated_positions(catalog_item_ids: np.ndarray, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each history's distinct catalog positions (1..N), ascending, as flat values and [len(histories) + 1]
+    row splits; items outside the catalog are left out (no search returns them: nothing to exclude)."""
+    order = np.argsort(catalog_item_ids)
+    sorted_ids = catalog_item_ids[order]
+    lengths = np.array([len(items) for items in histories], dtype=np.int64)
+    items = np.concatenate([np.zeros(0, dtype=str), *histories]).astype(str)
+    found = np.minimum(np.searchsorted(sorted_ids, items), max(len(sorted_ids) - 1, 0))
+    in_catalog = sorted_ids[found] == items
+    base = len(catalog_item_ids) + 1
+    owners = np.repeat(np.arange(len(histories), dtype=np.int64), lengths)[in_catalog]
+    keys = np.unique(owners * base + order[found[in_catalog]] + 1)
+    row_splits = np.concatenate([[0], np.cumsum(np.bincount(keys // base, minlength=len(histories)))])
+    return (keys % base).astype(np.int64), row_splits.astype(np.int64)
 
 
 def _fresh_query_features(features: dict, max_length: int) -> dict:
@@ -159,7 +185,7 @@ class RetrievalQueries(tf.Module):
         self._catalog_embeddings = catalog_embeddings
         item_specs = query_tower.item_tower.specs
         self.for_users = tf.function(self._for_users, input_signature=[_USER_ID_SPEC])
-        self.rated_items = tf.function(users.rated_items, input_signature=[_USER_ID_SPEC])
+        self.rated_positions = tf.function(users.rated_positions, input_signature=[_USER_ID_SPEC])
         self.known_users = tf.function(users.known, input_signature=[_USER_ID_SPEC])
         self.for_features = tf.function(self._for_features, input_signature=[fresh_feature_specs(users.specs)])
         self.embed_items = tf.function(query_tower.item_tower.call, input_signature=[item_feature_specs(item_specs)])
@@ -181,9 +207,13 @@ def item_feature_specs(specs: Sequence[FeatureSpec]) -> dict[str, tf.TensorSpec]
 class CatalogSearch(tf.Module):
     """Top-k over an indexed catalog, without the items a request excludes.
 
+    The index returns catalog positions (1..N, ``index.catalog_positions``), not ids: exclusions and the
+    ranker work on positions, and only the final answer's ids are strings.
+
     Args:
-      top_k: an indexed TFRS top-k layer over the catalog (ScaNN or brute force, from ``index.py``).
-      item_ids: [N] the indexed items' ids.
+      top_k: an indexed TFRS top-k layer over the catalog (ScaNN or brute force, from ``index.py``) whose
+        identifiers are the catalog positions.
+      item_ids: [N] the indexed items' ids, in position order.
       candidate_embeddings: [N, dim] their embeddings, kept so that a refresh can extend the catalog.
       k: items returned per request (at most N).
     """
@@ -198,25 +228,36 @@ class CatalogSearch(tf.Module):
         self.k = min(k, len(item_ids))
 
     def __call__(self, queries: tf.Tensor, excluded_item_ids: tf.Tensor) -> dict:
-        """Top-k without the excluded ids: over-fetch by the widest exclusion list, then drop them.
+        """Top-k ids and scores without ``excluded_item_ids`` [batch, any] ("" padded)."""
+        scores, positions = self.positions(queries, self.sorted_positions(excluded_item_ids))
+        return {ITEM_IDS_OUTPUT: self.ids_of(positions), SCORES_OUTPUT: scores}
 
-        Exclusions become a [batch, catalog] mask by catalog index, so the cost grows with the
-        catalog plus the list lengths, not with their product (a heavy user rated 2,314 movies).
-        The over-fetch stops at the catalog; where the exclusions leave fewer than k items, the
-        list ends in "" ids with -inf scores, so its shape stays [batch, k].
+    def sorted_positions(self, item_ids: tf.Tensor) -> tf.Tensor:
+        """[batch, width] catalog positions of ``item_ids`` [batch, width], ascending (0 for "" and unknown ids)."""
+        return tf.sort(self._index_of(item_ids), axis=1)
+
+    def positions(self, queries: tf.Tensor, excluded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Top-k (scores, positions) without the ``excluded`` positions [batch, width], ascending per row.
+
+        Over-fetches by the widest exclusion list, then drops the excluded by a binary search of each
+        fetched position in its row: the cost grows with the fetched and excluded counts, not with the
+        catalog (a heavy user rated 2,314 movies). The over-fetch stops at the catalog; where the
+        exclusions leave fewer than k items, the list ends in position 0 with score -inf, so its shape
+        stays [batch, k].
         """
-        catalog_size = tf.shape(self.item_ids)[0]
-        fetched = tf.minimum(self.k + tf.shape(excluded_item_ids)[1], catalog_size)
-        scores, item_ids = self.top_k(queries, k=fetched)
-        excluded = self._index_of(excluded_item_ids)
-        rows = tf.broadcast_to(tf.range(tf.shape(excluded, out_type=tf.int64)[0])[:, tf.newaxis], tf.shape(excluded))
-        excluded_mask = tf.scatter_nd(
-            tf.reshape(tf.stack([rows, excluded], axis=-1), [-1, 2]), tf.ones([tf.size(excluded)], tf.int32),
-            tf.stack([tf.shape(excluded, out_type=tf.int64)[0], self._index_of.vocabulary_size()])) > 0
-        is_excluded = tf.gather(excluded_mask, self._index_of(item_ids), batch_dims=1)
-        kept_scores, positions = tf.math.top_k(tf.where(is_excluded, -np.inf, scores), k=self.k)
-        kept_item_ids = tf.where(tf.math.is_inf(kept_scores), "", tf.gather(item_ids, positions, batch_dims=1))
-        return {ITEM_IDS_OUTPUT: kept_item_ids, SCORES_OUTPUT: kept_scores}
+        fetched = tf.minimum(self.k + tf.shape(excluded)[1], tf.shape(self.item_ids)[0])
+        scores, positions = self.top_k(queries, k=fetched)
+        bounded = tf.concat([excluded, tf.fill([tf.shape(excluded)[0], 1], tf.constant(NO_POSITION, tf.int64))], 1)
+        slots = tf.searchsorted(bounded, positions)  # every position is below the bound: a slot of its row
+        is_excluded = tf.equal(tf.gather(bounded, slots, batch_dims=1), positions)
+        kept_scores, kept = tf.math.top_k(tf.where(is_excluded, -np.inf, scores), k=self.k)
+        kept_positions = tf.where(tf.math.is_inf(kept_scores), tf.zeros_like(kept, tf.int64),
+                                  tf.gather(positions, kept, batch_dims=1))
+        return kept_scores, kept_positions
+
+    def ids_of(self, positions: tf.Tensor) -> tf.Tensor:
+        """The item ids at catalog ``positions`` ("" at position 0)."""
+        return tf.where(positions > 0, tf.gather(self.item_ids, tf.maximum(positions - 1, 0)), "")
 
 
 class RetrievalExport(tf.Module):
@@ -236,8 +277,16 @@ class RetrievalExport(tf.Module):
         self.serve_features = tf.function(self._serve_features, input_signature=[fresh_feature_specs(user_specs)])
 
     def _serve(self, user_id: tf.Tensor) -> dict:
-        return {**self.search(self.queries.for_users(user_id), self.queries.rated_items(user_id)),
+        scores, positions = self.search.positions(self.queries.for_users(user_id), self._rated_positions(user_id))
+        return {ITEM_IDS_OUTPUT: self.search.ids_of(positions), SCORES_OUTPUT: scores,
                 KNOWN_USER_OUTPUT: self.queries.known_users(user_id)}
+
+    def _rated_positions(self, user_id: tf.Tensor) -> tf.Tensor:
+        """The users' rated positions; a query side loaded from an export written before the snapshot held
+        positions (a catalog refresh of it) has the rated ids, looked up here instead."""
+        if hasattr(self.queries, "rated_positions"):
+            return self.queries.rated_positions(user_id)
+        return self.search.sorted_positions(self.queries.rated_items(user_id))
 
     def _serve_features(self, features: dict) -> dict:
         """Fresh features; ``history_item_ids`` any length, "" padded; its items are excluded."""
@@ -283,7 +332,11 @@ class RankingExport(tf.Module):
         return self.ranking_model.user_context(query_features, self._catalog_embeddings)
 
     def score(self, context: dict, item_ids: tf.Tensor) -> tf.Tensor:
-        return self.ranking_model.score(context, item_ids, self._catalog_embeddings)
+        return self.score_positions(context, self.ranking_model.query_tower.item_tower.indices(item_ids))
+
+    def score_positions(self, context: dict, candidates: tf.Tensor) -> tf.Tensor:
+        """Scores of catalog positions [batch, N] (the ranker's catalog indices)."""
+        return self.ranking_model.score_indices(context, candidates, self._catalog_embeddings)
 
 
 class RecommenderExport(tf.Module):
@@ -303,6 +356,10 @@ class RecommenderExport(tf.Module):
 
     def __init__(self, ranking: RankingExport, search: CatalogSearch, k: int):
         super().__init__()
+        ranked_catalog = ranking.ranking_model.query_tower.item_tower.id_lookup.get_vocabulary()[1:]
+        if list(search.item_ids.numpy().astype(str)) != list(ranked_catalog):
+            raise ValueError("the search and the ranker must index the same catalog in the same order: the ranker "
+                             "scores the search's positions")
         self.ranking = ranking
         self.search = search
         self.k = min(k, search.k)
@@ -312,20 +369,22 @@ class RecommenderExport(tf.Module):
 
     def _serve(self, user_id: tf.Tensor) -> dict:
         users = self.ranking.users
-        return {**self._recommend(self.ranking.context_of_users(user_id), users.rated_items(user_id)),
+        return {**self._recommend(self.ranking.context_of_users(user_id), users.rated_positions(user_id)),
                 KNOWN_USER_OUTPUT: users.known(user_id)}
 
     def _serve_features(self, features: dict) -> dict:
         """Fresh features; ``history_item_ids`` any length, "" padded; its items are excluded."""
-        return self._recommend(self.ranking.context_of_features(features), features[HISTORY_INPUT])
+        return self._recommend(self.ranking.context_of_features(features),
+                               self.search.sorted_positions(features[HISTORY_INPUT]))
 
-    def _recommend(self, context: dict, excluded_item_ids: tf.Tensor) -> dict:
-        """Candidates for the context's query, ranked; "" candidates (exclusions left too few) stay last."""
-        candidate_ids = self.search(context["query"], excluded_item_ids)[ITEM_IDS_OUTPUT]
-        scores = tf.where(tf.equal(candidate_ids, ""), -np.inf, self.ranking.score(context, candidate_ids))
-        best_scores, positions = tf.math.top_k(scores, k=self.k)
-        best_ids = tf.where(tf.math.is_inf(best_scores), "", tf.gather(candidate_ids, positions, batch_dims=1))
-        return {ITEM_IDS_OUTPUT: best_ids, SCORES_OUTPUT: best_scores}
+    def _recommend(self, context: dict, excluded: tf.Tensor) -> dict:
+        """Candidates for the context's query, ranked; empty slots (exclusions left too few) stay last."""
+        _, candidates = self.search.positions(context["query"], excluded)
+        scores = tf.where(candidates > 0, self.ranking.score_positions(context, candidates), -np.inf)
+        best_scores, best = tf.math.top_k(scores, k=self.k)
+        best_positions = tf.where(tf.math.is_inf(best_scores), tf.zeros_like(best, tf.int64),
+                                  tf.gather(candidates, best, batch_dims=1))
+        return {ITEM_IDS_OUTPUT: self.search.ids_of(best_positions), SCORES_OUTPUT: best_scores}
 
 
 class SessionExport(tf.Module):

@@ -165,8 +165,13 @@ class RankingModel(tfrs.models.Model):
     def score(self, context: dict, candidate_item_ids: tf.Tensor, catalog_embeddings: tf.Tensor,
               training: bool = False) -> tf.Tensor:
         """Scores [batch, N] of ``candidate_item_ids`` [batch, N] for users described by ``user_context``."""
+        return self.score_indices(context, self.query_tower.item_tower.indices(candidate_item_ids),
+                                  catalog_embeddings, training)
+
+    def score_indices(self, context: dict, candidates: tf.Tensor, catalog_embeddings: tf.Tensor,
+                      training: bool = False) -> tf.Tensor:
+        """``score`` of candidates given as catalog indices [batch, N] (what an index over the catalog returns)."""
         query, history_categories = context["query"], context["history_categories"]
-        candidates = self.query_tower.item_tower.indices(candidate_item_ids)  # [B, N]
         candidate_embeddings = tf.gather(catalog_embeddings, candidates)  # [B, N, d]
         candidate_categories = tf.gather(self._categories, candidates)  # [B, N, C]
         num_candidates = tf.shape(candidates)[1]

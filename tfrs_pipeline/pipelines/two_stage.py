@@ -139,8 +139,8 @@ def run(config: TwoStageConfig) -> dict:
         np.savez_compressed(run_dir / run_layout.INDEX_EMBEDDINGS, candidate_embeddings=candidate_embeddings.numpy(),
                             query_embeddings=check_queries)
         top_k_layers, metrics["index"] = index.build_checked_indexes(
-            inputs.catalog.item_ids, candidate_embeddings, tf.constant(check_queries), config.top_k,
-            config.scann_target_recall, config.scann_overrides)
+            index.catalog_positions(len(inputs.catalog.item_ids)), candidate_embeddings, tf.constant(check_queries),
+            config.top_k, config.scann_target_recall, config.scann_overrides)
     with stage(f"export version {version}"):
         _export(config, version, inputs, split.history, query_tower, ranking_model, top_k_layers)
     run_layout.write_metrics(config.export_dir, run_dir, metrics)
@@ -407,7 +407,8 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
     features the fresh-feature signatures take), which clients read instead of knowing the data set,
     and the feature repository, its online store loaded with the snapshot's users (``features/store.py``).
     """
-    snapshot = savedmodels.UserSnapshot(inputs.users, history.user_ids, history.item_ids, config.max_length)
+    snapshot = savedmodels.UserSnapshot(inputs.users, history.user_ids, history.item_ids, config.max_length,
+                                        inputs.catalog.item_ids)
     catalog_embeddings = tf.Variable(query_tower.item_tower.embed_catalog(), trainable=False)
     # Ranking's user context holds the retrieval query too: one pass over the users serves every export.
     user_context = snapshot.precompute(lambda features: ranking_model.user_context(features, catalog_embeddings))
