@@ -20,7 +20,7 @@ from conftest import SMALL_RUN
 from tfrs_pipeline.catalog import __main__ as catalog_command
 from tfrs_pipeline.catalog import read_items_file
 from tfrs_pipeline.config import TwoStageConfig
-from tfrs_pipeline.contracts import ExportDescription
+from tfrs_pipeline.contracts import DESCRIPTION_FILE, ExportDescription
 from tfrs_pipeline.data.dataset import load_dataset, write_interaction_folder
 from tfrs_pipeline.export.catalog_refresh import REFRESHED_MODELS
 from tfrs_pipeline.export.serving_config import ModelEntry, build_config, write_config
@@ -208,3 +208,36 @@ def test_a_new_item_is_retrieved_for_the_users_whose_taste_it_matches_without_re
     report = push_events(store, pd.DataFrame({"user_id": ["c0"], "item_id": ["P100"], "timestamp": [1_800_000_000]}),
                          served_item_ids(store))
     assert report.events == 1
+
+
+def test_a_query_side_exported_with_rated_ids_serves_what_one_with_rated_positions_does(shop_export):
+    """Exports written before the user snapshot held catalog positions expose ``rated_items`` (ids, "" padded)
+    instead; a catalog refresh of one pairs that query side with a new search, which looks the ids up."""
+    from tfrs_pipeline import index
+    from tfrs_pipeline.export import savedmodels
+
+    export_dir = shop_export[0]
+    base = index.load_top_k(str(export_dir / "retrieval" / "1"))
+    item_ids = base.search.item_ids.numpy().astype(str)
+    embeddings = base.search.candidate_embeddings
+    layer = index.build_top_k("brute_force", tf.constant(index.catalog_positions(len(item_ids))), embeddings, 10)
+    search = savedmodels.CatalogSearch(layer, item_ids, embeddings, 10)
+
+    class RatedIdsQuerySide(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.for_users, self.known_users = base.queries.for_users, base.queries.known_users
+
+        def rated_items(self, user_id: tf.Tensor) -> tf.Tensor:
+            positions = base.queries.rated_positions(user_id)
+            return search.ids_of(tf.where(positions == savedmodels.NO_POSITION, tf.zeros_like(positions), positions))
+
+    user_specs = ExportDescription.read(export_dir / DESCRIPTION_FILE).features.user_features
+    user_ids = tf.constant([f"c{number}" for number in range(300)] + ["nobody"])
+    served = savedmodels.RetrievalExport(base.queries, search, user_specs).serve(user_ids)
+    served_from_ids = savedmodels.RetrievalExport(RatedIdsQuerySide(), search, user_specs).serve(user_ids)
+    for name in served:
+        np.testing.assert_array_equal(served_from_ids[name].numpy(), served[name].numpy())
+    rated = RatedIdsQuerySide().rated_items(user_ids).numpy().astype(str)
+    answers = served["item_ids"].numpy().astype(str)
+    assert (rated != "").sum() > 300 and not any(set(row) & (set(seen) - {""}) for row, seen in zip(answers, rated))
