@@ -7,7 +7,11 @@ Each variant is a label and the extra `train` flags it adds to the defaults (spa
 ``--own_data_route`` adds a variant that reads the same data through the own-data contract: the
 MovieLens tables are written as ``interactions.csv``, ``items.csv``, ``users.csv`` and
 ``dataset.json`` under ``<out>`` (never into the repository: MovieLens may not be redistributed),
-and the run reads that folder as a user's own data would be read.
+and the run reads that folder as a user's own data would be read. ``--sasrec_form`` adds a variant on
+MovieLens-1M as the sequential literature prepared it (``ml-1m-sasrec/ml-1m.txt``: 3,416 items, one
+``user item`` line per rating in each user's order, no timestamps and no features), written to the
+own-data contract under ``<out>`` with the line number as the timestamp, so that its last item per
+user is the SASRec protocol's test item and the figures sit beside SASRec+'s and gSASRec's.
 Prints a markdown table (quality of retrieval, two-stage and popularity; training wall time) and
 writes it with the raw metrics to ``<out>/results.json``. The figures in docs/benchmarks.md come
 from this script.
@@ -21,6 +25,9 @@ import pathlib
 import platform
 import shlex
 import time
+
+import numpy as np
+import pandas as pd
 
 import tfrs_pipeline  # noqa: F401
 from tfrs_pipeline import train
@@ -40,6 +47,14 @@ def run_variant(data_dir: str, out: pathlib.Path, label: str, extra_flags: str) 
     # The 1-minute load before and the 15-minute load after: wall times mean little without them.
     return {"label": label, "flags": flags, "wall_seconds": wall_seconds, "metrics": metrics,
             "load_average": [load_before[0], os.getloadavg()[2]]}
+
+
+def write_sasrec_form(path: pathlib.Path, folder: pathlib.Path) -> None:
+    """``interactions.csv`` of the SASRec file: its line order is the time order, so the line number is the time."""
+    pairs = np.loadtxt(path, dtype=np.int64)
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"user_id": pairs[:, 0], "item_id": pairs[:, 1], "timestamp": np.arange(len(pairs))}).to_csv(
+        folder / "interactions.csv", index=False)
 
 
 def markdown(results: list[dict]) -> str:
@@ -63,13 +78,20 @@ def main() -> None:
                         help="label=extra train flags (repeatable); default: one run with the defaults")
     parser.add_argument("--own_data_route", action="store_true",
                         help="also run on the same data converted to the own-data contract")
+    parser.add_argument("--sasrec_form", type=pathlib.Path,
+                        help="also run on this ml-1m.txt (ml-1m-sasrec), written to the own-data contract; "
+                             "without --variant, the only run")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
-    variants = [variant.split("=", 1) for variant in (args.variant or ["default="])]
+    default_runs = [] if args.sasrec_form else ["default="]  # the SASRec form alone runs alone
+    variants = [variant.split("=", 1) for variant in (args.variant or default_runs)]
     if args.own_data_route:
         own_data = out / "own_data"
         write_interaction_folder(load_dataset(args.data_dir), own_data)
         variants.append(["own_data_route", f"--data_dir={own_data}"])
+    if args.sasrec_form:
+        write_sasrec_form(args.sasrec_form, out / "sasrec_form")
+        variants.append(["sasrec_form", f"--data_dir={out / 'sasrec_form'}"])
     results = [run_variant(args.data_dir, out, label, flags) for label, flags in variants]
     table = markdown(results)
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()}

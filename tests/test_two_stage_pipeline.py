@@ -225,6 +225,18 @@ def test_rules_counted_a_range_of_sources_at_a_time_are_the_rules_counted_at_onc
     assert np.count_nonzero(at_once[1]) > 1_000
 
 
+def test_the_default_rules_per_item_keep_a_large_catalogs_tables_at_a_small_ones_size():
+    """1,000 rules per item where the catalog is MovieLens-sized; fewer as it grows, never none."""
+    from tfrs_pipeline.models.ranking import MAX_RULES_PER_ITEM, RULES_PER_TABLE, default_rules_per_item
+
+    assert default_rules_per_item(3_883) == MAX_RULES_PER_ITEM
+    sizes = (10_000, 100_000, 1_000_000)
+    assert all((items + 1) * default_rules_per_item(items) <= RULES_PER_TABLE for items in sizes)
+    assert [default_rules_per_item(items) for items in sizes] == sorted(
+        (default_rules_per_item(items) for items in sizes), reverse=True)
+    assert default_rules_per_item(100_000_000) == 1
+
+
 def test_ranker_rules_are_the_sequential_rules_of_each_recent_item():
     """The ranker's rule features hold, for each recent item, the weight of its rule to the candidate."""
     import tensorflow as tf

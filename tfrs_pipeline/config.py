@@ -118,9 +118,11 @@ class TwoStageConfig(TaskConfig):
                                     choices=("scann", "brute_force"))
     ranking_epochs: int = _field(5, "ranking model training epochs", minimum=1)
     ranking_batch_size: int = _field(32, "users per ranking training batch", minimum=1)
-    ranking_rules_per_item: int = _field(50, "each item's strongest item-to-item rules (forward and backward, "
-                                             "from the training histories) the ranker looks candidates up in; "
-                                             "0: no rules", minimum=0)
+    ranking_rules_per_item: int | None = _field(None, "each item's strongest item-to-item rules (forward and "
+                                                    "backward, from the training histories) the ranker looks "
+                                                    "candidates up in; 0: no rules (default: 1,000, fewer "
+                                                    "beyond 5,000 catalog items: at most 5M per table)",
+                                                    minimum=0)
     ranking_recent_items: int = _field(10, "the user's most recent items whose rules the ranker reads, one "
                                            "feature each", minimum=1)
     scann_num_leaves: int | None = _field(None, "ScaNN partitions (default: tuned from the catalog size and "

@@ -27,6 +27,18 @@ from tfrs_pipeline.models.query_tower import QueryTower
 
 CANDIDATE_FEATURE = "candidate_item_ids"  # training and evaluation lists: [batch, N] item ids
 DEFAULT_RECENT_ITEMS = 10  # history items whose rules each candidate is looked up in
+MAX_RULES_PER_ITEM = 1_000  # the most rules per item the ranker was validated with (docs/benchmarks.md)
+RULES_PER_TABLE = 5_000_000  # bounds a table's [N + 1, M] arrays and the hash table of its pairs
+
+
+def default_rules_per_item(num_items: int) -> int:
+    """How many of each item's strongest rules the ranker keeps when the user does not say.
+
+    More rules per item ranked better on validation lists up to the most tried, but each table is
+    built as [N + 1, M] arrays and every pair becomes a key of the hash table the exports hold, so M
+    shrinks as the catalog grows: a large catalog keeps what a MovieLens-sized one keeps in total.
+    """
+    return max(1, min(MAX_RULES_PER_ITEM, RULES_PER_TABLE // (num_items + 1)))
 
 
 class ItemRules(tf.Module):

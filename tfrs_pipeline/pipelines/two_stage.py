@@ -52,7 +52,7 @@ from tfrs_pipeline.features.arrays import FeatureRows, category_matrix, feature_
 from tfrs_pipeline.models.cooccurrence import strongest_rules
 from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
-from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE, ItemRules, RankingModel
+from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE, ItemRules, RankingModel, default_rules_per_item
 from tfrs_pipeline.models.retrieval import RetrievalModel
 from tfrs_pipeline.pipelines.common import history, learning_rate, training_dataset
 from tfrs_pipeline.pipelines.progress import stage
@@ -312,9 +312,12 @@ def _item_rules(config: TwoStageConfig, sequences: list[np.ndarray], num_items: 
     items) and the backward ones (the candidate, then the history item): where people rate in bursts
     whose order within a sitting says little, both directions carry evidence.
     """
-    if not config.ranking_rules_per_item:
+    per_item = config.ranking_rules_per_item
+    if per_item is None:
+        per_item = default_rules_per_item(num_items)
+    if not per_item:
         return None
-    tables = [strongest_rules(ordered, num_items, config.ranking_rules_per_item)
+    tables = [strongest_rules(ordered, num_items, per_item)
               for ordered in (sequences, [items[::-1] for items in sequences])]
     return ItemRules(tables, config.ranking_recent_items)
 
