@@ -62,6 +62,10 @@ def test_metrics_cover_every_system_on_the_full_catalog(small_export, shared_dat
     assert retrieval["loss"][-1] < retrieval["loss"][0], "retrieval training must reduce its loss"
     # Validation runs every few epochs and always after the last: two epochs are validated once, at the end.
     assert retrieval["val_epochs"] == [2] and len(retrieval["val_hr@10"]) == 1
+    # The config leaves the rules per item to the catalog's size; the metrics say what the run kept.
+    from tfrs_pipeline.models.ranking import default_rules_per_item
+
+    assert metrics["ranking"]["rules_per_item"] == default_rules_per_item(len(catalog))
 
 
 def test_retrieval_export_serves_unseen_items_in_a_fresh_process(small_export, shared_data_dir):

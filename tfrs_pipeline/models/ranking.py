@@ -65,6 +65,8 @@ class ItemRules(tf.Module):
     def __init__(self, tables: Sequence[tuple[np.ndarray, np.ndarray]], recent_items: int = DEFAULT_RECENT_ITEMS):
         super().__init__()
         self.recent_items = recent_items
+        # M as this run resolved it (the config may leave it to ``default_rules_per_item``): metrics.json says it.
+        self.rules_per_item = max(targets.shape[1] for targets, _ in tables)
         self._num_tables = len(tables)
         self._key_base = max(targets.shape[0] for targets, _ in tables)  # N + 1: key = source * (N + 1) + target
         keys, pair_weights = _pairs(tables, self._key_base)

@@ -116,7 +116,8 @@ def run(config: TwoStageConfig) -> dict:
     ranking_model, ranking_history = _train_ranking(config, inputs, query_tower, retrieval_train, ranking_targets,
                                                     popularity, run_dir)
     metrics = {"version": version, "data": {"source": inputs.data.source, **inputs.data.policy_counts},
-               "training": {"retrieval": retrieval_history, "ranking": ranking_history}}
+               "training": {"retrieval": retrieval_history, "ranking": ranking_history},
+               "ranking": {"rules_per_item": ranking_model.rules.rules_per_item if ranking_model.rules else 0}}
     evaluated = split.sample_tested(config.evaluation_users, config.seed)
     # Queries after the whole history of the evaluated users and of the first users, whom the index is
     # checked with (the first rows of ``queries``): never every user's, which at 1M users is hours of tower.
