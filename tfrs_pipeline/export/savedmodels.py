@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 
 from tfrs_pipeline.contracts import (
     CANDIDATES_INPUT,
@@ -468,19 +469,28 @@ class SessionExport(tf.Module):
         return tf.where(clicked)[:, 0], tf.boolean_mask(indices, clicked), tf.boolean_mask(slot_bonus, clicked)
 
 
+def _save(module: tf.Module, path: str | os.PathLike, signatures: dict,
+          options: tf.saved_model.SaveOptions | None = None) -> None:
+    """``tf.saved_model.save`` without Keras's per-layer traces.
+
+    Keras traces every layer's call functions into the SavedModel so that ``load_model`` can revive
+    the layers as Keras objects. These exports are read with ``tf.saved_model.load`` and their
+    signatures alone, which never call those traces, and tracing them took most of an export's time.
+    """
+    with keras_option_scope(save_traces=False):
+        tf.saved_model.save(module, os.fspath(path), signatures=signatures, options=options)
+
+
 def save_retrieval(module: RetrievalExport | RecommenderExport, path: str | os.PathLike, uses_scann: bool) -> None:
     """Saves both signatures of a retrieval or recommender export; ScaNN ops must be allow-listed to be saved at all."""
     signatures = {SERVING_SIGNATURE: module.serve, QUERY_FEATURES_SIGNATURE: module.serve_features}
-    tf.saved_model.save(module, os.fspath(path), signatures=signatures,
-                        options=SCANN_SAVE_OPTIONS if uses_scann else None)
+    _save(module, path, signatures, SCANN_SAVE_OPTIONS if uses_scann else None)
 
 
 def save_ranking(module: RankingExport, path: str | os.PathLike) -> None:
     """Saves the user-id signature and the fresh-feature one (same inputs as retrieval's, plus the candidates)."""
-    signatures = {SERVING_SIGNATURE: module.serve, QUERY_FEATURES_SIGNATURE: module.serve_features}
-    tf.saved_model.save(module, os.fspath(path), signatures=signatures)
+    _save(module, path, {SERVING_SIGNATURE: module.serve, QUERY_FEATURES_SIGNATURE: module.serve_features})
 
 
 def save_session(module: SessionExport, path: str | os.PathLike, uses_scann: bool) -> None:
-    tf.saved_model.save(module, os.fspath(path), signatures={SERVING_SIGNATURE: module.serve},
-                        options=SCANN_SAVE_OPTIONS if uses_scann else None)
+    _save(module, path, {SERVING_SIGNATURE: module.serve}, SCANN_SAVE_OPTIONS if uses_scann else None)
