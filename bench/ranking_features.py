@@ -16,6 +16,10 @@ Two measures per variant:
     Settings are chosen on this, never on the test items.
   - test: the ranker trained on every list, as ``python -m tfrs_pipeline.train`` trains it, evaluated
     by the pipeline's evaluation (full catalog, rated items removed).
+``--popularity_penalties`` answers each trained ranker with several popularity penalties
+(``ranking_popularity_penalty``; training never sees it, so one ranker serves them all): one row
+each, with the validation lists' breadth (coverage and popularity percentile of the top 10 over
+the lists retrieval found the item in) beside their accuracy.
 Prints a markdown table and writes ``<out>/ranking_results.json``.
 """
 from __future__ import annotations
@@ -84,7 +88,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=TwoStageConfig.epochs, help="retrieval's epochs")
     parser.add_argument("--variant", action="append", default=[],
                         help="label=field=value,... of TwoStageConfig for the ranker (repeatable)")
+    parser.add_argument("--popularity_penalties", default="0",
+                        help="comma-separated ranking_popularity_penalty values each ranker is answered with")
     args = parser.parse_args()
+    penalties = [float(value) for value in args.popularity_penalties.split(",")]
     out = pathlib.Path(args.out)
     base = TwoStageConfig(data_dir=args.data_dir, export_dir=str(out / "export"), epochs=args.epochs, verbose=0)
     tf.keras.utils.set_random_seed(base.seed)
@@ -108,30 +115,44 @@ def main() -> None:
         config = dataclasses.replace(base, **_settings(settings))
         load_before = os.getloadavg()[0]
         start = time.perf_counter()
-        ranks = np.full(len(targets), _MISSED)
+        ranks = {penalty: np.full(len(targets), _MISSED) for penalty in penalties}
+        top_lists = {penalty: np.zeros((len(found_rows), 10), np.int64) for penalty in penalties}
         for fold in range(FOLDS):
             model = two_stage.build_ranking_model(config, inputs, query_tower, train, popularity)
             two_stage.fit_ranking(config, model, _subset(lists, np.flatnonzero(fold_of != fold)))
             held = np.flatnonzero(fold_of == fold)
             held_lists = _subset(lists, held)
-            reranked = scoring.rerank(model, {name: values for name, values in held_lists.items() if name != "labels"},
-                                      candidates[held])
-            ranks[found_rows[held]] = (reranked == target_indices[found_rows[held], np.newaxis]).argmax(axis=1) + 1
+            features = {name: values for name, values in held_lists.items() if name != "labels"}
+            for penalty in penalties:
+                model.popularity_penalty.assign(penalty)
+                reranked = scoring.rerank(model, features, candidates[held])
+                ranks[penalty][found_rows[held]] = (
+                    reranked == target_indices[found_rows[held], np.newaxis]).argmax(axis=1) + 1
+                top_lists[penalty][held] = reranked[:, :10]
         model = two_stage.build_ranking_model(config, inputs, query_tower, train, popularity)
         history = two_stage.fit_ranking(config, model, lists)
-        test, _ = two_stage._evaluate(config, inputs, model, split.tested_history(), split.test_targets,
-                                      test_queries, popularity)
-        results.append({"label": label, "settings": settings, "ranking_epochs_run": len(history["loss"]),
-                        "validation": {"retrieval": evaluation.accuracy_metrics(retrieval_ranks, cutoffs=(10,)),
-                                       "two_stage": evaluation.accuracy_metrics(ranks, cutoffs=(10,))},
-                        "test": test, "seconds": time.perf_counter() - start,
-                        "load_average": [load_before, os.getloadavg()[0]]})
-        print(json.dumps(results[-1]["validation"]), flush=True)
-    lines = ["| variant | validation two-stage HR@10 | NDCG@10 | test retrieval HR@10 | test two-stage HR@10 | NDCG@10 "
-             "| HR@50 | coverage | pop. pct. | s | load |", "| --- " * 11 + "|"]
+        for penalty in penalties:
+            model.popularity_penalty.assign(penalty)
+            test, _ = two_stage._evaluate(config, inputs, model, split.tested_history(), split.test_targets,
+                                          test_queries, popularity)
+            validation_breadth = evaluation.beyond_accuracy_metrics(top_lists[penalty], popularity,
+                                                                    inputs.item_categories)
+            results.append({
+                "label": f"{label} penalty={penalty:g}", "settings": settings, "popularity_penalty": penalty,
+                "ranking_epochs_run": len(history["loss"]),
+                "validation": {"retrieval": evaluation.accuracy_metrics(retrieval_ranks, cutoffs=(10,)),
+                               "two_stage": {**evaluation.accuracy_metrics(ranks[penalty], cutoffs=(10,)),
+                                             **{name: validation_breadth[name]
+                                                for name in ("coverage", "popularity_percentile")}}},
+                "test": test, "seconds": time.perf_counter() - start,
+                "load_average": [load_before, os.getloadavg()[0]]})
+            print(json.dumps(results[-1]["validation"]), flush=True)
+    lines = ["| variant | validation two-stage HR@10 | NDCG@10 | coverage | pop. pct. | test retrieval HR@10 "
+             "| test two-stage HR@10 | NDCG@10 | HR@50 | coverage | pop. pct. | s | load |", "| --- " * 13 + "|"]
     for result in results:
         validation, test = result["validation"]["two_stage"], result["test"]["two_stage"]
         lines.append(f"| {result['label']} | {validation['hr@10']:.4f} | {validation['ndcg@10']:.4f} | "
+                     f"{validation['coverage']:.3f} | {validation['popularity_percentile']:.3f} | "
                      f"{result['test']['retrieval']['hr@10']:.4f} | {test['hr@10']:.4f} | {test['ndcg@10']:.4f} | "
                      f"{test['hr@50']:.4f} | {test['coverage']:.3f} | {test['popularity_percentile']:.3f} | "
                      f"{result['seconds']:.0f} | {result['load_average'][0]:.1f} |")

@@ -262,3 +262,28 @@ def test_ranker_rules_are_the_sequential_rules_of_each_recent_item():
     strongest = ItemRules([rules.strongest_rules(per_item=1)], recent_items=1)
     kept = strongest(tf.constant([[3]], tf.int64), tf.constant([[2, 4]], tf.int64))
     assert np.count_nonzero(kept.numpy()) == 1  # only item 3's strongest rule is kept
+
+
+def test_the_popularity_penalty_moves_the_answers_and_never_the_training_loss():
+    """The penalty is the answered score's last term, per unit of normalized log-popularity; the loss
+    training minimizes is the same with any penalty, so it can be chosen after training."""
+    import tensorflow as tf
+
+    from tfrs_pipeline.models.item_tower import ItemTower
+    from tfrs_pipeline.models.query_tower import QueryTower
+    from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE, RankingModel
+
+    item_ids = ["a", "b", "c", "d"]
+    popularity = np.array([0, 100, 10, 1, 0])  # [N + 1]: index 0 is the unknown item
+    tower = QueryTower(ItemTower(item_ids, {}, (), dim=8), max_length=4, dim=8)
+    ranker = RankingModel(tower, popularity, np.zeros((5, 0), np.float32))
+    features = {"history_item_ids": tf.constant([["", "", "a", "b"], ["", "c", "d", "a"]]),
+                CANDIDATE_FEATURE: tf.constant([["a", "b", "c"], ["d", "b", "c"]])}
+    lists = {"context": ranker.contexts(features), CANDIDATE_FEATURE: features[CANDIDATE_FEATURE],
+             "labels": tf.constant([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])}
+    unpenalized, loss = ranker(features).numpy(), ranker.compute_loss(lists).numpy()
+    ranker.popularity_penalty.assign(2.0)
+    log_popularity = np.log1p(popularity) / np.log1p(popularity.max())
+    expected = unpenalized - 2.0 * log_popularity[[[1, 2, 3], [4, 2, 3]]]
+    np.testing.assert_allclose(ranker(features).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ranker.compute_loss(lists).numpy(), loss, rtol=1e-6)

@@ -123,6 +123,12 @@ class TwoStageConfig(TaskConfig):
                                                     "candidates up in; 0: no rules (default: 1,000, fewer "
                                                     "beyond 5,000 catalog items: at most 5M per table)",
                                                     minimum=0)
+    ranking_popularity_penalty: float = _field(1.5, "subtracted from the ranker's answered scores per unit of the "
+                                                    "candidate's log-popularity, scaled to 0..1 over the catalog: "
+                                                    "more breadth (coverage, less popular items) for some accuracy; "
+                                                    "0: the learned order (default: chosen on validation "
+                                                    "lists, docs/benchmarks.md)",
+                                               minimum=0)
     ranking_recent_items: int = _field(10, "the user's most recent items whose rules the ranker reads, one "
                                            "feature each", minimum=1)
     scann_num_leaves: int | None = _field(None, "ScaNN partitions (default: tuned from the catalog size and "

@@ -13,6 +13,11 @@ It is trained for what the two-stage pipeline needs: each training list is the c
 returned for a held-out next item, and a listwise softmax puts the true item at the top. The network
 learns a correction on top of the retrieval score rather than a score from scratch: untrained, the
 ranker keeps retrieval's order, so a few thousand lists can only move it where they have evidence.
+
+What it answers with is that learned score less a popularity penalty (``popularity_penalty``). A
+listwise softmax rewards whatever the held-out items tend to be, and they tend to be popular, so the
+lists narrow towards the head of the catalog. The penalty is applied after training and trades that
+back; the pipeline's default size was chosen on validation lists (``ranking_popularity_penalty``).
 """
 from __future__ import annotations
 
@@ -126,11 +131,13 @@ class RankingModel(tfrs.models.Model):
         C may be 0).
       rules: item-to-item rules between the candidates and the user's recent items (None: none).
       hidden_units: widths of the deep part.
+      popularity_penalty: subtracted from the answered scores per unit of the candidate's normalized
+        log-popularity (0 for the least popular item, 1 for the most); training never sees it.
     """
 
     def __init__(self, query_tower: QueryTower, item_popularity: np.ndarray, item_categories: np.ndarray,
                  rules: ItemRules | None = None, hidden_units: tuple[int, ...] = (128, 64), dropout: float = 0.1,
-                 **kwargs):
+                 popularity_penalty: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.query_tower = query_tower
         self.rules = rules
@@ -138,6 +145,8 @@ class RankingModel(tfrs.models.Model):
         log_popularity = np.log1p(item_popularity.astype(np.float32))
         self._log_popularity = tf.constant(log_popularity / max(1.0, float(log_popularity.max())))
         self._categories = tf.constant(item_categories.astype(np.float32))
+        # A variable, so that one trained ranker can be answered with several penalties (bench/ranking_features.py).
+        self.popularity_penalty = tf.Variable(popularity_penalty, trainable=False, dtype=tf.float32)
         self._cross = tfrs.layers.dcn.Cross(projection_dim=32)
         self._deep = tf.keras.Sequential(
             [layer for units in hidden_units
@@ -185,6 +194,12 @@ class RankingModel(tfrs.models.Model):
     def score_indices(self, context: dict, candidates: tf.Tensor, catalog_embeddings: tf.Tensor,
                       training: bool = False) -> tf.Tensor:
         """``score`` of candidates given as catalog indices [batch, N] (what an index over the catalog returns)."""
+        return (self.learned_scores(context, candidates, catalog_embeddings, training)
+                - self.popularity_penalty * tf.gather(self._log_popularity, candidates))
+
+    def learned_scores(self, context: dict, candidates: tf.Tensor, catalog_embeddings: tf.Tensor,
+                       training: bool = False) -> tf.Tensor:
+        """What training fits, [batch, N]: retrieval's score plus the network's correction, no penalty."""
         query, history_categories = context["query"], context["history_categories"]
         candidate_embeddings = tf.gather(catalog_embeddings, candidates)  # [B, N, d]
         candidate_categories = tf.gather(self._categories, candidates)  # [B, N, C]
@@ -237,8 +252,9 @@ class RankingModel(tfrs.models.Model):
 
         ``features["context"]`` is each list's user context (``contexts``).
         """
-        scores = self.score(features["context"], features[CANDIDATE_FEATURE],
-                            self.query_tower.item_tower.embed_catalog(), training)
+        item_tower = self.query_tower.item_tower
+        scores = self.learned_scores(features["context"], item_tower.indices(features[CANDIDATE_FEATURE]),
+                                     item_tower.embed_catalog(), training)
         return self.task(labels=features["labels"], predictions=scores)
 
 

@@ -278,7 +278,8 @@ def build_ranking_model(config: TwoStageConfig, inputs: TwoStageInputs, query_to
     """An untrained ranker on the frozen ``query_tower``, its rules counted in ``train`` (what retrieval trains on)."""
     catalog = inputs.catalog
     rules = _item_rules(config, [catalog.indices(items) for items in train.item_ids], len(catalog))
-    ranking_model = RankingModel(query_tower, popularity, inputs.item_categories, rules)
+    ranking_model = RankingModel(query_tower, popularity, inputs.item_categories, rules,
+                                 popularity_penalty=config.ranking_popularity_penalty)
     ranking_model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate / 2))
     return ranking_model
 
