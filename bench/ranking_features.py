@@ -88,10 +88,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=TwoStageConfig.epochs, help="retrieval's epochs")
     parser.add_argument("--variant", action="append", default=[],
                         help="label=field=value,... of TwoStageConfig for the ranker (repeatable)")
-    parser.add_argument("--popularity_penalties", default="0",
-                        help="comma-separated ranking_popularity_penalty values each ranker is answered with")
+    parser.add_argument("--popularity_penalties", default="",
+                        help="comma-separated ranking_popularity_penalty values each ranker is answered with "
+                             "(default: the variant's own)")
     args = parser.parse_args()
-    penalties = [float(value) for value in args.popularity_penalties.split(",")]
+    penalties_asked = [float(value) for value in filter(None, args.popularity_penalties.split(","))]
     out = pathlib.Path(args.out)
     base = TwoStageConfig(data_dir=args.data_dir, export_dir=str(out / "export"), epochs=args.epochs, verbose=0)
     tf.keras.utils.set_random_seed(base.seed)
@@ -113,6 +114,7 @@ def main() -> None:
     for variant in args.variant or ["default="]:
         label, settings = variant.split("=", 1)
         config = dataclasses.replace(base, **_settings(settings))
+        penalties = penalties_asked or [config.ranking_popularity_penalty]
         load_before = os.getloadavg()[0]
         start = time.perf_counter()
         ranks = {penalty: np.full(len(targets), _MISSED) for penalty in penalties}
