@@ -33,14 +33,15 @@ from tfrs_pipeline.models.query_tower import QueryTower
 CANDIDATE_FEATURE = "candidate_item_ids"  # training and evaluation lists: [batch, N] item ids
 DEFAULT_RECENT_ITEMS = 10  # history items whose rules each candidate is looked up in
 MAX_RULES_PER_ITEM = 1_000  # the most rules per item the ranker was validated with (docs/benchmarks.md)
-RULES_PER_TABLE = 5_000_000  # bounds a table's [N + 1, M] arrays and the hash table of its pairs
+RULES_PER_TABLE = 5_000_000  # bounds a table's [N + 1, M] arrays and the sorted keys of its pairs
+NO_PAIR = np.iinfo(np.int64).max  # closes the sorted keys: a binary search for any pair lands at or before it
 
 
 def default_rules_per_item(num_items: int) -> int:
     """How many of each item's strongest rules the ranker keeps when the user does not say.
 
     More rules per item ranked better on validation lists up to the most tried, but each table is
-    built as [N + 1, M] arrays and every pair becomes a key of the hash table the exports hold, so M
+    built as [N + 1, M] arrays and every pair becomes a key the exports hold, so M
     shrinks as the catalog grows: a large catalog keeps what a MovieLens-sized one keeps in total.
     """
     return max(1, min(MAX_RULES_PER_ITEM, RULES_PER_TABLE // (num_items + 1)))
@@ -54,12 +55,14 @@ class ItemRules(tf.Module):
     table holds every item's strongest rules (``SequentialRules.strongest_rules``): [N + 1, M]
     target indices and weights.
 
-    Every (source, target) pair of every table is a key of one hash table whose value is the pair's
-    row of weights, one column per table: a request looks each (recent item, candidate) pair up once,
-    whatever the catalog's size or M. Comparing each candidate with every rule of every recent item
-    instead costs candidates x recent x M comparisons per table, the ranker's most expensive step.
-    The hash table and the weights are saved with the model's variables, not in its graph, so a
-    large catalog's rules do not meet the graph's 2 GB limit.
+    Every (source, target) pair of every table is one of a sorted array of keys, beside the pair's row
+    of weights, one column per table: a request finds each (recent item, candidate) pair by binary
+    search. A user's pairs with one recent item share a narrow range of keys, so the search stays in
+    the CPU's cache after its first steps. A hash table of the pairs answered the same, but its
+    probes missed the cache once it held hundreds of rules per item, and comparing each candidate
+    with every rule of every recent item costs candidates x recent x M comparisons per table. Keys
+    and weights are saved with the model's variables, not in its graph, so a large catalog's rules
+    do not meet the graph's 2 GB limit.
 
     Args:
       tables: (targets, weights) pairs, each [N + 1, M]; e.g. the forward rules (history item ->
@@ -75,10 +78,7 @@ class ItemRules(tf.Module):
         self._num_tables = len(tables)
         self._key_base = max(targets.shape[0] for targets, _ in tables)  # N + 1: key = source * (N + 1) + target
         keys, pair_weights = _pairs(tables, self._key_base)
-        no_rule = len(keys)  # the all-zero row appended to the weights
-        self._pair_rows = tf.lookup.experimental.DenseHashTable(
-            key_dtype=tf.int64, value_dtype=tf.int64, default_value=no_rule, empty_key=-1, deleted_key=-2)
-        self._pair_rows.insert(tf.constant(keys), tf.range(no_rule, dtype=tf.int64))
+        self._pair_keys = tf.Variable(keys, trainable=False)
         self._pair_weights = tf.Variable(pair_weights, trainable=False)
 
     @property
@@ -94,18 +94,25 @@ class ItemRules(tf.Module):
           recent: [B, recent_items] catalog indices of the most recent history items (0: none).
           candidates: [B, N] catalog indices.
         """
-        keys = recent[:, tf.newaxis, :] * self._key_base + candidates[:, :, tf.newaxis]  # [B, N, K]
-        rows = tf.reshape(self._pair_rows.lookup(tf.reshape(keys, [-1])), tf.shape(keys))
-        weights = tf.transpose(tf.gather(self._pair_weights, rows), [0, 1, 3, 2])  # [B, N, tables, K]
+        # [B, K, N]: the keys of one recent item's pairs lie in one narrow range, searched one after the other.
+        keys = recent[:, :, tf.newaxis] * self._key_base + candidates[:, tf.newaxis, :]
+        # One dense read: a gather straight from the variable would make every later read of it a copy.
+        pair_keys = self._pair_keys.read_value()
+        rows = tf.searchsorted(pair_keys, tf.reshape(keys, [-1]), out_type=tf.int64)  # NO_PAIR closes the keys
+        found = tf.equal(tf.gather(pair_keys, rows), tf.reshape(keys, [-1]))
+        no_rule = tf.shape(pair_keys, out_type=tf.int64)[0] - 1  # NO_PAIR's row: all zeros
+        rows = tf.reshape(tf.where(found, rows, no_rule), tf.shape(keys))
+        weights = tf.transpose(tf.gather(self._pair_weights, rows), [0, 2, 3, 1])  # [B, N, tables, K]
         return tf.reshape(weights, tf.concat([tf.shape(candidates), [self.num_features]], axis=0))
 
 
 def _pairs(tables: Sequence[tuple[np.ndarray, np.ndarray]], key_base: int) -> tuple[np.ndarray, np.ndarray]:
-    """The tables' (source, target) pairs as hash keys, and each key's log(1 + weight) per table.
+    """The tables' (source, target) pairs as sorted keys, and each key's log(1 + weight) per table.
 
     Returns:
-      ([P] distinct keys, [P + 1, tables] weights): row P is all zeros, what a pair without a rule
-      reads; padding (target 0, weight 0) is no pair.
+      ([P + 1] keys, ascending, [P + 1, tables] weights): the last key, ``NO_PAIR``, is above every
+      pair's and its row is all zeros, what a pair without a rule reads; padding (target 0, weight 0)
+      is no pair.
     """
     sources, targets, weights, columns = [], [], [], []
     for column, (table_targets, table_weights) in enumerate(tables):
@@ -118,7 +125,7 @@ def _pairs(tables: Sequence[tuple[np.ndarray, np.ndarray]], key_base: int) -> tu
                                    return_inverse=True)
     pair_weights = np.zeros((len(keys) + 1, len(tables)), np.float32)
     np.add.at(pair_weights, (pair_of_rule, np.concatenate(columns)), np.concatenate(weights).astype(np.float32))
-    return keys, pair_weights
+    return np.append(keys, NO_PAIR), pair_weights
 
 
 class RankingModel(tfrs.models.Model):
