@@ -262,6 +262,8 @@ def test_ranker_rules_are_the_sequential_rules_of_each_recent_item():
     strongest = ItemRules([rules.strongest_rules(per_item=1)], recent_items=1)
     kept = strongest(tf.constant([[3]], tf.int64), tf.constant([[2, 4]], tf.int64))
     assert np.count_nonzero(kept.numpy()) == 1  # only item 3's strongest rule is kept
+    no_rules = ItemRules([(np.zeros((5, 2), np.int64), np.zeros((5, 2), np.float32))], recent_items=2)
+    assert not np.any(no_rules(tf.constant(recent, tf.int64), tf.constant(candidates, tf.int64)).numpy())
 
 
 def test_the_popularity_penalty_moves_the_answers_and_never_the_training_loss():
