@@ -54,6 +54,8 @@ class TaskConfig:
     learning_rate: float = _field(4e-3, "Adam's learning rate at the start of training")
     learning_rate_decay: str = _field("cosine", "cosine decays the learning rate to a twentieth over the run; "
                                                 "none keeps it constant", choices=LEARNING_RATE_DECAYS)
+    learning_rate_warmup_epochs: float = _field(0.0, "epochs over which the learning rate first rises linearly "
+                                                     "from a tenth of learning_rate to it; 0: none", minimum=0)
     epochs: int = _field(17, "training epochs", minimum=1)
     top_k: int = _field(100, "items returned by the exported model", minimum=1)
     scann_target_recall: float = _field(0.99, "tune ScaNN until its top-10 equals exact search for this "

@@ -38,17 +38,24 @@ def training_dataset(examples: dict, batch_size: int, seed: int, width_step: int
     return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
 
 
-def learning_rate(initial: float, decay: str,
-                  total_steps: int) -> float | tf.keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate(initial: float, decay: str, total_steps: int,
+                  warmup_steps: int = 0) -> float | tf.keras.optimizers.schedules.LearningRateSchedule:
     """The optimizer's learning rate: constant (``decay="none"``) or cosine-decayed over ``total_steps``.
 
     A few epochs is all a full data set gets on CPU: decaying the rate to a twentieth over the run
     lets the last epochs settle into the optimum the early, large steps found, where a constant
-    rate keeps bouncing around it (validation metrics plateau and jitter).
+    rate keeps bouncing around it (validation metrics plateau and jitter). ``warmup_steps`` first
+    raise the rate linearly from a tenth of ``initial``: Adam's first moment estimates are noisy,
+    and a full-size first step can throw freshly initialized attention weights far off.
     """
-    if decay == "none":
+    if decay == "none" and not warmup_steps:
         return initial
-    return tf.keras.optimizers.schedules.CosineDecay(initial, decay_steps=max(1, total_steps), alpha=0.05)
+    warmup_steps = min(warmup_steps, max(0, total_steps - 1))
+    floor = 1.0 if decay == "none" else 0.05  # CosineDecay's alpha: what share of the rate the decay ends at
+    if not warmup_steps:
+        return tf.keras.optimizers.schedules.CosineDecay(initial, decay_steps=max(1, total_steps), alpha=floor)
+    return tf.keras.optimizers.schedules.CosineDecay(initial / 10, decay_steps=total_steps - warmup_steps,
+                                                     alpha=floor, warmup_target=initial, warmup_steps=warmup_steps)
 
 
 def history(keras_history: tf.keras.callbacks.History) -> dict:

@@ -140,9 +140,10 @@ def train(config: SessionConfig, data: SessionData, catalog: Catalog,
         model = build_model(config, catalog, data.train_sessions)
         examples = training_windows(data.session_ids, data.train_sessions, config.max_length)
         examples.pop("user_id")  # sessions are anonymous: the model sees their items only
-        steps = config.epochs * -(-len(examples["history_item_ids"]) // config.batch_size)
+        steps_per_epoch = -(-len(examples["history_item_ids"]) // config.batch_size)
         model.compile(optimizer=tf.keras.optimizers.Adam(
-            learning_rate(config.learning_rate, config.learning_rate_decay, steps)))
+            learning_rate(config.learning_rate, config.learning_rate_decay, config.epochs * steps_per_epoch,
+                          round(config.learning_rate_warmup_epochs * steps_per_epoch))))
         callbacks = []
         if len(data.test_targets):
             callbacks.append(MonitoredRanking(model, catalog, click_counts, data.test_prefixes[:MONITORED_CASES],

@@ -208,7 +208,8 @@ def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserS
         examples = training_windows(train.user_ids, train.item_ids, config.max_length)
     steps_per_epoch = -(-len(examples["user_id"]) // config.batch_size)
     model.compile(optimizer=tf.keras.optimizers.Adam(
-        learning_rate(config.learning_rate, config.learning_rate_decay, config.epochs * steps_per_epoch)))
+        learning_rate(config.learning_rate, config.learning_rate_decay, config.epochs * steps_per_epoch,
+                      round(config.learning_rate_warmup_epochs * steps_per_epoch))))
     return model, examples
 
 
