@@ -289,3 +289,17 @@ def test_the_popularity_penalty_moves_the_answers_and_never_the_training_loss():
     expected = unpenalized - 2.0 * log_popularity[[[1, 2, 3], [4, 2, 3]]]
     np.testing.assert_allclose(ranker(features).numpy(), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ranker.compute_loss(lists).numpy(), loss, rtol=1e-6)
+
+
+def test_the_learning_rate_warms_up_linearly_then_decays_as_without_warm_up():
+    """A warm-up rises from a tenth of the rate to the rate, then the cosine decay runs over the steps left."""
+    from tfrs_pipeline.pipelines.common import learning_rate
+
+    warmed, plain = learning_rate(4e-3, "cosine", 100, warmup_steps=10), learning_rate(4e-3, "cosine", 90)
+    rates = [float(warmed(step)) for step in range(101)]
+    np.testing.assert_allclose(rates[:11], np.linspace(4e-4, 4e-3, 11), rtol=1e-5)
+    np.testing.assert_allclose(rates[10:], [float(plain(step)) for step in range(91)], rtol=1e-5)
+    assert float(warmed(500)) == rates[-1] and np.isclose(rates[-1], 4e-3 / 20)  # decayed to its floor, a twentieth
+    constant = learning_rate(4e-3, "none", 100, warmup_steps=10)
+    assert float(constant(5)) < 4e-3 and np.allclose([float(constant(10)), float(constant(99))], 4e-3)
+    assert learning_rate(4e-3, "none", 100) == 4e-3
