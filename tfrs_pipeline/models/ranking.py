@@ -79,6 +79,7 @@ class ItemRules(tf.Module):
         self._key_base = max(targets.shape[0] for targets, _ in tables)  # N + 1: key = source * (N + 1) + target
         keys, pair_weights = _pairs(tables, self._key_base)
         self._pair_keys = tf.Variable(keys, trainable=False)
+        self._no_pair_row = len(keys) - 1  # NO_PAIR's row of weights: all zeros
         self._pair_weights = tf.Variable(pair_weights, trainable=False)
 
     @property
@@ -96,12 +97,12 @@ class ItemRules(tf.Module):
         """
         # [B, K, N]: the keys of one recent item's pairs lie in one narrow range, searched one after the other.
         keys = recent[:, :, tf.newaxis] * self._key_base + candidates[:, tf.newaxis, :]
+        sought = tf.reshape(keys, [-1])
         # One dense read: a gather straight from the variable would make every later read of it a copy.
         pair_keys = self._pair_keys.read_value()
-        rows = tf.searchsorted(pair_keys, tf.reshape(keys, [-1]), out_type=tf.int64)  # NO_PAIR closes the keys
-        found = tf.equal(tf.gather(pair_keys, rows), tf.reshape(keys, [-1]))
-        no_rule = tf.shape(pair_keys, out_type=tf.int64)[0] - 1  # NO_PAIR's row: all zeros
-        rows = tf.reshape(tf.where(found, rows, no_rule), tf.shape(keys))
+        rows = tf.searchsorted(pair_keys, sought, out_type=tf.int64)  # NO_PAIR closes the keys
+        rows = tf.where(tf.equal(tf.gather(pair_keys, rows), sought), rows, self._no_pair_row)
+        rows = tf.reshape(rows, tf.shape(keys))
         weights = tf.transpose(tf.gather(self._pair_weights, rows), [0, 2, 3, 1])  # [B, N, tables, K]
         return tf.reshape(weights, tf.concat([tf.shape(candidates), [self.num_features]], axis=0))
 

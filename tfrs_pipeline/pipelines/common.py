@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfrs_pipeline.config import TaskConfig
 from tfrs_pipeline.contracts import USER_ID_INPUT
 from tfrs_pipeline.data.sequence_examples import WIDTH_STEP, length_bucketed_batches
 from tfrs_pipeline.features.arrays import FeatureRows, examples_as_tensors
@@ -36,6 +37,14 @@ def training_dataset(examples: dict, batch_size: int, seed: int, width_step: int
         for name, values in sample.items()
     }
     return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+
+
+def training_optimizer(config: TaskConfig, num_examples: int) -> tf.keras.optimizers.Optimizer:
+    """Adam with ``config``'s learning rate, warm-up and decay over its epochs of ``num_examples`` examples."""
+    steps_per_epoch = -(-num_examples // config.batch_size)
+    return tf.keras.optimizers.Adam(learning_rate(
+        config.learning_rate, config.learning_rate_decay, config.epochs * steps_per_epoch,
+        round(config.learning_rate_warmup_epochs * steps_per_epoch)))
 
 
 def learning_rate(initial: float, decay: str, total_steps: int,

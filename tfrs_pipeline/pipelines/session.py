@@ -30,7 +30,7 @@ from tfrs_pipeline.export.savedmodels import SessionExport, save_session
 from tfrs_pipeline.models.cooccurrence import SequentialRules
 from tfrs_pipeline.models.session import SessionModel
 from tfrs_pipeline.models.session_knn import SessionNeighbours, evidence
-from tfrs_pipeline.pipelines.common import history, learning_rate, training_dataset
+from tfrs_pipeline.pipelines.common import history, training_dataset, training_optimizer
 from tfrs_pipeline.pipelines.progress import stage
 
 CUTOFFS = (10, 20)
@@ -140,10 +140,7 @@ def train(config: SessionConfig, data: SessionData, catalog: Catalog,
         model = build_model(config, catalog, data.train_sessions)
         examples = training_windows(data.session_ids, data.train_sessions, config.max_length)
         examples.pop("user_id")  # sessions are anonymous: the model sees their items only
-        steps_per_epoch = -(-len(examples["history_item_ids"]) // config.batch_size)
-        model.compile(optimizer=tf.keras.optimizers.Adam(
-            learning_rate(config.learning_rate, config.learning_rate_decay, config.epochs * steps_per_epoch,
-                          round(config.learning_rate_warmup_epochs * steps_per_epoch))))
+        model.compile(optimizer=training_optimizer(config, len(examples["history_item_ids"])))
         callbacks = []
         if len(data.test_targets):
             callbacks.append(MonitoredRanking(model, catalog, click_counts, data.test_prefixes[:MONITORED_CASES],

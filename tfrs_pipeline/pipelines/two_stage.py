@@ -54,7 +54,7 @@ from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE, ItemRules, RankingModel, default_rules_per_item
 from tfrs_pipeline.models.retrieval import RetrievalModel
-from tfrs_pipeline.pipelines.common import history, learning_rate, training_dataset
+from tfrs_pipeline.pipelines.common import history, training_dataset, training_optimizer
 from tfrs_pipeline.pipelines.progress import stage
 
 RANKING_VALIDATION_SHARE = 0.1
@@ -206,10 +206,7 @@ def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserS
             examples = {name: values[trained] for name, values in examples.items()}
     else:
         examples = training_windows(train.user_ids, train.item_ids, config.max_length)
-    steps_per_epoch = -(-len(examples["user_id"]) // config.batch_size)
-    model.compile(optimizer=tf.keras.optimizers.Adam(
-        learning_rate(config.learning_rate, config.learning_rate_decay, config.epochs * steps_per_epoch,
-                      round(config.learning_rate_warmup_epochs * steps_per_epoch))))
+    model.compile(optimizer=training_optimizer(config, len(examples["user_id"])))
     return model, examples
 
 
