@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from tfrs_pipeline.contracts import TWO_STAGE_MODELS, ExportDescription
 from tfrs_pipeline.data.dataset import load_dataset
@@ -241,29 +242,61 @@ def test_the_default_rules_per_item_keep_a_large_catalogs_tables_at_a_small_ones
     assert default_rules_per_item(100_000_000) == 1
 
 
-def test_ranker_rules_are_the_sequential_rules_of_each_recent_item():
+@pytest.mark.parametrize("direct_index_max_bytes", [0, 2**20], ids=["binary_search", "direct_index"])
+def test_ranker_rules_are_the_sequential_rules_of_each_recent_item(direct_index_max_bytes):
     """The ranker's rule features hold, for each recent item, the weight of its rule to the candidate."""
     import tensorflow as tf
 
     from tfrs_pipeline.models.cooccurrence import SequentialRules
     from tfrs_pipeline.models.ranking import ItemRules
 
+    def item_rules(tables, recent_items):
+        found = ItemRules(tables, recent_items, direct_index_max_bytes=direct_index_max_bytes)
+        assert found.direct == (direct_index_max_bytes > 0)
+        return found
+
     sessions = [np.array([1, 2, 3]), np.array([1, 3, 2, 4]), np.array([2, 3])]
     rules = SequentialRules(sessions, num_items=4, max_gap=2)
     recent = np.array([[1, 2], [0, 3]])  # the second user has one item; 0 is padding
     candidates = np.array([[2, 3, 4], [2, 4, 1]])
-    features = ItemRules([rules.strongest_rules(per_item=4)], recent_items=2)(
+    features = item_rules([rules.strongest_rules(per_item=4)], recent_items=2)(
         tf.constant(recent, tf.int64), tf.constant(candidates, tf.int64)).numpy()
     for row in range(2):
         for slot, item in enumerate(recent[row]):
             expected = rules.scores(np.array([item]))[0, candidates[row]] if item else np.zeros(3)
             expected = np.where(expected > 1e-2, expected, 0.0)  # no rule: only the popularity tie-break (< 1e-3)
             np.testing.assert_allclose(features[row, :, slot], np.log1p(expected), atol=1e-3)
-    strongest = ItemRules([rules.strongest_rules(per_item=1)], recent_items=1)
+    strongest = item_rules([rules.strongest_rules(per_item=1)], recent_items=1)
     kept = strongest(tf.constant([[3]], tf.int64), tf.constant([[2, 4]], tf.int64))
     assert np.count_nonzero(kept.numpy()) == 1  # only item 3's strongest rule is kept
-    no_rules = ItemRules([(np.zeros((5, 2), np.int64), np.zeros((5, 2), np.float32))], recent_items=2)
+    no_rules = item_rules([(np.zeros((5, 2), np.int64), np.zeros((5, 2), np.float32))], recent_items=2)
     assert not np.any(no_rules(tf.constant(recent, tf.int64), tf.constant(candidates, tf.int64)).numpy())
+
+
+def test_the_direct_index_and_the_binary_search_find_the_same_rules():
+    """A small catalog's pairs are found by a direct index, a large one's by binary search: the same
+    features either way, for pairs with a rule in one table, in both, or in none."""
+    import tensorflow as tf
+
+    from tfrs_pipeline.models.ranking import ItemRules
+
+    rng = np.random.default_rng(7)
+    num_items, per_item = 60, 25
+    tables = []
+    for _ in range(2):
+        targets = np.stack([rng.choice(np.arange(1, num_items + 1), per_item, replace=False)
+                            for _ in range(num_items + 1)])
+        weights = rng.exponential(size=targets.shape).astype(np.float32)
+        weights[rng.random(targets.shape) < 0.2] = 0.0  # padding within a row: no rule
+        targets[0], weights[0] = 0, 0.0  # the padding item has none
+        tables.append((targets, weights))
+    recent = tf.constant(rng.integers(0, num_items + 1, (8, 5)), tf.int64)
+    candidates = tf.constant(rng.integers(1, num_items + 1, (8, 40)), tf.int64)
+    searched, direct = (ItemRules(tables, 5, direct_index_max_bytes=limit) for limit in (0, 2**20))
+    assert direct.direct and not searched.direct
+    features = direct(recent, candidates).numpy()
+    assert np.count_nonzero(features) > features.size // 10  # enough pairs with rules to compare
+    np.testing.assert_array_equal(features, searched(recent, candidates).numpy())
 
 
 def test_the_popularity_penalty_moves_the_answers_and_never_the_training_loss():

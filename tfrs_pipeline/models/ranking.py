@@ -35,6 +35,7 @@ DEFAULT_RECENT_ITEMS = 10  # history items whose rules each candidate is looked 
 MAX_RULES_PER_ITEM = 1_000  # the most rules per item the ranker was validated with (docs/benchmarks.md)
 RULES_PER_TABLE = 5_000_000  # bounds a table's [N + 1, M] arrays and the sorted keys of its pairs
 NO_PAIR = np.iinfo(np.int64).max  # closes the sorted keys: a binary search for any pair lands at or before it
+DIRECT_INDEX_MAX_BYTES = 128 * 2**20  # the largest [(N + 1)^2] pair index kept beside the rules (about 5,800 items)
 
 
 def default_rules_per_item(num_items: int) -> int:
@@ -55,22 +56,27 @@ class ItemRules(tf.Module):
     table holds every item's strongest rules (``SequentialRules.strongest_rules``): [N + 1, M]
     target indices and weights.
 
-    Every (source, target) pair of every table is one of a sorted array of keys, beside the pair's row
-    of weights, one column per table: a request finds each (recent item, candidate) pair by binary
-    search. A user's pairs with one recent item share a narrow range of keys, so the search stays in
-    the CPU's cache after its first steps. A hash table of the pairs answered the same, but its
-    probes missed the cache once it held hundreds of rules per item, and comparing each candidate
-    with every rule of every recent item costs candidates x recent x M comparisons per table. Keys
-    and weights are saved with the model's variables, not in its graph, so a large catalog's rules
-    do not meet the graph's 2 GB limit.
+    Every (source, target) pair of every table has a row of weights, one column per table, and a
+    key, source * (N + 1) + target. A request looks up every (recent item, candidate) pair, so the
+    lookup is the ranker's hottest step. Where the catalog is small enough (``direct_index_max_bytes``)
+    the key indexes an array of [(N + 1)^2] rows outright: one gather per pair, whatever the density
+    of rules. Beyond that the keys are one sorted array, searched: a user's pairs with one recent item
+    share a narrow range of keys, so the search stays in the CPU's cache after its first steps. A
+    hash table of the pairs answered the same, but its probes missed the cache once it held hundreds
+    of rules per item, and comparing each candidate with every rule of every recent item costs
+    candidates x recent x M comparisons per table. Both forms are saved with the model's variables,
+    not in its graph, so a large catalog's rules do not meet the graph's 2 GB limit.
 
     Args:
       tables: (targets, weights) pairs, each [N + 1, M]; e.g. the forward rules (history item ->
         candidate) and the backward ones (candidate -> history item).
       recent_items: how many of the most recent history items are looked up, each a feature of its own.
+      direct_index_max_bytes: the largest direct index of pairs to keep (4 (N + 1)^2 bytes, held by
+        every model that ranks); a larger catalog's pairs are found by binary search.
     """
 
-    def __init__(self, tables: Sequence[tuple[np.ndarray, np.ndarray]], recent_items: int = DEFAULT_RECENT_ITEMS):
+    def __init__(self, tables: Sequence[tuple[np.ndarray, np.ndarray]], recent_items: int = DEFAULT_RECENT_ITEMS,
+                 direct_index_max_bytes: int = DIRECT_INDEX_MAX_BYTES):
         super().__init__()
         self.recent_items = recent_items
         # M as this run resolved it (the config may leave it to ``default_rules_per_item``): metrics.json says it.
@@ -78,9 +84,14 @@ class ItemRules(tf.Module):
         self._num_tables = len(tables)
         self._key_base = max(targets.shape[0] for targets, _ in tables)  # N + 1: key = source * (N + 1) + target
         keys, pair_weights = _pairs(tables, self._key_base)
-        self._pair_keys = tf.Variable(keys, trainable=False)
         self._no_pair_row = len(keys) - 1  # NO_PAIR's row of weights: all zeros
         self._pair_weights = tf.Variable(pair_weights, trainable=False)
+        # Pairs are found by a direct index of every key where it fits, else by binary search in the sorted keys.
+        self.direct = 4 * self._key_base**2 <= direct_index_max_bytes
+        if self.direct:
+            self._pair_rows = tf.Variable(_direct_index(keys, self._key_base**2), trainable=False)
+        else:
+            self._pair_keys = tf.Variable(keys, trainable=False)
 
     @property
     def num_features(self) -> int:
@@ -97,14 +108,18 @@ class ItemRules(tf.Module):
         """
         # [B, K, N]: the keys of one recent item's pairs lie in one narrow range, searched one after the other.
         keys = recent[:, :, tf.newaxis] * self._key_base + candidates[:, tf.newaxis, :]
-        sought = tf.reshape(keys, [-1])
+        rows = tf.reshape(self._rows(tf.reshape(keys, [-1])), tf.shape(keys))
+        weights = tf.transpose(tf.gather(self._pair_weights, rows), [0, 2, 3, 1])  # [B, N, tables, K]
+        return tf.reshape(weights, tf.concat([tf.shape(candidates), [self.num_features]], axis=0))
+
+    def _rows(self, sought: tf.Tensor) -> tf.Tensor:
+        """The row of weights of each sought key ([P] int64), NO_PAIR's where the pair has no rule."""
+        if self.direct:
+            return tf.gather(self._pair_rows, sought)
         # One dense read: a gather straight from the variable would make every later read of it a copy.
         pair_keys = self._pair_keys.read_value()
         rows = tf.searchsorted(pair_keys, sought, out_type=tf.int64)  # NO_PAIR closes the keys
-        rows = tf.where(tf.equal(tf.gather(pair_keys, rows), sought), rows, self._no_pair_row)
-        rows = tf.reshape(rows, tf.shape(keys))
-        weights = tf.transpose(tf.gather(self._pair_weights, rows), [0, 2, 3, 1])  # [B, N, tables, K]
-        return tf.reshape(weights, tf.concat([tf.shape(candidates), [self.num_features]], axis=0))
+        return tf.where(tf.equal(tf.gather(pair_keys, rows), sought), rows, self._no_pair_row)
 
 
 def _pairs(tables: Sequence[tuple[np.ndarray, np.ndarray]], key_base: int) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +142,13 @@ def _pairs(tables: Sequence[tuple[np.ndarray, np.ndarray]], key_base: int) -> tu
     pair_weights = np.zeros((len(keys) + 1, len(tables)), np.float32)
     np.add.at(pair_weights, (pair_of_rule, np.concatenate(columns)), np.concatenate(weights).astype(np.float32))
     return np.append(keys, NO_PAIR), pair_weights
+
+
+def _direct_index(keys: np.ndarray, num_keys: int) -> np.ndarray:
+    """[num_keys] int32: each key's row of weights, NO_PAIR's (the last row) for a key without a pair."""
+    index = np.full(num_keys, len(keys) - 1, np.int32)
+    index[keys[:-1]] = np.arange(len(keys) - 1, dtype=np.int32)
+    return index
 
 
 class RankingModel(tfrs.models.Model):
