@@ -7,6 +7,9 @@ candidates -> top 10. The same run measures these ways of answering:
 
 - ``in_process``: the recommender SavedModel loaded in this process and called directly (the floor:
   model compute only); ``in_process_two_calls``: the retrieval and ranking SavedModels;
+- ``in_process_batching``: the server's own model path without gRPC: the recommender's ``Servable``
+  behind the server's ``Batcher`` (``serving_config/batching.config``), called by the client threads.
+  Its gap to ``server_lean_batching`` is what the gRPC front end costs once requests are batched;
 - ``server``: ``tfrs-model-server`` in its own process, called over gRPC on loopback by
   ``TwoStageClient`` (what a production caller pays: serialization, gRPC, the server's checks);
   ``server_two_calls``: the same client asking retrieval and ranking apart;
@@ -51,6 +54,7 @@ from scann import scann_ops  # noqa: F401  (the ScaNN retrieval export needs its
 from tensorflow_serving.apis import predict_pb2
 
 from tfrs_pipeline.contracts import (
+    ITEM_IDS_OUTPUT,
     RANKING_MODEL,
     RECOMMENDER_MODEL,
     RETRIEVAL_MODEL,
@@ -58,12 +62,16 @@ from tfrs_pipeline.contracts import (
     USER_ID_INPUT,
 )
 from tfrs_pipeline.export.versioning import existing_versions
+from tfrs_pipeline.serving.batching import Batcher
 from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
+from tfrs_pipeline.serving.servable import Servable, session_config_for
+from tfrs_pipeline.serving.server import batching_options, build_flag_parser
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
-MODES = ("in_process", "in_process_two_calls", "server", "server_two_calls", "server_batching", "server_lean",
-         "server_lean_batching", "grpc_floor")
+MODES = ("in_process", "in_process_two_calls", "in_process_batching", "server", "server_two_calls", "server_batching",
+         "server_lean", "server_lean_batching", "grpc_floor")
+BATCHING_CONFIG = REPO_ROOT / "serving_config/batching.config"
 
 
 def free_port() -> int:
@@ -89,6 +97,25 @@ class InProcessTwoStage:
         return [candidates[0, index].numpy().decode() for index in np.argsort(-scores)[:k]]
 
 
+class InProcessBatched:
+    """The server's model path without gRPC: the latest recommender ``Servable`` behind a ``Batcher``."""
+
+    def __init__(self, export_dir: pathlib.Path):
+        base_path = export_dir / RECOMMENDER_MODEL
+        version = existing_versions(base_path)[-1]
+        self._servable = Servable(RECOMMENDER_MODEL, version, base_path / str(version), session_config_for())
+        options = batching_options(build_flag_parser().parse_args(
+            ["--enable_batching", f"--batching_parameters_file={BATCHING_CONFIG}"]))
+        self._batcher = Batcher(lambda inputs: self._servable.call(SERVING_SIGNATURE, inputs), options)
+
+    def recommend(self, user_id: str, k: int) -> list[str]:
+        outputs = self._batcher.run({USER_ID_INPUT: np.array([user_id.encode()], dtype=object)})
+        return [item.decode() for item in outputs[ITEM_IDS_OUTPUT][0, :k]]
+
+    def stop(self) -> None:
+        self._batcher.stop()
+
+
 def _latest_signature(base_path: pathlib.Path):
     return tf.saved_model.load(str(base_path / str(existing_versions(base_path)[-1]))).signatures["serving_default"]
 
@@ -105,7 +132,7 @@ class ServerProcess:
         flags = [f"--port={self.port}", f"--model_config_file={export_dir / 'models.config'}",
                  "--file_system_poll_wait_seconds=0", *(["--grpc_reuse_port"] if port else []), *extra_flags]
         if batching:
-            flags += ["--enable_batching", f"--batching_parameters_file={REPO_ROOT / 'serving_config/batching.config'}"]
+            flags += ["--enable_batching", f"--batching_parameters_file={BATCHING_CONFIG}"]
         self._process = subprocess.Popen([sys.executable, "-m", "tfrs_pipeline.serving.server", *flags],
                                          stdout=self._log, stderr=self._log, cwd=REPO_ROOT)
         deadline = time.monotonic() + 300
@@ -274,8 +301,6 @@ class EchoServer:
 
 
 def serve_echo(port: int) -> None:
-    from tfrs_pipeline.serving.server import build_flag_parser
-
     defaults = build_flag_parser().parse_args([])
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=defaults.grpc_max_threads),
                          options=[("grpc.max_receive_message_length", defaults.grpc_max_message_bytes),
@@ -352,6 +377,15 @@ def main() -> None:
                                               None, (echo.pid,))
             finally:
                 echo.stop()
+            print(f"{mode}: {json.dumps(results[mode])}", flush=True)
+            continue
+        if mode == "in_process_batching":
+            batched = InProcessBatched(export_dir)
+            try:
+                results[mode] = run_load(lambda user_id: batched.recommend(user_id, flags.k), user_ids, flags.clients,
+                                         flags.duration_s, flags.warmup_s, flags.rate)
+            finally:
+                batched.stop()
             print(f"{mode}: {json.dumps(results[mode])}", flush=True)
             continue
         if mode.startswith("in_process"):
