@@ -89,7 +89,8 @@ class ItemRules(tf.Module):
         # Pairs are found by a direct index of every key where it fits, else by binary search in the sorted keys.
         self.direct = 4 * self._key_base**2 <= direct_index_max_bytes
         if self.direct:
-            self._pair_rows = tf.Variable(_direct_index(keys, self._key_base**2), trainable=False)
+            self._pair_rows = tf.Variable(_direct_index(keys[:-1], self._key_base**2, self._no_pair_row),
+                                          trainable=False)
         else:
             self._pair_keys = tf.Variable(keys, trainable=False)
 
@@ -106,7 +107,7 @@ class ItemRules(tf.Module):
           recent: [B, recent_items] catalog indices of the most recent history items (0: none).
           candidates: [B, N] catalog indices.
         """
-        # [B, K, N]: the keys of one recent item's pairs lie in one narrow range, searched one after the other.
+        # [B, K, N]: the keys of one recent item's pairs lie in one narrow range, looked up one after the other.
         keys = recent[:, :, tf.newaxis] * self._key_base + candidates[:, tf.newaxis, :]
         rows = tf.reshape(self._rows(tf.reshape(keys, [-1])), tf.shape(keys))
         weights = tf.transpose(tf.gather(self._pair_weights, rows), [0, 2, 3, 1])  # [B, N, tables, K]
@@ -144,10 +145,13 @@ def _pairs(tables: Sequence[tuple[np.ndarray, np.ndarray]], key_base: int) -> tu
     return np.append(keys, NO_PAIR), pair_weights
 
 
-def _direct_index(keys: np.ndarray, num_keys: int) -> np.ndarray:
-    """[num_keys] int32: each key's row of weights, NO_PAIR's (the last row) for a key without a pair."""
-    index = np.full(num_keys, len(keys) - 1, np.int32)
-    index[keys[:-1]] = np.arange(len(keys) - 1, dtype=np.int32)
+def _direct_index(pair_keys: np.ndarray, num_keys: int, no_pair_row: int) -> np.ndarray:
+    """[num_keys] int32: the row of weights of each key, ``no_pair_row`` where no pair has that key.
+
+    ``pair_keys`` are the pairs' sorted keys (without NO_PAIR); the i-th pair's weights are row i.
+    """
+    index = np.full(num_keys, no_pair_row, np.int32)
+    index[pair_keys] = np.arange(len(pair_keys), dtype=np.int32)
     return index
 
 
