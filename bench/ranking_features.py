@@ -16,6 +16,8 @@ Two measures per variant:
     Settings are chosen on this, never on the test items.
   - test: the ranker trained on every list, as ``python -m tfrs_pipeline.train`` trains it, evaluated
     by the pipeline's evaluation (full catalog, rated items removed).
+Each ranker trains from its own seed; ``--seeds=N`` trains every variant under N of them (the seed
+alone moves a ranker as much as most settings do, docs/benchmarks.md), one row each.
 ``--popularity_penalties`` answers each trained ranker with several popularity penalties
 (``ranking_popularity_penalty``; training never sees it, so one ranker serves them all): one row
 each, with the validation lists' breadth (coverage and popularity percentile of the top 10 over
@@ -57,6 +59,17 @@ def _settings(text: str) -> dict:
     return settings
 
 
+def _runs(base: TwoStageConfig, variants: list[str], seeds: int) -> list[tuple[str, str, TwoStageConfig]]:
+    """(label, settings, config) of each variant under ``seeds`` seeds: ``base.seed``, ``base.seed + 1``, ..."""
+    runs = []
+    for variant in variants:
+        label, settings = variant.split("=", 1)
+        for offset in range(seeds):
+            runs.append((label + (f" seed={base.seed + offset}" if seeds > 1 else ""), settings,
+                         dataclasses.replace(base, **_settings(settings), seed=base.seed + offset)))
+    return runs
+
+
 def _query_tower(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, train, popularity: np.ndarray,
                  targets: np.ndarray, out: pathlib.Path) -> QueryTower:
     """Retrieval's query tower, trained once per ``config.epochs`` and kept under ``out``."""
@@ -91,6 +104,9 @@ def main() -> None:
     parser.add_argument("--popularity_penalties", default="",
                         help="comma-separated ranking_popularity_penalty values each ranker is answered with "
                              "(default: the variant's own)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train each variant's rankers under this many seeds: the ranker's seed-to-seed spread "
+                             "is as large as most settings' effects (docs/benchmarks.md)")
     args = parser.parse_args()
     penalties_asked = [float(value) for value in filter(None, args.popularity_penalties.split(","))]
     out = pathlib.Path(args.out)
@@ -111,9 +127,9 @@ def main() -> None:
     retrieval_ranks = np.full(len(targets), _MISSED)
     retrieval_ranks[found_rows] = lists["labels"].argmax(axis=1) + 1
     results = []
-    for variant in args.variant or ["default="]:
-        label, settings = variant.split("=", 1)
-        config = dataclasses.replace(base, **_settings(settings))
+    for label, settings, config in _runs(base, args.variant or ["default="], args.seeds):
+        # Each ranker trains from its own seed, not from where the previous variant left the random state.
+        tf.keras.utils.set_random_seed(config.seed)
         penalties = penalties_asked or [config.ranking_popularity_penalty]
         load_before = os.getloadavg()[0]
         start = time.perf_counter()
@@ -140,7 +156,8 @@ def main() -> None:
             validation_breadth = evaluation.beyond_accuracy_metrics(top_lists[penalty], popularity,
                                                                     inputs.item_categories)
             results.append({
-                "label": f"{label} penalty={penalty:g}", "settings": settings, "popularity_penalty": penalty,
+                "label": f"{label} penalty={penalty:g}", "settings": settings, "seed": config.seed,
+                "popularity_penalty": penalty,
                 "ranking_epochs_run": len(history["loss"]),
                 "validation": {"retrieval": evaluation.accuracy_metrics(retrieval_ranks, cutoffs=(10,)),
                                "two_stage": {**evaluation.accuracy_metrics(ranks[penalty], cutoffs=(10,)),
