@@ -130,9 +130,10 @@ class ServerProcess:
         self.port = port or free_port()
         self._log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         flags = [f"--port={self.port}", f"--model_config_file={export_dir / 'models.config'}",
-                 "--file_system_poll_wait_seconds=0", *(["--grpc_reuse_port"] if port else []), *extra_flags]
+                 "--file_system_poll_wait_seconds=0", *(["--grpc_reuse_port"] if port else [])]
         if batching:
             flags += ["--enable_batching", f"--batching_parameters_file={BATCHING_CONFIG}"]
+        flags += extra_flags  # last, so that they override the flags above
         self._process = subprocess.Popen([sys.executable, "-m", "tfrs_pipeline.serving.server", *flags],
                                          stdout=self._log, stderr=self._log, cwd=REPO_ROOT)
         deadline = time.monotonic() + 300

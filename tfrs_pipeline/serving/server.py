@@ -17,6 +17,7 @@ listen and split the traffic) unless ``--grpc_reuse_port`` asks for it.
 import argparse
 import concurrent.futures
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -68,7 +69,9 @@ def build_flag_parser() -> argparse.ArgumentParser:
          help="merge concurrent requests into batches")
     flag("--batching_parameters_file", default="", help="BatchingParameters text file")
     flag("--monitoring_config_file", default="", help="MonitoringConfig text file (Prometheus metrics)")
-    flag("--grpc_max_threads", type=int, default=32, help="threads answering gRPC requests")
+    flag("--grpc_max_threads", type=int, default=0,
+         help="threads answering gRPC requests; 0: 4 per CPU (TF Serving's default), plus max_batch_size with "
+              "--enable_batching, since a request waiting for its batch holds a thread")
     flag("--grpc_max_message_bytes", type=int, default=64 << 20,
          help="largest gRPC message received or sent, and largest REST body (gRPC's own default is 4 MiB)")
     flag("--grpc_reuse_port", type=parse_bool, nargs="?", const=True, default=False,
@@ -117,6 +120,18 @@ def batching_options(flags: argparse.Namespace) -> BatchingOptions | None:
     return BatchingOptions.from_proto(parameters)
 
 
+def grpc_threads(flags: argparse.Namespace) -> int:
+    """``--grpc_max_threads``, or its default: threads beyond a few per core only contend for the interpreter.
+
+    Each request in the server holds a thread until it is answered, so with batching a batch can only
+    fill if its rows' requests all hold one while the batch threads run.
+    """
+    if flags.grpc_max_threads:
+        return flags.grpc_max_threads
+    batching = batching_options(flags)
+    return 4 * (os.cpu_count() or 1) + (batching.max_batch_size if batching else 0)
+
+
 def metrics_path(flags: argparse.Namespace) -> str | None:
     if not flags.monitoring_config_file:
         return None
@@ -152,7 +167,7 @@ class ModelServer:
         message_limits = [("grpc.max_receive_message_length", flags.grpc_max_message_bytes),
                           ("grpc.max_send_message_length", flags.grpc_max_message_bytes),
                           ("grpc.so_reuseport", int(flags.grpc_reuse_port))]
-        self.grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=flags.grpc_max_threads),
+        self.grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=grpc_threads(flags)),
                                        options=message_limits)
         add_services(self.grpc_server, self.backend, ReloadPolicy(flags.allow_remote_config_reload,
                                                                   base_path_roots(flags, config)))
