@@ -107,7 +107,7 @@ def test_the_shipped_model_configs_parse_and_label_both_arms(name):
 def test_the_shipped_batching_and_monitoring_configs_parse():
     batching = text_format.Parse((REPO_ROOT / "serving_config" / "batching.config").read_text(), BatchingParameters())
     assert BatchingOptions.from_proto(batching) == BatchingOptions(
-        max_batch_size=32, batch_timeout_micros=500, max_enqueued_batches=100, num_batch_threads=2)
+        max_batch_size=32, batch_timeout_micros=500, max_enqueued_batches=100, num_batch_threads=1)
     monitoring = text_format.Parse((REPO_ROOT / "serving_config" / "monitoring.config").read_text(),
                                    MonitoringConfig())
     assert monitoring.prometheus_config.enable
