@@ -23,13 +23,11 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from ranking_features import _MISSED, FOLDS, _query_tower, _subset
+from ranking_features import _MISSED, FOLDS, _subset, validation_lists
 
 import tfrs_pipeline  # noqa: F401
 from tfrs_pipeline import evaluation
 from tfrs_pipeline.config import TwoStageConfig
-from tfrs_pipeline.data.dataset import load_dataset
-from tfrs_pipeline.data.split import leave_last_out
 from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE
 from tfrs_pipeline.pipelines import two_stage
 
@@ -61,17 +59,9 @@ def main() -> None:
     parser.add_argument("--popularity_penalties", default="0.5,1,2", help="more penalties to answer the mean with")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
-    base = TwoStageConfig(data_dir=args.data_dir, export_dir=str(out / "export"), epochs=args.epochs, verbose=0)
-    tf.keras.utils.set_random_seed(base.seed)
-    inputs = two_stage.TwoStageInputs.from_data(load_dataset(base.data_dir))
-    split, _ = two_stage._split(base, inputs.data)
-    train, targets = leave_last_out(split.history)
-    popularity = inputs.catalog.counts(train.item_ids)
-    query_tower = _query_tower(base, inputs, train, popularity, targets, out)
-    lists, found = two_stage.ranking_lists(base, inputs, query_tower, train, targets)
+    (base, inputs, _, train, targets, popularity, query_tower, lists, found_rows,
+     fold_of) = validation_lists(args.data_dir, out, args.epochs)
     labels = lists["labels"]
-    found_rows = np.flatnonzero(found)
-    fold_of = np.random.default_rng(1).integers(0, FOLDS, len(targets))[found_rows]  # as ranking_features.py
     log_popularity = np.log1p(popularity.astype(np.float32))
     candidates = inputs.catalog.indices(lists[CANDIDATE_FEATURE].ravel()).reshape(labels.shape)
     penalty_per_candidate = (log_popularity / max(1.0, float(log_popularity.max())))[candidates]

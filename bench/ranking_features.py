@@ -32,6 +32,7 @@ import json
 import os
 import pathlib
 import time
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -40,7 +41,7 @@ import tfrs_pipeline  # noqa: F401
 from tfrs_pipeline import evaluation, scoring
 from tfrs_pipeline.config import TwoStageConfig
 from tfrs_pipeline.data.dataset import load_dataset
-from tfrs_pipeline.data.split import leave_last_out
+from tfrs_pipeline.data.split import HeldOutSplit, UserSequences, leave_last_out
 from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE
@@ -90,6 +91,41 @@ def _query_tower(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, train
     return query_tower
 
 
+class ValidationLists(NamedTuple):
+    """What every ranker of a run is trained and validated on, retrieval's towers frozen.
+
+    ``lists`` are ``two_stage.ranking_lists`` of each user's validation item (the last training item,
+    which retrieval never trained on); ``found_rows`` the users whose list holds it, one per list;
+    ``fold_of`` each list's fold, drawn by user.
+    """
+
+    base: TwoStageConfig
+    inputs: two_stage.TwoStageInputs
+    split: HeldOutSplit
+    train: UserSequences
+    targets: np.ndarray
+    popularity: np.ndarray
+    query_tower: QueryTower
+    lists: dict
+    found_rows: np.ndarray
+    fold_of: np.ndarray
+
+
+def validation_lists(data_dir: str | None, out: pathlib.Path, epochs: int) -> ValidationLists:
+    """The default run's split and candidate lists, on towers trained once per ``epochs`` and kept under ``out``."""
+    base = TwoStageConfig(data_dir=data_dir, export_dir=str(out / "export"), epochs=epochs, verbose=0)
+    tf.keras.utils.set_random_seed(base.seed)
+    inputs = two_stage.TwoStageInputs.from_data(load_dataset(base.data_dir))
+    split, _ = two_stage._split(base, inputs.data)
+    train, targets = leave_last_out(split.history)
+    popularity = inputs.catalog.counts(train.item_ids)
+    query_tower = _query_tower(base, inputs, train, popularity, targets, out)
+    lists, found = two_stage.ranking_lists(base, inputs, query_tower, train, targets)
+    found_rows = np.flatnonzero(found)
+    fold_of = np.random.default_rng(1).integers(0, FOLDS, len(targets))[found_rows]  # by user
+    return ValidationLists(base, inputs, split, train, targets, popularity, query_tower, lists, found_rows, fold_of)
+
+
 def _subset(lists: dict, rows: np.ndarray) -> dict:
     return {name: tf.gather(values, rows) for name, values in lists.items()}
 
@@ -110,19 +146,11 @@ def main() -> None:
     args = parser.parse_args()
     penalties_asked = [float(value) for value in filter(None, args.popularity_penalties.split(","))]
     out = pathlib.Path(args.out)
-    base = TwoStageConfig(data_dir=args.data_dir, export_dir=str(out / "export"), epochs=args.epochs, verbose=0)
-    tf.keras.utils.set_random_seed(base.seed)
-    inputs = two_stage.TwoStageInputs.from_data(load_dataset(base.data_dir))
-    split, _ = two_stage._split(base, inputs.data)
-    train, targets = leave_last_out(split.history)
-    popularity = inputs.catalog.counts(train.item_ids)
-    query_tower = _query_tower(base, inputs, train, popularity, targets, out)
-    lists, found = two_stage.ranking_lists(base, inputs, query_tower, train, targets)
+    (base, inputs, split, train, targets, popularity, query_tower, lists, found_rows,
+     fold_of) = validation_lists(args.data_dir, out, args.epochs)
     target_indices = inputs.catalog.indices(targets)
     candidates = inputs.catalog.indices(lists[CANDIDATE_FEATURE].ravel()).reshape(
         lists["labels"].shape)
-    found_rows = np.flatnonzero(found)
-    fold_of = np.random.default_rng(1).integers(0, FOLDS, len(targets))[found_rows]  # by user
     test_queries = scoring.query_embeddings(query_tower, inputs.users, split.tested_history())
     retrieval_ranks = np.full(len(targets), _MISSED)
     retrieval_ranks[found_rows] = lists["labels"].argmax(axis=1) + 1
