@@ -65,7 +65,7 @@ from tfrs_pipeline.export.versioning import existing_versions
 from tfrs_pipeline.serving.batching import Batcher
 from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
 from tfrs_pipeline.serving.servable import Servable, session_config_for
-from tfrs_pipeline.serving.server import batching_options, build_flag_parser
+from tfrs_pipeline.serving.server import batching_options, build_flag_parser, grpc_threads
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
@@ -303,7 +303,8 @@ class EchoServer:
 
 def serve_echo(port: int) -> None:
     defaults = build_flag_parser().parse_args([])
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=defaults.grpc_max_threads),
+    threads = grpc_threads(defaults.grpc_max_threads, None)  # the unbatched server's
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=threads),
                          options=[("grpc.max_receive_message_length", defaults.grpc_max_message_bytes),
                                   ("grpc.max_send_message_length", defaults.grpc_max_message_bytes)])
     echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)

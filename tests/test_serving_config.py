@@ -15,7 +15,7 @@ from tfrs_pipeline.export.serving_config import (
     write_config,
 )
 from tfrs_pipeline.serving.batching import BatchingOptions
-from tfrs_pipeline.serving.server import build_flag_parser, grpc_threads
+from tfrs_pipeline.serving.server import batching_options, build_flag_parser, grpc_threads
 from tfrs_pipeline.serving.server_protos import BatchingParameters, MonitoringConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -116,8 +116,10 @@ def test_the_shipped_batching_and_monitoring_configs_parse():
 
 def test_grpc_threads_default_to_four_per_cpu_and_leave_room_to_fill_a_batch(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    parse = build_flag_parser().parse_args
-    assert grpc_threads(parse([])) == 8  # TF Serving's default: 4 per CPU
-    batching = ["--enable_batching", f"--batching_parameters_file={REPO_ROOT / 'serving_config' / 'batching.config'}"]
-    assert grpc_threads(parse(batching)) == 8 + 32  # requests waiting for a batch of 32 rows each hold a thread
-    assert grpc_threads(parse([*batching, "--grpc_max_threads=5"])) == 5
+    flags = build_flag_parser().parse_args(
+        ["--enable_batching", f"--batching_parameters_file={REPO_ROOT / 'serving_config' / 'batching.config'}"])
+    assert flags.grpc_max_threads == 0
+    assert grpc_threads(flags.grpc_max_threads, None) == 8  # TF Serving's default: 4 per CPU
+    # Requests waiting for a batch of 32 rows each hold a thread.
+    assert grpc_threads(flags.grpc_max_threads, batching_options(flags)) == 8 + 32
+    assert grpc_threads(5, batching_options(flags)) == 5

@@ -120,15 +120,14 @@ def batching_options(flags: argparse.Namespace) -> BatchingOptions | None:
     return BatchingOptions.from_proto(parameters)
 
 
-def grpc_threads(flags: argparse.Namespace) -> int:
-    """``--grpc_max_threads``, or its default: threads beyond a few per core only contend for the interpreter.
+def grpc_threads(max_threads: int, batching: BatchingOptions | None) -> int:
+    """``--grpc_max_threads``, or for 0 its default: threads beyond a few per core only contend for the interpreter.
 
     Each request in the server holds a thread until it is answered, so with batching a batch can only
     fill if its rows' requests all hold one while the batch threads run.
     """
-    if flags.grpc_max_threads:
-        return flags.grpc_max_threads
-    batching = batching_options(flags)
+    if max_threads:
+        return max_threads
     return 4 * (os.cpu_count() or 1) + (batching.max_batch_size if batching else 0)
 
 
@@ -161,13 +160,14 @@ class ModelServer:
                                     max_num_load_retries=flags.max_num_load_retries,
                                     load_retry_interval_s=flags.load_retry_interval_micros / 1e6,
                                     session_config=session_config_for(flags.tensorflow_graph_rewrites))
-        self.backend = PredictionBackend(self.manager, ServerMetrics(), batching_options(flags),
-                                         flags.max_request_batch_size)
+        batching = batching_options(flags)
+        self.backend = PredictionBackend(self.manager, ServerMetrics(), batching, flags.max_request_batch_size)
         self.metrics_path = metrics_path(flags)
         message_limits = [("grpc.max_receive_message_length", flags.grpc_max_message_bytes),
                           ("grpc.max_send_message_length", flags.grpc_max_message_bytes),
                           ("grpc.so_reuseport", int(flags.grpc_reuse_port))]
-        self.grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=grpc_threads(flags)),
+        threads = grpc_threads(flags.grpc_max_threads, batching)
+        self.grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=threads),
                                        options=message_limits)
         add_services(self.grpc_server, self.backend, ReloadPolicy(flags.allow_remote_config_reload,
                                                                   base_path_roots(flags, config)))
