@@ -26,19 +26,12 @@ import tensorflow as tf
 from ranking_features import _MISSED, FOLDS, _subset, validation_lists
 
 import tfrs_pipeline  # noqa: F401
-from tfrs_pipeline import evaluation
+from tfrs_pipeline import evaluation, scoring
 from tfrs_pipeline.config import TwoStageConfig
-from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE
+from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE, normalized_log_popularity
 from tfrs_pipeline.pipelines import two_stage
 
 HALF_LIST_SEEDS = 2
-
-
-def _learned_scores(model, features: dict, batch_size: int = 256) -> np.ndarray:
-    model.popularity_penalty.assign(0.0)
-    rows = len(features[CANDIDATE_FEATURE])
-    return np.concatenate([model({name: values[start:start + batch_size] for name, values in features.items()}).numpy()
-                           for start in range(0, rows, batch_size)])
 
 
 def _validation(learned: np.ndarray, penalty_per_candidate: np.ndarray, penalty: float, labels: np.ndarray,
@@ -62,9 +55,8 @@ def main() -> None:
     (base, inputs, _, train, targets, popularity, query_tower, lists, found_rows,
      fold_of) = validation_lists(args.data_dir, out, args.epochs)
     labels = lists["labels"]
-    log_popularity = np.log1p(popularity.astype(np.float32))
     candidates = inputs.catalog.indices(lists[CANDIDATE_FEATURE].ravel()).reshape(labels.shape)
-    penalty_per_candidate = (log_popularity / max(1.0, float(log_popularity.max())))[candidates]
+    penalty_per_candidate = normalized_log_popularity(popularity)[candidates]
 
     runs = [(f"seed {seed}", seed, 1.0) for seed in range(args.seeds)]
     runs += [(f"half the lists, seed {seed}", seed, 0.5) for seed in range(HALF_LIST_SEEDS)]
@@ -79,7 +71,8 @@ def main() -> None:
             tf.keras.utils.set_random_seed(seed)
             model = two_stage.build_ranking_model(config, inputs, query_tower, train, popularity)
             two_stage.fit_ranking(config, model, _subset(lists, fold_rows if share == 1.0 else half))
-            learned[label][held] = _learned_scores(model, held_features)
+            model.popularity_penalty.assign(0.0)  # the learned scores: the penalty is applied after averaging
+            learned[label][held] = scoring.ranking_scores(model, held_features)
             print(f"fold {fold}, {label}: {time.perf_counter() - started:.0f} s", flush=True)
 
     def measured(scores: np.ndarray, penalty: float) -> dict:

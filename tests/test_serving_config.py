@@ -115,7 +115,7 @@ def test_the_shipped_batching_and_monitoring_configs_parse():
 
 
 def test_grpc_threads_default_to_four_per_cpu_and_leave_room_to_fill_a_batch(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     flags = build_flag_parser().parse_args(
         ["--enable_batching", f"--batching_parameters_file={REPO_ROOT / 'serving_config' / 'batching.config'}"])
     assert flags.grpc_max_threads == 0

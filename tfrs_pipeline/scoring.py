@@ -80,12 +80,18 @@ def ranking_features(catalog: Catalog, users: FeatureRows, sequences: UserSequen
     return examples_as_tensors(examples)
 
 
+def ranking_scores(ranking_model: RankingModel, features: dict) -> np.ndarray:
+    """The ranking model's scores [U, C] of the candidate lists in ``features``, computed in batches."""
+    rows = len(features[CANDIDATE_FEATURE])
+    return np.concatenate([
+        ranking_model({name: values[start:start + BATCH] for name, values in features.items()}).numpy()
+        for start in range(0, rows, BATCH)
+    ])
+
+
 def rerank(ranking_model: RankingModel, features: dict, candidates: np.ndarray) -> np.ndarray:
     """The candidate lists in the ranking model's order."""
-    scores = np.concatenate([
-        ranking_model({name: values[start:start + BATCH] for name, values in features.items()}).numpy()
-        for start in range(0, len(candidates), BATCH)
-    ])
+    scores = ranking_scores(ranking_model, features)
     return np.take_along_axis(candidates, np.argsort(-scores, axis=1, kind="stable"), axis=1)
 
 

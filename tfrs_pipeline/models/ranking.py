@@ -176,8 +176,7 @@ class RankingModel(tfrs.models.Model):
         self.query_tower = query_tower
         self.rules = rules
         self.query_tower.trainable = False
-        log_popularity = np.log1p(item_popularity.astype(np.float32))
-        self._log_popularity = tf.constant(log_popularity / max(1.0, float(log_popularity.max())))
+        self._log_popularity = tf.constant(normalized_log_popularity(item_popularity))
         self._categories = tf.constant(item_categories.astype(np.float32))
         # A variable, so that one trained ranker can be answered with several penalties (bench/ranking_features.py).
         self.popularity_penalty = tf.Variable(popularity_penalty, trainable=False, dtype=tf.float32)
@@ -290,6 +289,13 @@ class RankingModel(tfrs.models.Model):
         scores = self.learned_scores(features["context"], item_tower.indices(features[CANDIDATE_FEATURE]),
                                      item_tower.embed_catalog(), training)
         return self.task(labels=features["labels"], predictions=scores)
+
+
+def normalized_log_popularity(item_popularity: np.ndarray) -> np.ndarray:
+    """[N + 1] log(1 + interactions) scaled to 0..1 over the catalog: the popularity feature, and the unit
+    of the popularity penalty (0 for the least popular item, 1 for the most)."""
+    log_popularity = np.log1p(item_popularity.astype(np.float32))
+    return log_popularity / max(1.0, float(log_popularity.max()))
 
 
 def _mean_over_real_items(values: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:

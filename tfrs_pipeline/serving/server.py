@@ -128,7 +128,9 @@ def grpc_threads(max_threads: int, batching: BatchingOptions | None) -> int:
     """
     if max_threads:
         return max_threads
-    return 4 * (os.cpu_count() or 1) + (batching.max_batch_size if batching else 0)
+    # CPUs as TF Serving counts them: those this process may run on (a pinned container's, not the host's).
+    schedulable_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 4 * schedulable_cpus + (batching.max_batch_size if batching else 0)
 
 
 def metrics_path(flags: argparse.Namespace) -> str | None:
