@@ -56,7 +56,8 @@ def _settings(text: str) -> dict:
     settings = {}
     for assignment in filter(None, text.split(",")):
         name, value = assignment.split("=", 1)
-        settings[name] = {"int": int, "float": float, "int | None": int}.get(fields[name], str)(value)
+        settings[name] = {"int": int, "float": float, "int | None": int,
+                          "bool": lambda text: text.lower() in ("1", "true")}.get(fields[name], str)(value)
     return settings
 
 
@@ -74,7 +75,7 @@ def _runs(base: TwoStageConfig, variants: list[str], seeds: int) -> list[tuple[s
 def _query_tower(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, train, popularity: np.ndarray,
                  targets: np.ndarray, out: pathlib.Path) -> QueryTower:
     """Retrieval's query tower, trained once per ``config.epochs`` and kept under ``out``."""
-    checkpoint = out / f"retrieval_{config.epochs}_epochs" / "towers"
+    checkpoint = out / f"retrieval_{config.epochs}_epochs" / "towers"  # ``out`` holds one retrieval setting
     if checkpoint.with_suffix(".index").is_file():
         schema = inputs.data.schema.features
         item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features,
@@ -111,9 +112,13 @@ class ValidationLists(NamedTuple):
     fold_of: np.ndarray
 
 
-def validation_lists(data_dir: str | None, out: pathlib.Path, epochs: int) -> ValidationLists:
-    """The default run's split and candidate lists, on towers trained once per ``epochs`` and kept under ``out``."""
-    base = TwoStageConfig(data_dir=data_dir, export_dir=str(out / "export"), epochs=epochs, verbose=0)
+def validation_lists(data_dir: str | None, out: pathlib.Path, epochs: int, retrieval: str = "") -> ValidationLists:
+    """The default run's split and candidate lists, on towers trained once per ``epochs`` and kept under ``out``.
+
+    ``retrieval``: ``field=value,...`` of ``TwoStageConfig`` that retrieval trains with instead of the defaults.
+    """
+    base = TwoStageConfig(data_dir=data_dir, export_dir=str(out / "export"), epochs=epochs, verbose=0,
+                          **_settings(retrieval))
     tf.keras.utils.set_random_seed(base.seed)
     inputs = two_stage.TwoStageInputs.from_data(load_dataset(base.data_dir))
     split, _ = two_stage._split(base, inputs.data)
@@ -135,6 +140,9 @@ def main() -> None:
     parser.add_argument("--data_dir", default=os.environ.get("TFRS_PIPELINE_DATA_DIR"))
     parser.add_argument("--out", default="/tmp/bench_ranking")
     parser.add_argument("--epochs", type=int, default=TwoStageConfig.epochs, help="retrieval's epochs")
+    parser.add_argument("--retrieval", default="",
+                        help="field=value,... of TwoStageConfig retrieval trains with (default: the defaults); "
+                             "give each setting its own --out")
     parser.add_argument("--variant", action="append", default=[],
                         help="label=field=value,... of TwoStageConfig for the ranker (repeatable)")
     parser.add_argument("--popularity_penalties", default="",
@@ -147,7 +155,7 @@ def main() -> None:
     penalties_asked = [float(value) for value in filter(None, args.popularity_penalties.split(","))]
     out = pathlib.Path(args.out)
     (base, inputs, split, train, targets, popularity, query_tower, lists, found_rows,
-     fold_of) = validation_lists(args.data_dir, out, args.epochs)
+     fold_of) = validation_lists(args.data_dir, out, args.epochs, args.retrieval)
     target_indices = inputs.catalog.indices(targets)
     candidates = inputs.catalog.indices(lists[CANDIDATE_FEATURE].ravel()).reshape(
         lists["labels"].shape)
