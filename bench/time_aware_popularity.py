@@ -87,7 +87,8 @@ def main() -> None:
         "test": (tested.item_ids, [times[-1] for times in tested.timestamps], split.test_targets),
     }
     rows = []
-    windows = [("all-time popularity", 0), *((f"the {days} days before", days) for days in WINDOWS_DAYS),
+    windows = [("all-time popularity", 0),
+               *((f"the {days} day{'s' if days > 1 else ''} before", days) for days in WINDOWS_DAYS),
                ("everything before", None)]
     for label, window_days in windows:
         row = {"window": label}
