@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfrs_pipeline  # noqa: F401
-from tfrs_pipeline import evaluation, scoring
+from tfrs_pipeline import evaluation, scoring, train
 from tfrs_pipeline.config import TwoStageConfig
 from tfrs_pipeline.data.dataset import load_dataset
 from tfrs_pipeline.data.split import HeldOutSplit, UserSequences, leave_last_out
@@ -52,13 +52,14 @@ _MISSED = 1 << 30  # the rank of an item retrieval did not put in the list
 
 
 def _settings(text: str) -> dict:
-    fields = {field.name: field.type for field in dataclasses.fields(TwoStageConfig)}
-    settings = {}
-    for assignment in filter(None, text.split(",")):
-        name, value = assignment.split("=", 1)
-        settings[name] = {"int": int, "float": float, "int | None": int,
-                          "bool": lambda text: text.lower() in ("1", "true")}.get(fields[name], str)(value)
-    return settings
+    """``field=value,...`` of ``TwoStageConfig``, typed and checked as the train command's ``--field=value``
+    flags are (``field=true`` or ``field=false`` for a switch); only the fields given."""
+    given = dict(assignment.split("=", 1) for assignment in filter(None, text.split(",")))
+    switches = {field.name for field in dataclasses.fields(TwoStageConfig) if field.type == "bool"}
+    flags = [(f"--{name}" if value.lower() == "true" else f"--no-{name}") if name in switches else f"--{name}={value}"
+             for name, value in given.items()]
+    config = train.parse_config(flags)
+    return {name: getattr(config, name) for name in given}
 
 
 def _runs(base: TwoStageConfig, variants: list[str], seeds: int) -> list[tuple[str, str, TwoStageConfig]]:

@@ -53,20 +53,13 @@ class Interactions:
         return np.bincount(self.items[start:end], minlength=len(self.all_time))
 
 
-def _ranks(interactions: Interactions, histories: list[np.ndarray], moments: np.ndarray, targets: np.ndarray,
+def _ranks(interactions: Interactions, rated: list[np.ndarray], moments: np.ndarray, target_indices: np.ndarray,
            window_days: float | None) -> np.ndarray:
-    """1-based rank of each user's target by ``interactions.counts`` at their moment, ties broken by
-    all-time popularity, the user's history removed."""
-    catalog = interactions.catalog
-    target_indices = catalog.indices(targets)
-    ranks = np.empty(len(targets), np.int64)
-    for user, moment in enumerate(moments):
-        scores = interactions.counts(moment, window_days).astype(np.float32)
-        scores[0] = -np.inf  # the unknown item never competes
-        ranks[user] = evaluation.rank_of_targets(scores[np.newaxis], target_indices[user:user + 1],
-                                                 [catalog.indices(histories[user])],
-                                                 tie_break=interactions.all_time)[0]
-    return ranks
+    """1-based rank of each user's target (catalog index) by ``interactions.counts`` at their moment,
+    ties broken by all-time popularity, the user's ``rated`` catalog indices removed."""
+    scores = np.stack([interactions.counts(moment, window_days) for moment in moments]).astype(np.float32)
+    scores[:, 0] = -np.inf  # the unknown item never competes
+    return evaluation.rank_of_targets(scores, target_indices, rated, tie_break=interactions.all_time)
 
 
 def main() -> None:
@@ -80,11 +73,14 @@ def main() -> None:
     train, validation_targets = leave_last_out(split.history)
     interactions = Interactions(train, inputs)
     tested = split.tested_history()
-    # (histories, the moment of each, targets): validation predicts each user's last training item from
-    # the ones before it; test predicts the held-out item from the history that ends with that item.
+    # (rated catalog indices, each user's moment, targets): validation predicts each user's last training
+    # item from the ones before it; test predicts the held-out item from the history that ends with that item.
+    catalog = inputs.catalog
     cases = {
-        "validation": (train.item_ids, [times[-1] for times in train.timestamps], validation_targets),
-        "test": (tested.item_ids, [times[-1] for times in tested.timestamps], split.test_targets),
+        "validation": ([catalog.indices(items) for items in train.item_ids],
+                       np.array([times[-1] for times in train.timestamps]), catalog.indices(validation_targets)),
+        "test": ([catalog.indices(items) for items in tested.item_ids],
+                 np.array([times[-1] for times in tested.timestamps]), catalog.indices(split.test_targets)),
     }
     rows = []
     windows = [("all-time popularity", 0),
@@ -92,8 +88,8 @@ def main() -> None:
                ("everything before", None)]
     for label, window_days in windows:
         row = {"window": label}
-        for case, (histories, moments, targets) in cases.items():
-            ranks = _ranks(interactions, histories, np.array(moments), targets, window_days)
+        for case, (rated, moments, target_indices) in cases.items():
+            ranks = _ranks(interactions, rated, moments, target_indices, window_days)
             row[case] = {name: round(float(value), 4)
                          for name, value in evaluation.accuracy_metrics(ranks, cutoffs=(10,)).items()}
         rows.append(row)
