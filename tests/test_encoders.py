@@ -1,8 +1,8 @@
-"""The causal transformer's shortcut for the last slot against its full pass."""
+"""The causal transformer: its shortcut for the last slot, its attention against Keras's, its dropout."""
 import numpy as np
 import tensorflow as tf
 
-from tfrs_pipeline.models.encoders import CausalTransformerEncoder
+from tfrs_pipeline.models.encoders import BitDropout, CausalSelfAttention, CausalTransformerEncoder
 from tfrs_pipeline.models.session import SessionModel
 
 
@@ -27,3 +27,44 @@ def test_session_query_is_the_last_slot_of_the_per_slot_queries():
     per_slot = model.sequence_queries(sessions).numpy()
     np.testing.assert_allclose(model.query(sessions).numpy(), per_slot[:, -1], rtol=1e-5, atol=1e-5)
     assert not np.allclose(per_slot[0, -1], per_slot[1, -1])  # sessions differ, so must their queries
+
+
+def test_attention_computes_what_keras_multi_head_attention_does_with_the_same_weights():
+    """The lean attention replaced Keras's; given Keras's weights it must answer what Keras answers."""
+    rng = np.random.default_rng(2)
+    dim, heads, length = 8, 2, 6
+    sequence = tf.constant(rng.normal(size=(3, length, dim)), tf.float32)
+    may_see = np.tril(np.ones((length, length), bool))[np.newaxis].repeat(3, axis=0)
+    may_see[1, :, :2] = np.eye(length, dtype=bool)[:, :2]  # row 1: the first two slots are padding
+    keras_attention = tf.keras.layers.MultiHeadAttention(num_heads=heads, key_dim=dim // heads)
+    expected = keras_attention(sequence, sequence, attention_mask=tf.constant(may_see)).numpy()
+
+    attention = CausalSelfAttention(dim, heads, dropout=0.0)
+    mask_logits = tf.where(tf.constant(may_see), 0.0, -1e9)[:, tf.newaxis]
+    attention(sequence, mask_logits)
+    query, key, value, output = (keras_attention._query_dense, keras_attention._key_dense,
+                                 keras_attention._value_dense, keras_attention._output_dense)
+    attention._query_key_value.set_weights([
+        np.concatenate([dense.kernel.numpy().reshape(dim, dim) for dense in (query, key, value)], axis=1),
+        np.concatenate([dense.bias.numpy().reshape(dim) for dense in (query, key, value)]),
+    ])
+    attention._output.set_weights([output.kernel.numpy().reshape(dim, dim), output.bias.numpy()])
+
+    np.testing.assert_allclose(attention(sequence, mask_logits).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(attention(sequence, mask_logits[:, :, -1:], last_only=True).numpy(),
+                               expected[:, -1:], rtol=1e-5, atol=1e-5)
+    assert np.abs(expected).max() > 0.1
+
+
+def test_bit_dropout_drops_its_rate_keeps_the_mean_and_repeats_under_a_seed():
+    ones = tf.ones([1000, 1001])  # an odd count: the last 32-bit word is half used
+    dropout = BitDropout(0.2)
+    tf.keras.utils.set_random_seed(3)
+    first, second = dropout(ones, training=True).numpy(), dropout(ones, training=True).numpy()
+    assert set(np.unique(first)) == {0.0, np.float32(65536 / (65536 - 13107))}
+    assert abs((first == 0).mean() - 0.2) < 0.003
+    assert abs(first.mean() - 1.0) < 0.005
+    assert (first != second).mean() > 0.2  # every call draws anew
+    tf.keras.utils.set_random_seed(3)
+    np.testing.assert_array_equal(dropout(ones, training=True).numpy(), first)
+    np.testing.assert_array_equal(dropout(ones).numpy(), ones.numpy())  # inference leaves values alone

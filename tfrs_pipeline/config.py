@@ -51,12 +51,12 @@ class TaskConfig:
     num_negatives: int | None = _field(None, "sampled-softmax negatives per batch (in-batch + uniform, "
                                              "logQ-corrected); unset or 0: the whole catalog (exact)", minimum=0)
     batch_size: int = _field(128, "training examples per batch", minimum=1)
-    learning_rate: float = _field(4e-3, "Adam's learning rate at the start of training")
+    learning_rate: float = _field(6e-3, "Adam's learning rate after the warm-up")
     learning_rate_decay: str = _field("cosine", "cosine decays the learning rate to a twentieth over the run; "
                                                 "none keeps it constant", choices=LEARNING_RATE_DECAYS)
-    learning_rate_warmup_epochs: float = _field(0.0, "epochs over which the learning rate first rises linearly "
+    learning_rate_warmup_epochs: float = _field(1.0, "epochs over which the learning rate first rises linearly "
                                                      "from a tenth of learning_rate to it; 0: none", minimum=0)
-    epochs: int = _field(17, "training epochs", minimum=1)
+    epochs: int = _field(14, "training epochs", minimum=1)
     top_k: int = _field(100, "items returned by the exported model", minimum=1)
     scann_target_recall: float = _field(0.99, "tune ScaNN until its top-10 equals exact search for this "
                                               "share of queries")
@@ -186,6 +186,7 @@ class SessionConfig(TaskConfig):
     num_negatives: int | None = _redefault("num_negatives", 2048)
     batch_size: int = _redefault("batch_size", 256)
     learning_rate: float = _redefault("learning_rate", 2e-3)
+    learning_rate_warmup_epochs: float = _redefault("learning_rate_warmup_epochs", 0.0)
     epochs: int = _redefault("epochs", 10)
     session_format: str = _field("auto", "auto, srgnn (train_sessions.txt + test.tsv) or events (CSV: session "
                                          "id, item id, timestamp; see tfrs_pipeline/data/sessions.py)",

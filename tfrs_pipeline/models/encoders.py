@@ -3,10 +3,86 @@
 Shared by the retrieval query tower (a user's rating history) and the session model (an anonymous
 clickstream): both predict "the next item" from "the items so far", and both train on every
 prefix at once, which a causal mask gives for the price of one forward pass.
+
+Training this encoder is most of the README command's time, so its attention and dropout are
+written for the CPU rather than taken from Keras: Keras's ``MultiHeadAttention`` projects queries,
+keys and values with three einsums and turns the boolean mask into an additive one in every block,
+and Keras's dropout draws a float32 uniform per element, which over the [batch, heads, length,
+length] attention probabilities made dropout the largest cost of a training step after the matmuls
+(docs/benchmarks.md, "a lean encoder").
 """
 from __future__ import annotations
 
 import tensorflow as tf
+
+# Keep decisions are drawn as 16 random bits each: a rate is honoured to 1 / 65,536.
+_DROPOUT_LEVELS = 2**16
+_MASKED = -1e9  # added to the attention logits of the slots a position must not see
+
+
+class BitDropout(tf.keras.layers.Layer):
+    """Inverted dropout whose keep decisions are 16-bit integers, two per 32-bit random word.
+
+    The same regularizer as ``tf.keras.layers.Dropout`` with half the random draws: Keras's costs a
+    float32 uniform per element, and the attention probabilities are the encoder's largest tensors.
+    Each call draws its own seed from TensorFlow's global seed, so runs repeat.
+    """
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self._threshold = int(round(rate * _DROPOUT_LEVELS))
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+        if not training or self._threshold == 0:
+            return inputs
+        shape = tf.shape(inputs)
+        count = tf.reduce_prod(shape)
+        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+        words = tf.random.stateless_uniform([(count + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32)
+        levels = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:count]
+        keep = tf.reshape(levels >= self._threshold, shape)
+        return tf.where(keep, inputs * (_DROPOUT_LEVELS / (_DROPOUT_LEVELS - self._threshold)), 0.0)
+
+
+class CausalSelfAttention(tf.keras.layers.Layer):
+    """Multi-head self-attention under an additive mask, with dropout on the attention probabilities.
+
+    Queries, keys and values come from one matmul; the mask arrives as logits to add (0 or
+    ``_MASKED``), built once per encoder pass instead of once per block.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, **kwargs):
+        super().__init__(**kwargs)
+        if dim % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide the embedding width ({dim})")
+        self._dim, self._num_heads = dim, num_heads
+        self._query_key_value = tf.keras.layers.Dense(3 * dim)
+        self._output = tf.keras.layers.Dense(dim)
+        self._dropout = BitDropout(dropout)
+
+    def call(self, sequence: tf.Tensor, mask_logits: tf.Tensor, training: bool = False,
+             last_only: bool = False) -> tf.Tensor:
+        """[batch, length, dim] (or [batch, 1, dim] for the last slot alone) attending over ``sequence``.
+
+        Args:
+          sequence: [batch, length, dim].
+          mask_logits: [batch, 1, queries, length]: 0 where a query slot may see a key slot, ``_MASKED`` elsewhere.
+        """
+        queries, keys, values = tf.split(self._query_key_value(sequence), 3, axis=-1)
+        if last_only:
+            queries = queries[:, -1:]
+        head_dim = self._dim // self._num_heads
+        queries, keys, values = (self._split_heads(part, head_dim) for part in (queries, keys, values))
+        logits = tf.matmul(queries * head_dim**-0.5, keys, transpose_b=True) + mask_logits
+        probabilities = self._dropout(tf.nn.softmax(logits), training=training)
+        attended = tf.transpose(tf.matmul(probabilities, values), [0, 2, 1, 3])  # [batch, queries, heads, head_dim]
+        return self._output(tf.reshape(attended, tf.concat([tf.shape(attended)[:2], [self._dim]], axis=0)))
+
+    def _split_heads(self, part: tf.Tensor, head_dim: int) -> tf.Tensor:
+        """[batch, slots, dim] -> [batch, heads, slots, head_dim]."""
+        shape = tf.shape(part)
+        return tf.transpose(tf.reshape(part, [shape[0], shape[1], self._num_heads, head_dim]), [0, 2, 1, 3])
 
 
 class TransformerBlock(tf.keras.layers.Layer):
@@ -15,27 +91,25 @@ class TransformerBlock(tf.keras.layers.Layer):
     def __init__(self, dim: int, num_heads: int, dropout: float, **kwargs):
         super().__init__(**kwargs)
         self._attention_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
-        self._attention = tf.keras.layers.MultiHeadAttention(
-            num_heads=num_heads, key_dim=dim // num_heads, dropout=dropout
-        )
+        self._attention = CausalSelfAttention(dim, num_heads, dropout)
         self._feed_forward_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
         self._feed_forward = tf.keras.Sequential(
             [
                 tf.keras.layers.Dense(dim * 2, activation="gelu"),
-                tf.keras.layers.Dropout(dropout),
+                BitDropout(dropout),
                 tf.keras.layers.Dense(dim),
             ]
         )
-        self._dropout = tf.keras.layers.Dropout(dropout)
+        self._dropout = BitDropout(dropout)
 
-    def call(self, sequence: tf.Tensor, attention_mask: tf.Tensor, training: bool = False,
+    def call(self, sequence: tf.Tensor, mask_logits: tf.Tensor, training: bool = False,
              last_only: bool = False) -> tf.Tensor:
         """[batch, length, dim], or with ``last_only`` [batch, 1, dim]: the last slot's output alone."""
-        normed = self._attention_norm(sequence)
-        queries, residual = (normed[:, -1:], sequence[:, -1:]) if last_only else (normed, sequence)
+        residual = sequence[:, -1:] if last_only else sequence
         if last_only:
-            attention_mask = attention_mask[:, -1:]
-        attended = self._attention(queries, normed, attention_mask=attention_mask, training=training)
+            mask_logits = mask_logits[:, :, -1:]
+        attended = self._attention(self._attention_norm(sequence), mask_logits, training=training,
+                                   last_only=last_only)
         sequence = residual + self._dropout(attended, training=training)
         transformed = self._feed_forward(self._feed_forward_norm(sequence), training=training)
         return sequence + self._dropout(transformed, training=training)
@@ -59,7 +133,7 @@ class CausalTransformerEncoder(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.max_length = max_length
         self._positions = tf.keras.layers.Embedding(max_length, dim)
-        self._input_dropout = tf.keras.layers.Dropout(dropout)
+        self._input_dropout = BitDropout(dropout)
         self._blocks = [TransformerBlock(dim, num_heads, dropout) for _ in range(num_blocks)]
         self._output_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
 
@@ -91,10 +165,11 @@ class CausalTransformerEncoder(tf.keras.layers.Layer):
         # A padded query row attends to nothing valid; let it see itself so softmax stays finite.
         attention_mask = tf.logical_and(causal[tf.newaxis], padding_mask[:, tf.newaxis, :])
         attention_mask = tf.logical_or(attention_mask, tf.eye(length, dtype=tf.bool)[tf.newaxis])
+        mask_logits = tf.where(attention_mask, 0.0, _MASKED)[:, tf.newaxis]  # [batch, 1 (every head), length, length]
         keep = tf.cast(padding_mask, sequence.dtype)[..., tf.newaxis]
         last_block = len(self._blocks) - 1
         for position, block in enumerate(self._blocks):
-            sequence = block(sequence * keep, attention_mask, training=training,
+            sequence = block(sequence * keep, mask_logits, training=training,
                              last_only=last_only and position == last_block)
         return self._output_norm(sequence) * (keep[:, -1:] if last_only else keep)
 
