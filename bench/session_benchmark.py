@@ -42,7 +42,8 @@ SESSION_SETTINGS = {name: getattr(SessionConfig, name) for name in (
 # On MovieLens, the settings of the two-tower MovieLens run: 200 slots and the whole-catalog softmax,
 # which on 3,416 items is exact and cheaper per unit of quality than sampling (docs/benchmarks.md).
 ML1M_SETTINGS = {**SESSION_SETTINGS, **{name: getattr(TwoStageConfig, name) for name in (
-    "max_length", "num_blocks", "batch_size", "learning_rate", "epochs", "dropout", "num_negatives")},
+    "max_length", "num_blocks", "batch_size", "learning_rate", "learning_rate_warmup_epochs", "epochs", "dropout",
+    "num_negatives")},
     "neighbour_recency_scale": 0.0}  # users are listed by id, not in time order
 
 
