@@ -30,7 +30,6 @@ class BitDropout(tf.keras.layers.Layer):
 
     def __init__(self, rate: float, **kwargs):
         super().__init__(**kwargs)
-        self.rate = rate
         self._threshold = int(round(rate * _DROPOUT_LEVELS))
 
     def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -54,9 +53,8 @@ class CausalSelfAttention(tf.keras.layers.Layer):
 
     def __init__(self, dim: int, num_heads: int, dropout: float, **kwargs):
         super().__init__(**kwargs)
-        if dim % num_heads:
-            raise ValueError(f"num_heads ({num_heads}) must divide the embedding width ({dim})")
         self._dim, self._num_heads = dim, num_heads
+        self._head_dim = dim // num_heads  # the config checks that heads divide the width
         self._query_key_value = tf.keras.layers.Dense(3 * dim)
         self._output = tf.keras.layers.Dense(dim)
         self._dropout = BitDropout(dropout)
@@ -72,17 +70,16 @@ class CausalSelfAttention(tf.keras.layers.Layer):
         queries, keys, values = tf.split(self._query_key_value(sequence), 3, axis=-1)
         if last_only:
             queries = queries[:, -1:]
-        head_dim = self._dim // self._num_heads
-        queries, keys, values = (self._split_heads(part, head_dim) for part in (queries, keys, values))
-        logits = tf.matmul(queries * head_dim**-0.5, keys, transpose_b=True) + mask_logits
+        queries, keys, values = (self._split_heads(part) for part in (queries, keys, values))
+        logits = tf.matmul(queries * self._head_dim**-0.5, keys, transpose_b=True) + mask_logits
         probabilities = self._dropout(tf.nn.softmax(logits), training=training)
         attended = tf.transpose(tf.matmul(probabilities, values), [0, 2, 1, 3])  # [batch, queries, heads, head_dim]
         return self._output(tf.reshape(attended, tf.concat([tf.shape(attended)[:2], [self._dim]], axis=0)))
 
-    def _split_heads(self, part: tf.Tensor, head_dim: int) -> tf.Tensor:
+    def _split_heads(self, part: tf.Tensor) -> tf.Tensor:
         """[batch, slots, dim] -> [batch, heads, slots, head_dim]."""
         shape = tf.shape(part)
-        return tf.transpose(tf.reshape(part, [shape[0], shape[1], self._num_heads, head_dim]), [0, 2, 1, 3])
+        return tf.transpose(tf.reshape(part, [shape[0], shape[1], self._num_heads, self._head_dim]), [0, 2, 1, 3])
 
 
 class TransformerBlock(tf.keras.layers.Layer):
