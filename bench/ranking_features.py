@@ -83,7 +83,8 @@ def _query_tower(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, train
                                config.embedding_dim, has_interactions=popularity[1:] > 0)
         query_tower = QueryTower(item_tower, config.max_length, config.embedding_dim, schema.user_features,
                                  inputs.users.lookup(train.user_ids), num_blocks=config.num_blocks,
-                                 num_heads=config.num_heads, dropout=config.dropout)
+                                 num_heads=config.num_heads, dropout=config.dropout,
+                                 relative_attention_bias=config.relative_attention_bias)
         tf.train.Checkpoint(query_tower=query_tower).read(str(checkpoint)).expect_partial()
         return query_tower
     run_dir = checkpoint.parent / "run"

@@ -1,8 +1,9 @@
 """Benchmark: where a retrieval epoch of the README run spends its CPU time.
 
-    python bench/retrieval_epoch_profile.py --data_dir=../shared/data/ml-1m --steps=30
+    python bench/retrieval_epoch_profile.py --data_dir=../shared/data/ml-1m --steps=30 [--num_heads=1 ...]
 
-Builds retrieval exactly as ``python -m tfrs_pipeline.train`` does (its defaults), then measures
+Builds retrieval exactly as ``python -m tfrs_pipeline.train`` does (its defaults, or any of its flags
+given here), then measures
 three parts of an epoch on their own, wall and CPU seconds each: the input pipeline (every batch of
 one epoch), ``--steps`` training steps on batches drawn at random from that epoch (after a first
 pass over the same batches, which traces each batch width), and one full-catalog validation (what
@@ -12,6 +13,7 @@ on a shared machine; the load average is printed with them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 import numpy as np
@@ -22,12 +24,12 @@ import tfrs_pipeline  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
 from tfrs_pipeline import scoring
-from tfrs_pipeline.config import TwoStageConfig
 from tfrs_pipeline.data.dataset import load_dataset
 from tfrs_pipeline.data.split import leave_last_out
 from tfrs_pipeline.pipelines import two_stage
 from tfrs_pipeline.pipelines.common import training_dataset
 from tfrs_pipeline.pipelines.progress import stage
+from tfrs_pipeline.train import parse_config
 
 
 def timed(label: str):
@@ -37,10 +39,9 @@ def timed(label: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default=os.environ.get("TFRS_PIPELINE_DATA_DIR"))
     parser.add_argument("--steps", type=int, default=30, help="training steps timed (of one epoch's batches)")
-    args = parser.parse_args()
-    config = TwoStageConfig(data_dir=args.data_dir, verbose=0)
+    args, train_flags = parser.parse_known_args()
+    config = dataclasses.replace(parse_config(train_flags), verbose=0)
     tf.keras.utils.set_random_seed(config.seed)
     inputs = two_stage.TwoStageInputs.from_data(load_dataset(config.data_dir))
     split, _ = two_stage._split(config, inputs.data)

@@ -1,4 +1,5 @@
-"""The causal transformer: its shortcut for the last slot, its attention against Keras's, its dropout."""
+"""The causal transformer: its shortcut for the last slot, its relative attention bias, its attention against
+Keras's, its dropout."""
 import numpy as np
 import tensorflow as tf
 
@@ -17,6 +18,43 @@ def test_last_state_is_the_full_pass_last_slot_for_left_padded_rows():
     assert last.shape == (4, 16)
     np.testing.assert_allclose(last, full[:, -1], rtol=1e-5, atol=1e-5)
     assert np.abs(full[:3, -1]).max() > 0.1  # real rows carry a state; the test would pass on zeros otherwise
+
+
+def test_relative_attention_bias_reads_distances_that_trimmed_padding_leaves_unchanged():
+    """Length-bucketed batches trim leading padding; the bias must read the same distance either way."""
+    rng = np.random.default_rng(3)
+    encoder = CausalTransformerEncoder(max_length=12, dim=16, num_blocks=2, num_heads=2, dropout=0.0,
+                                       relative_attention_bias=True)
+    lengths = np.array([6, 2])
+    padding_mask = np.arange(9)[np.newaxis, :] >= 9 - lengths[:, np.newaxis]
+    items = rng.normal(size=(2, 9, 16)).astype(np.float32) * padding_mask[..., None]
+    encoder(tf.constant(items), tf.constant(padding_mask))
+    encoder._relative_bias.assign(rng.normal(size=(2, 12)).astype(np.float32))
+    wide = encoder(tf.constant(items), tf.constant(padding_mask)).numpy()
+    trimmed = encoder(tf.constant(items[:, 3:]), tf.constant(padding_mask[:, 3:])).numpy()
+    np.testing.assert_allclose(trimmed, wide[:, 3:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(encoder.last_state(tf.constant(items[:, 3:]), tf.constant(padding_mask[:, 3:])),
+                               wide[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_relative_attention_bias_on_one_distance_makes_each_slot_read_the_item_that_far_back():
+    rng = np.random.default_rng(4)
+    encoder = CausalTransformerEncoder(max_length=8, dim=8, num_blocks=1, num_heads=2, dropout=0.0,
+                                       relative_attention_bias=True)
+    padding_mask = tf.ones([1, 8], tf.bool)
+    items = rng.normal(size=(1, 8, 8)).astype(np.float32)
+    encoder(tf.constant(items), padding_mask)
+    encoder._relative_bias.assign(np.where(np.arange(8) == 2, 0.0, -50.0)[np.newaxis].repeat(2, 0).astype(np.float32))
+
+    def last_state_after_changing(slot: int) -> np.ndarray:
+        changed = items.copy()
+        changed[0, slot] = rng.normal(size=8)
+        return encoder.last_state(tf.constant(changed), padding_mask).numpy()
+
+    before = encoder.last_state(tf.constant(items), padding_mask).numpy()
+    assert np.abs(last_state_after_changing(5) - before).max() > 1e-2  # two steps back from slot 7: read
+    np.testing.assert_allclose(last_state_after_changing(4), before, atol=1e-5)  # three steps back: not read
+    np.testing.assert_allclose(last_state_after_changing(6), before, atol=1e-5)  # one step back: not read
 
 
 def test_session_query_is_the_last_slot_of_the_per_slot_queries():

@@ -48,6 +48,8 @@ class TaskConfig:
     num_blocks: int = _field(4, "transformer blocks", minimum=1)
     num_heads: int = _field(2, "attention heads per block (must divide embedding_dim)", minimum=1)
     dropout: float = _field(0.05, "dropout rate inside the transformer", minimum=0)
+    relative_attention_bias: bool = _field(True, "add a learned bias per attention head and distance between two "
+                                                 "history slots to the transformer's attention logits")
     num_negatives: int | None = _field(None, "sampled-softmax negatives per batch (in-batch + uniform, "
                                              "logQ-corrected); unset or 0: the whole catalog (exact)", minimum=0)
     batch_size: int = _field(128, "training examples per batch", minimum=1)
@@ -183,6 +185,7 @@ class SessionConfig(TaskConfig):
     max_length: int = _redefault("max_length", 50)
     num_blocks: int = _redefault("num_blocks", 2)
     dropout: float = _redefault("dropout", 0.2)
+    relative_attention_bias: bool = _redefault("relative_attention_bias", False)
     num_negatives: int | None = _redefault("num_negatives", 2048)
     batch_size: int = _redefault("batch_size", 256)
     learning_rate: float = _redefault("learning_rate", 2e-3)

@@ -65,7 +65,8 @@ class CausalSelfAttention(tf.keras.layers.Layer):
 
         Args:
           sequence: [batch, length, dim].
-          mask_logits: [batch, 1, queries, length]: 0 where a query slot may see a key slot, ``_MASKED`` elsewhere.
+          mask_logits: [batch, 1 or heads, queries, length]: 0 (or the relative bias) where a query slot may
+            see a key slot, ``_MASKED`` elsewhere.
         """
         queries, keys, values = tf.split(self._query_key_value(sequence), 3, axis=-1)
         if last_only:
@@ -119,17 +120,26 @@ class CausalTransformerEncoder(tf.keras.layers.Layer):
     reads the last position, training reads every position. Position embeddings are learned per slot
     (as in SASRec), so "the most recent item" has the same position at training and serving time.
 
+    Slot embeddings say where an item sits in the window, not how far apart two items are, and every
+    position but the last learns from them only through the queries' and keys' dot products. A
+    relative attention bias (as in T5 and HSTU) adds one learned logit per head and distance (query
+    slot minus key slot, shared by all blocks), so "how much the item k steps back counts" is a
+    prior every position of every window shares and learns from.
+
     Args:
       max_length: number of slots; longer histories must be cut to their most recent items.
       dim: embedding width (inputs and outputs).
       num_blocks, num_heads, dropout: transformer shape.
+      relative_attention_bias: add the learned bias per head and distance to the attention logits.
     """
 
     def __init__(self, max_length: int, dim: int, num_blocks: int = 2, num_heads: int = 2,
-                 dropout: float = 0.2, **kwargs):
+                 dropout: float = 0.2, relative_attention_bias: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.max_length = max_length
         self._positions = tf.keras.layers.Embedding(max_length, dim)
+        self._relative_bias = (self.add_weight(name="relative_attention_bias", shape=[num_heads, max_length],
+                                               initializer="zeros") if relative_attention_bias else None)
         self._input_dropout = BitDropout(dropout)
         self._blocks = [TransformerBlock(dim, num_heads, dropout) for _ in range(num_blocks)]
         self._output_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
@@ -163,12 +173,24 @@ class CausalTransformerEncoder(tf.keras.layers.Layer):
         attention_mask = tf.logical_and(causal[tf.newaxis], padding_mask[:, tf.newaxis, :])
         attention_mask = tf.logical_or(attention_mask, tf.eye(length, dtype=tf.bool)[tf.newaxis])
         mask_logits = tf.where(attention_mask, 0.0, _MASKED)[:, tf.newaxis]  # [batch, 1 (every head), length, length]
+        if self._relative_bias is not None:  # [batch, heads, length, length] from here
+            mask_logits += self._relative_logits(length)[tf.newaxis]
         keep = tf.cast(padding_mask, sequence.dtype)[..., tf.newaxis]
         last_block = len(self._blocks) - 1
         for position, block in enumerate(self._blocks):
             sequence = block(sequence * keep, mask_logits, training=training,
                              last_only=last_only and position == last_block)
         return self._output_norm(sequence) * (keep[:, -1:] if last_only else keep)
+
+    def _relative_logits(self, length: tf.Tensor) -> tf.Tensor:
+        """[heads, length, length]: the bias of each (query slot, key slot) by their distance.
+
+        Distances are those within the window passed (trimmed or not), so trimming leading padding
+        leaves them unchanged; the causal mask hides the negative ones, which read distance 0.
+        """
+        slots = tf.range(length)
+        distances = tf.clip_by_value(slots[:, tf.newaxis] - slots[tf.newaxis, :], 0, self.max_length - 1)
+        return tf.gather(self._relative_bias, distances, axis=1)
 
 
 def most_recent_left_padded(item_ids: tf.Tensor, max_length: int) -> tf.Tensor:

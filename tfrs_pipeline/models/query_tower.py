@@ -28,18 +28,21 @@ class QueryTower(tf.keras.Model):
       user_specs: the user features the query reads (may be empty).
       user_features: ``features.arrays.feature_arrays`` of the training users (fits their vocabularies).
       user_ids: vocabulary of a per-user embedding, or None for a tower without one.
-      num_blocks, num_heads, dropout: shape of the transformer.
+      num_blocks, num_heads, dropout, relative_attention_bias: the transformer's
+        (``encoders.CausalTransformerEncoder``).
     """
 
     def __init__(self, item_tower: ItemTower, max_length: int, dim: int, user_specs: Sequence[FeatureSpec] = (),
                  user_features: dict[str, np.ndarray] | None = None, user_ids: Sequence[str] | None = None,
-                 num_blocks: int = 2, num_heads: int = 2, dropout: float = 0.2, **kwargs):
+                 num_blocks: int = 2, num_heads: int = 2, dropout: float = 0.2, relative_attention_bias: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.item_tower = item_tower
         self.max_length = max_length
         self.dim = dim
         self.user_specs = tuple(user_specs)
-        self.encoder = CausalTransformerEncoder(max_length, dim, num_blocks, num_heads, dropout)
+        self.encoder = CausalTransformerEncoder(max_length, dim, num_blocks, num_heads, dropout,
+                                                relative_attention_bias)
         self._user_features = FeatureEncoder(self.user_specs, user_features or {}, dim) if self.user_specs else None
         self._user_id_lookup = None
         if user_ids is not None:

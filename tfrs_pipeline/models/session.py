@@ -40,14 +40,15 @@ class SessionModel(tfrs.models.Model):
       target_counts: [N + 1] how often each index is a training target (logQ of the sampled softmax).
       max_length: session slots; longer sessions keep their most recent items.
       dim: embedding width.
-      num_blocks, num_heads, dropout: transformer shape.
+      num_blocks, num_heads, dropout, relative_attention_bias: the transformer's
+        (``encoders.CausalTransformerEncoder``).
       num_negatives: negatives per batch of the sampled softmax; None scores the whole catalog.
       scale: multiplies the query-item cosine (the softmax temperature's inverse).
     """
 
     def __init__(self, item_ids: Sequence[str], target_counts: np.ndarray, max_length: int, dim: int,
                  num_blocks: int = 2, num_heads: int = 2, dropout: float = 0.2, num_negatives: int | None = 1024,
-                 scale: float = DEFAULT_SCALE, **kwargs):
+                 scale: float = DEFAULT_SCALE, relative_attention_bias: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.max_length = max_length
         self.scale = scale
@@ -55,7 +56,8 @@ class SessionModel(tfrs.models.Model):
         self._item_embedding = tf.keras.layers.Embedding(len(item_ids) + 1, dim)
         self._item_embedding.build(None)
         self._candidate_dropout = tf.keras.layers.Dropout(dropout)
-        self.encoder = CausalTransformerEncoder(max_length, dim, num_blocks, num_heads, dropout)
+        self.encoder = CausalTransformerEncoder(max_length, dim, num_blocks, num_heads, dropout,
+                                                relative_attention_bias)
         self._softmax = MixedNegativeSoftmax(target_counts, num_negatives)
         self.repeat_bonus = self.add_weight(name="repeat_bonus", shape=[max_length], initializer="zeros")
 

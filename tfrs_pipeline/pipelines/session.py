@@ -118,7 +118,7 @@ def build_model(config: SessionConfig, catalog: Catalog, train_sessions: list[np
     target_counts = catalog.counts(session[1:] for session in train_sessions)
     return SessionModel(catalog.item_ids, target_counts, config.max_length,
                         config.embedding_dim, config.num_blocks, config.num_heads, config.dropout,
-                        config.num_negatives)
+                        config.num_negatives, relative_attention_bias=config.relative_attention_bias)
 
 
 def session_neighbours(config: SessionConfig, num_items: int, sessions: list[np.ndarray],

@@ -192,7 +192,8 @@ def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserS
     query_tower = QueryTower(item_tower, config.max_length, config.embedding_dim, schema.user_features,
                              inputs.users.lookup(train.user_ids),
                              user_ids=list(train.user_ids) if config.user_id_embedding else None,
-                             num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout)
+                             num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout,
+                             relative_attention_bias=config.relative_attention_bias)
     model = RetrievalModel(query_tower, item_tower, popularity, config.num_negatives)
     if config.examples_dir:  # preprocessed by the Beam pipeline: the same windows, read from TFRecords
         examples = tfrecords.read_training_examples(
