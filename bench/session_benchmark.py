@@ -36,14 +36,14 @@ from tfrs_pipeline.pipelines import session
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = ("diginetica", "tmall", "ml1m")
 SESSION_SETTINGS = {name: getattr(SessionConfig, name) for name in (
-    "max_length", "embedding_dim", "num_blocks", "num_heads", "dropout", "num_negatives", "batch_size", "learning_rate",
-    "epochs", "session_neighbours", "neighbour_recency_scale", "neighbour_position_scale",
-    "neighbour_validation_share")}  # what train --task=session runs with
+    "max_length", "embedding_dim", "num_blocks", "num_heads", "dropout", "relative_attention_bias", "num_negatives",
+    "batch_size", "learning_rate", "epochs", "session_neighbours", "neighbour_recency_scale",
+    "neighbour_position_scale", "neighbour_validation_share")}  # what train --task=session runs with
 # On MovieLens, the settings of the two-tower MovieLens run: 200 slots and the whole-catalog softmax,
 # which on 3,416 items is exact and cheaper per unit of quality than sampling (docs/benchmarks.md).
 ML1M_SETTINGS = {**SESSION_SETTINGS, **{name: getattr(TwoStageConfig, name) for name in (
     "max_length", "num_blocks", "batch_size", "learning_rate", "learning_rate_warmup_epochs", "epochs", "dropout",
-    "num_negatives")},
+    "relative_attention_bias", "num_negatives")},
     "neighbour_recency_scale": 0.0}  # users are listed by id, not in time order
 
 
@@ -87,7 +87,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--data_root", default=os.environ.get("TFRS_PIPELINE_TEST_DATA", str(DATA_ROOT)))
     parser.add_argument("--out", default=None, help="JSON file for the figures (default: print only)")
     for field, default in SESSION_SETTINGS.items():
-        parser.add_argument(f"--{field}", type=type(default), default=None,
+        kind = {"action": argparse.BooleanOptionalAction} if isinstance(default, bool) else {"type": type(default)}
+        parser.add_argument(f"--{field}", **kind, default=None,
                             help=f"override (session default {default}; ml1m default {ML1M_SETTINGS[field]})")
     args = parser.parse_args(argv)
     overrides = {field: getattr(args, field) for field in SESSION_SETTINGS if getattr(args, field) is not None}
