@@ -42,7 +42,6 @@ from tfrs_pipeline import evaluation, scoring, train
 from tfrs_pipeline.config import TwoStageConfig
 from tfrs_pipeline.data.dataset import load_dataset
 from tfrs_pipeline.data.split import HeldOutSplit, UserSequences, leave_last_out
-from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE
 from tfrs_pipeline.pipelines import two_stage
@@ -78,13 +77,7 @@ def _query_tower(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, train
     """Retrieval's query tower, trained once per ``config.epochs`` and kept under ``out``."""
     checkpoint = out / f"retrieval_{config.epochs}_epochs" / "towers"  # ``out`` holds one retrieval setting
     if checkpoint.with_suffix(".index").is_file():
-        schema = inputs.data.schema.features
-        item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features,
-                               config.embedding_dim, has_interactions=popularity[1:] > 0)
-        query_tower = QueryTower(item_tower, config.max_length, config.embedding_dim, schema.user_features,
-                                 inputs.users.lookup(train.user_ids), num_blocks=config.num_blocks,
-                                 num_heads=config.num_heads, dropout=config.dropout,
-                                 relative_attention_bias=config.relative_attention_bias)
+        query_tower = two_stage.build_towers(config, inputs, train, popularity)
         tf.train.Checkpoint(query_tower=query_tower).read(str(checkpoint)).expect_partial()
         return query_tower
     run_dir = checkpoint.parent / "run"

@@ -179,6 +179,20 @@ def _split(config: TwoStageConfig, data: InteractionData) -> tuple[HeldOutSplit,
     return set_aside_users(split, config.new_users_share, config.seed)
 
 
+def build_towers(config: TwoStageConfig, inputs: TwoStageInputs, train: UserSequences,
+                 popularity: np.ndarray) -> QueryTower:
+    """The run's untrained query tower over its item tower (``query_tower.item_tower``), shaped by ``config``:
+    what training builds and what a checkpoint of its towers is read back into."""
+    schema = inputs.data.schema.features
+    item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features,
+                           config.embedding_dim, has_interactions=popularity[1:] > 0)
+    return QueryTower(item_tower, config.max_length, config.embedding_dim, schema.user_features,
+                      inputs.users.lookup(train.user_ids),
+                      user_ids=list(train.user_ids) if config.user_id_embedding else None,
+                      num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout,
+                      relative_attention_bias=config.relative_attention_bias)
+
+
 def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserSequences,
                     popularity: np.ndarray) -> tuple[RetrievalModel, dict]:
     """The compiled retrieval model of a run and its training examples (windows of ``train``).
@@ -186,15 +200,8 @@ def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserS
     The examples are the TFRecords of ``config.examples_dir`` when given, else built in memory: the
     same windows either way. Benchmarks that train a bounded number of steps at scale call this too.
     """
-    schema = inputs.data.schema.features
-    item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features,
-                           config.embedding_dim, has_interactions=popularity[1:] > 0)
-    query_tower = QueryTower(item_tower, config.max_length, config.embedding_dim, schema.user_features,
-                             inputs.users.lookup(train.user_ids),
-                             user_ids=list(train.user_ids) if config.user_id_embedding else None,
-                             num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout,
-                             relative_attention_bias=config.relative_attention_bias)
-    model = RetrievalModel(query_tower, item_tower, popularity, config.num_negatives)
+    query_tower = build_towers(config, inputs, train, popularity)
+    model = RetrievalModel(query_tower, query_tower.item_tower, popularity, config.num_negatives)
     if config.examples_dir:  # preprocessed by the Beam pipeline: the same windows, read from TFRecords
         examples = tfrecords.read_training_examples(
             config.examples_dir, {name: getattr(config, name) for name in tfrecords.SPLIT_SETTINGS})
