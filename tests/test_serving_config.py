@@ -107,7 +107,7 @@ def test_the_shipped_model_configs_parse_and_label_both_arms(name):
 def test_the_shipped_batching_and_monitoring_configs_parse():
     batching = text_format.Parse((REPO_ROOT / "serving_config" / "batching.config").read_text(), BatchingParameters())
     assert BatchingOptions.from_proto(batching) == BatchingOptions(
-        max_batch_size=32, batch_timeout_micros=500, max_enqueued_batches=100, num_batch_threads=1)
+        max_batch_size=8, batch_timeout_micros=500, max_enqueued_batches=100, num_batch_threads=1)
     monitoring = text_format.Parse((REPO_ROOT / "serving_config" / "monitoring.config").read_text(),
                                    MonitoringConfig())
     assert monitoring.prometheus_config.enable
@@ -120,6 +120,6 @@ def test_grpc_threads_default_to_four_per_cpu_and_leave_room_to_fill_a_batch(mon
         ["--enable_batching", f"--batching_parameters_file={REPO_ROOT / 'serving_config' / 'batching.config'}"])
     assert flags.grpc_max_threads == 0
     assert grpc_threads(flags.grpc_max_threads, None) == 8  # TF Serving's default: 4 per CPU
-    # Requests waiting for a batch of 32 rows each hold a thread.
-    assert grpc_threads(flags.grpc_max_threads, batching_options(flags)) == 8 + 32
+    # Requests waiting for a batch of 8 rows each hold a thread.
+    assert grpc_threads(flags.grpc_max_threads, batching_options(flags)) == 8 + 8
     assert grpc_threads(5, batching_options(flags)) == 5
