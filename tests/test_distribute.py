@@ -117,7 +117,7 @@ def _train(distribution: str, data_dir: str) -> dict:
         item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features, 16)
         query_tower = QueryTower(item_tower, MAX_LENGTH, 16, schema.user_features, inputs.users.lookup(train.user_ids),
                                  num_blocks=1, num_heads=2, dropout=0.0)
-        model = RetrievalModel(query_tower, item_tower, inputs.catalog.counts(train.item_ids), num_negatives=None)
+        model = RetrievalModel(query_tower, inputs.catalog.counts(train.item_ids), num_negatives=None)
         model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
         initial_embeddings = item_tower.embed_catalog().numpy()
         all_examples = examples_as_tensors({**examples, **inputs.users.lookup(examples["user_id"])})

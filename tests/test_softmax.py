@@ -95,7 +95,7 @@ def test_a_sampled_step_embeds_only_the_rows_it_reads_and_trains_as_the_whole_ca
     item_tower = ItemTower(list(inputs.catalog.item_ids), inputs.item_features, schema.item_features, 8)
     query_tower = QueryTower(item_tower, 16, 8, schema.user_features, inputs.users.lookup(train.user_ids),
                              num_blocks=1, num_heads=2, dropout=0.0)
-    model = RetrievalModel(query_tower, item_tower, inputs.catalog.counts(train.item_ids), num_negatives=64)
+    model = RetrievalModel(query_tower, inputs.catalog.counts(train.item_ids), num_negatives=64)
 
     read_rows = tf.constant([0, 5, 5, 17, 3000])
     rows = item_tower.embed_catalog_rows(read_rows).numpy()

@@ -11,7 +11,6 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from tfrs_pipeline.contracts import HISTORY_INPUT
-from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.sampled_softmax import MixedNegativeSoftmax
 
@@ -20,17 +19,17 @@ class RetrievalModel(tfrs.models.Model):
     """Query tower + candidate tower + sampled softmax with logQ correction.
 
     Args:
-      query_tower: maps features with ``history_item_ids`` to per-position queries.
-      item_tower: the candidate tower (shared with the query tower's history encoder).
+      query_tower: maps features with ``history_item_ids`` to per-position queries; its ``item_tower``
+        is the candidate tower (shared with the history encoder).
       target_counts: [N + 1] how often each catalog index is a training target; sets logQ.
       num_negatives: negatives per batch, half in-batch and half uniform; None for the full catalog.
     """
 
-    def __init__(self, query_tower: QueryTower, item_tower: ItemTower, target_counts: np.ndarray,
-                 num_negatives: int | None = 1024, **kwargs):
+    def __init__(self, query_tower: QueryTower, target_counts: np.ndarray, num_negatives: int | None = 1024,
+                 **kwargs):
         super().__init__(**kwargs)
         self.query_tower = query_tower
-        self.item_tower = item_tower
+        self.item_tower = query_tower.item_tower
         self.num_negatives = num_negatives
         self._softmax = MixedNegativeSoftmax(target_counts, num_negatives)
 
