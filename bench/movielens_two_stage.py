@@ -12,6 +12,10 @@ MovieLens-1M as the sequential literature prepared it (``ml-1m-sasrec/ml-1m.txt`
 ``user item`` line per rating in each user's order, no timestamps and no features), written to the
 own-data contract under ``<out>`` with the line number as the timestamp, so that its last item per
 user is the SASRec protocol's test item and the figures sit beside SASRec+'s and gSASRec's.
+``--one_item_earlier`` runs every variant on the data set without each user's last interaction,
+written to the own-data contract under ``<out>``: its test items are the validation items of a run on
+the whole data set, so a setting that only the final fit can use (``--refit_epochs``, which trains
+on the validation items) is chosen there, never on the test split.
 Prints a markdown table (quality of retrieval, two-stage and popularity; training wall time) and
 writes it with the raw metrics to ``<out>/results.json``. The figures in docs/benchmarks.md come
 from this script.
@@ -19,6 +23,7 @@ from this script.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -57,6 +62,14 @@ def write_sasrec_form(path: pathlib.Path, folder: pathlib.Path) -> None:
         folder / "interactions.csv", index=False)
 
 
+def write_one_item_earlier(data_dir: str, folder: pathlib.Path) -> None:
+    """The data set without each user's last interaction (ties: the later row), as an own-data folder."""
+    data = load_dataset(data_dir)
+    interactions = data.interactions.sort_values(["user_id", "timestamp"], kind="stable")
+    last = interactions.groupby("user_id", sort=False).tail(1).index
+    write_interaction_folder(dataclasses.replace(data, interactions=data.interactions.drop(index=last)), folder)
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["| variant | system | HR@10 | NDCG@10 | HR@50 | MRR | coverage | pop. pct. | wall (s) | load |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -81,6 +94,9 @@ def main() -> None:
     parser.add_argument("--sasrec_form", type=pathlib.Path,
                         help="also run on this ml-1m.txt (ml-1m-sasrec), written to the own-data contract; "
                              "without --variant, the only run")
+    parser.add_argument("--one_item_earlier", action="store_true",
+                        help="run the variants on the data without each user's last interaction (its test "
+                             "items: the whole data's validation items)")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     default_runs = [] if args.sasrec_form else ["default="]  # the SASRec form alone runs alone
@@ -92,7 +108,11 @@ def main() -> None:
     if args.sasrec_form:
         write_sasrec_form(args.sasrec_form, out / "sasrec_form")
         variants.append(["sasrec_form", f"--data_dir={out / 'sasrec_form'}"])
-    results = [run_variant(args.data_dir, out, label, flags) for label, flags in variants]
+    data_dir = args.data_dir
+    if args.one_item_earlier:
+        data_dir = str(out / "one_item_earlier")
+        write_one_item_earlier(args.data_dir, pathlib.Path(data_dir))
+    results = [run_variant(data_dir, out, label, flags) for label, flags in variants]
     table = markdown(results)
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()}
     (out / "results.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")

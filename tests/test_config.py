@@ -72,3 +72,10 @@ def test_the_written_config_names_its_task_and_every_field(tmp_path):
     SessionConfig(epochs=3).write(tmp_path / "config.json")
     written = json.loads((tmp_path / "config.json").read_text())
     assert written == {"task": "session", **dataclasses.asdict(SessionConfig(epochs=3))}
+
+
+def test_the_refit_leaves_retrieval_its_first_epoch_before_the_rankers_targets():
+    assert TwoStageConfig().retrieval_refit_epochs == TwoStageConfig().refit_epochs < TwoStageConfig().epochs
+    assert TwoStageConfig(epochs=2).retrieval_refit_epochs == 1
+    assert TwoStageConfig(epochs=1).retrieval_refit_epochs == 0  # a one-epoch run trains as before the refit
+    assert TwoStageConfig(refit_epochs=0).retrieval_refit_epochs == 0

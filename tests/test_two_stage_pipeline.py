@@ -61,8 +61,9 @@ def test_metrics_cover_every_system_on_the_full_catalog(small_export, shared_dat
     assert evaluation["two_stage"]["hr@200"] == evaluation["retrieval"]["hr@200"]
     retrieval = metrics["training"]["retrieval"]
     assert retrieval["loss"][-1] < retrieval["loss"][0], "retrieval training must reduce its loss"
-    # Validation runs every few epochs and always after the last: two epochs are validated once, at the end.
-    assert retrieval["val_epochs"] == [2] and len(retrieval["val_hr@10"]) == 1
+    # Validation runs every few epochs and always after the last before the refit: of two epochs, the
+    # first is validated and the second refits on the ranker's targets (which validation would read).
+    assert retrieval["val_epochs"] == [1] and len(retrieval["val_hr@10"]) == 1 and len(retrieval["loss"]) == 2
     # The config leaves the rules per item to the catalog's size; the metrics say what the run kept.
     from tfrs_pipeline.models.ranking import default_rules_per_item
 
@@ -336,3 +337,34 @@ def test_the_learning_rate_warms_up_linearly_then_decays_as_without_warm_up():
     constant = learning_rate(4e-3, "none", 100, warmup_steps=10)
     assert float(constant(5)) < 4e-3 and np.allclose([float(constant(10)), float(constant(99))], 4e-3)
     assert learning_rate(4e-3, "none", 100) == 4e-3
+
+
+def test_the_ranker_learns_on_the_towers_before_the_refit_and_the_run_keeps_the_refit_ones():
+    """Inside ``_weights_set`` the towers hold the values taken before the refit, even once the ranker
+    freezes them (which reorders ``get_weights``); after it they hold the refit values again."""
+    import tensorflow as tf
+
+    from tfrs_pipeline.models.item_tower import ItemTower
+    from tfrs_pipeline.models.query_tower import QueryTower
+    from tfrs_pipeline.models.ranking import RankingModel
+    from tfrs_pipeline.pipelines import two_stage
+
+    tower = QueryTower(ItemTower(["a", "b", "c", "d"], {}, (), dim=8), max_length=4, dim=8)
+    history = {"history_item_ids": tf.constant([["", "", "a", "b"], ["", "c", "d", "a"]])}
+
+    def answers() -> np.ndarray:  # the queries and the catalog: what retrieval and the ranker read
+        return np.concatenate([tower(history).numpy(), tower.item_tower.embed_catalog().numpy()])
+
+    unrefit_answers = answers()
+    unrefit = two_stage._variable_values(tower)
+    for variable in tower.trainable_variables:  # what the refit epochs do: move every weight
+        variable.assign_add(tf.random.normal(variable.shape, seed=0))
+    refit_answers = answers()
+    assert not np.allclose(refit_answers, unrefit_answers)
+    with two_stage._weights_set(tower, unrefit):
+        np.testing.assert_array_equal(answers(), unrefit_answers)
+        RankingModel(tower, np.array([0, 4, 3, 2, 1]), np.zeros((5, 0), np.float32))  # freezes the towers
+        assert not tower.trainable
+    np.testing.assert_array_equal(answers(), refit_answers)
+    with two_stage._weights_set(tower, None):  # no refit: the towers stay as they are
+        np.testing.assert_array_equal(answers(), refit_answers)

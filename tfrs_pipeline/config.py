@@ -111,6 +111,11 @@ class TwoStageConfig(TaskConfig):
     validation_every: int = _field(4, "retrieval's full-catalog validation (HR@10, NDCG@10, loss in the logs and "
                                       "report) runs after every this many epochs and after the last; 1: every "
                                       "epoch", minimum=1)
+    refit_epochs: int = _field(4, "the last this many of retrieval's epochs (at most all but the first) train "
+                                  "on the ranker's targets too, each user's most recent history item; the "
+                                  "ranker learns from the towers as they were before, then reads the refit "
+                                  "ones; 0: retrieval never trains on them (default: chosen on MovieLens-1M one item "
+                                  "earlier, docs/benchmarks.md)", minimum=0)
     ranking_candidates: int = _field(200, "retrieved items the ranking model re-scores", minimum=1)
     evaluation_users: int = _field(10_000, "tested users the evaluation (and each epoch's validation) ranks the "
                                            "whole catalog for: a seeded sample when there are more, its size and "
@@ -152,6 +157,11 @@ class TwoStageConfig(TaskConfig):
         super().__post_init__()
         if not self.new_users_share < 1:
             raise ValueError(f"new_users_share must be in [0, 1), got {self.new_users_share}")
+
+    @property
+    def retrieval_refit_epochs(self) -> int:
+        """``refit_epochs``, leaving the first epoch to train before the ranker's targets are seen."""
+        return min(self.refit_epochs, self.epochs - 1)
 
     @property
     def scann_overrides(self) -> dict:

@@ -35,6 +35,7 @@ from tfrs_pipeline.run_layout import (
     EVALUATION_DETAILS,
     INDEX_EMBEDDINGS,
     METRICS_FILE,
+    REFIT_EPOCHS,
     REPORT_FILE,
     VALIDATION_EPOCHS,
 )
@@ -101,7 +102,9 @@ def plot_loss_curves(training: dict) -> Figure:
 
     Args:
       training: ``metrics["training"]``: per model, its Keras history (``loss``, ``val_loss``, ...), and
-        where validation ran only after some epochs, their numbers (``VALIDATION_EPOCHS``).
+        where validation ran only after some epochs, their numbers (``VALIDATION_EPOCHS``), and the
+        epochs that trained on the ranker's targets too (``REFIT_EPOCHS``), shaded: their loss is over
+        other windows, and validation cannot follow them.
     """
     panels = [(model, ("loss", "val_loss"), f"{model} loss") for model in training]
     if "val_hr@10" in training.get("retrieval", {}):
@@ -115,6 +118,9 @@ def plot_loss_curves(training: dict) -> Figure:
                 if name.startswith("val_"):
                     epochs = training[model].get(VALIDATION_EPOCHS, epochs)
                 axes.plot(epochs, values, marker="o", label=name)
+        refit = training[model].get(REFIT_EPOCHS)
+        if refit:
+            axes.axvspan(refit[0] - 0.5, refit[-1] + 0.5, color="0.9", label="refit with the ranker's targets")
         axes.set(title=title, xlabel="epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend()

@@ -26,6 +26,7 @@ EVALUATION_DETAILS = "evaluation_details.npz"  # per-user ranks and lists, for t
 INDEX_EMBEDDINGS = "index_embeddings.npz"  # the catalog and query vectors the index was built on
 TENSORBOARD_FOLDER = "tensorboard"  # one subfolder per trained model
 VALIDATION_EPOCHS = "val_epochs"  # in a model's training history: the epochs (1-based) its val_* metrics follow
+REFIT_EPOCHS = "refit_epochs"  # in retrieval's history: the epochs (1-based) that trained on the ranker's targets
 
 
 def run_dir(export_dir: str | os.PathLike, version: int, model: str | None = None) -> pathlib.Path:

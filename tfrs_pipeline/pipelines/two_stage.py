@@ -3,17 +3,22 @@
 Which interactions each stage may see (``--holdout=test``; with ``--holdout=none`` nothing is held out):
   - each user's test item (the data set's split rule: their last item, or their first after a
     time cut) is held out for evaluation and never used anywhere else;
-  - of what remains, the last item of every user trains the ranker (retrieval never sees it as a
-    target, so the ranker learns from candidate lists like those it will meet in serving);
-  - everything before trains retrieval, every position predicting the next item;
+  - of what remains, the last item of every user trains the ranker, on the candidates of retrieval as
+    it was before it trained on that item: lists like those it meets in serving, where the next item
+    is unseen;
+  - everything before trains retrieval, every position predicting the next item; its last
+    ``refit_epochs`` epochs train on the ranker's targets too, since a user's most recent item says
+    the most about the next, and the exported towers are those refit ones;
   - the export's user snapshot holds all but the held-out items.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
 import sys
+from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -104,17 +109,19 @@ def run(config: TwoStageConfig) -> dict:
         popularity = inputs.catalog.counts(retrieval_train.item_ids)
     strategy = distribute.strategy_for(config.distribution)
     if not distribute.is_chief(strategy):
-        return _train_retrieval_share(config, strategy, inputs, retrieval_train, ranking_targets, popularity)
+        return _train_retrieval_share(config, strategy, inputs, retrieval_train, ranking_targets, popularity,
+                                      split.history)
     version = max(versioning.next_version(pathlib.Path(config.export_dir) / name) for name in TWO_STAGE_MODELS)
     run_dir = run_layout.start_run(config.export_dir, version, config)
 
     # Retrieval is built (its variables made), compiled and trained on the strategy's replicas. Ranking
     # (a few thousand lists) trains on one device: its Keras loss reduction is one tf.distribute refuses.
     with strategy.scope():
-        query_tower, retrieval_history = _train_retrieval(config, inputs, retrieval_train, ranking_targets,
-                                                          popularity, run_dir)
-    ranking_model, ranking_history = _train_ranking(config, inputs, query_tower, retrieval_train, ranking_targets,
-                                                    popularity, run_dir)
+        query_tower, retrieval_history, unrefit_weights = _train_retrieval(
+            config, inputs, retrieval_train, ranking_targets, popularity, run_dir, split.history)
+    with _weights_set(query_tower, unrefit_weights):
+        ranking_model, ranking_history = _train_ranking(config, inputs, query_tower, retrieval_train,
+                                                        ranking_targets, popularity, run_dir)
     metrics = {"version": version, "data": {"source": inputs.data.source, **inputs.data.policy_counts},
                "training": {"retrieval": retrieval_history, "ranking": ranking_history},
                "ranking": {"rules_per_item": ranking_model.rules.rules_per_item if ranking_model.rules else 0}}
@@ -153,7 +160,8 @@ def run(config: TwoStageConfig) -> dict:
 
 
 def _train_retrieval_share(config: TwoStageConfig, strategy: tf.distribute.Strategy, inputs: TwoStageInputs,
-                           train: UserSequences, validation_targets: np.ndarray, popularity: np.ndarray) -> dict:
+                           train: UserSequences, validation_targets: np.ndarray, popularity: np.ndarray,
+                           refit: UserSequences) -> dict:
     """A multi-worker non-chief's whole run: its share of every retrieval batch, and nothing written.
 
     The chief holds the same weights once training ends (the gradients are all-reduced), and alone
@@ -161,7 +169,8 @@ def _train_retrieval_share(config: TwoStageConfig, strategy: tf.distribute.Strat
     """
     resolver = strategy.cluster_resolver
     with strategy.scope():
-        _, retrieval_history = _train_retrieval(config, inputs, train, validation_targets, popularity, run_dir=None)
+        _, retrieval_history, _ = _train_retrieval(config, inputs, train, validation_targets, popularity,
+                                                   run_dir=None, refit=refit)
     losses = ", ".join(f"{loss:.6g}" for loss in retrieval_history["loss"])
     print(f"[tfrs_pipeline] {resolver.task_type} {resolver.task_id} is not the chief: it trained its share of "
           f"retrieval (loss per epoch: {losses}); the chief evaluates and exports", file=sys.stderr, flush=True)
@@ -219,26 +228,72 @@ def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserS
 
 
 def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserSequences,
-                     validation_targets: np.ndarray, popularity: np.ndarray,
-                     run_dir: pathlib.Path | None) -> tuple[QueryTower, dict]:
-    """Builds, compiles and trains retrieval; ``run_dir`` None (a non-chief worker) keeps no logs or validation."""
+                     validation_targets: np.ndarray, popularity: np.ndarray, run_dir: pathlib.Path | None,
+                     refit: UserSequences) -> tuple[QueryTower, dict, list[tuple[tf.Variable, np.ndarray]] | None]:
+    """Builds, compiles and trains retrieval; ``run_dir`` None (a non-chief worker) keeps no logs or validation.
+
+    Its first epochs train on ``train``, validated on ``validation_targets``; the last ``refit_epochs``
+    on ``refit`` (``train`` with the validation targets: the most recent item of every user, worth more
+    to the next prediction than any other), unvalidated, since they see the validation targets.
+
+    Returns the query tower, the training history (one row per epoch, validation where it ran) and
+    the towers' weights before the refit (None without one).
+    """
     with stage("build retrieval model"):
         model, examples = build_retrieval(config, inputs, train, popularity)
         query_tower = model.query_tower
+    validated_epochs = config.epochs - config.retrieval_refit_epochs
     callbacks, validation = [], None
     if run_dir is not None:
         validated = sample_rows(len(train), config.evaluation_users, config.seed)  # the evaluation's sample size
         validation = scoring.ValidationRanking(inputs.catalog, inputs.users, query_tower, train.select(validated),
-                                               validation_targets[validated], config.validation_every, config.epochs)
+                                               validation_targets[validated], config.validation_every,
+                                               validated_epochs)
         callbacks = [validation,
                      tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RETRIEVAL_MODEL))]
-    with stage(f"train retrieval ({len(examples['user_id'])} windows, {config.epochs} epochs)"):
+    with stage(f"train retrieval ({len(examples['user_id'])} windows, {validated_epochs} epochs)"):
         fit_history = history(model.fit(
             training_dataset(examples, config.batch_size, config.seed, user_features=inputs.users),
-            epochs=config.epochs, verbose=config.verbose, callbacks=callbacks))
+            epochs=validated_epochs, verbose=config.verbose, callbacks=callbacks))
     if validation is not None:
         fit_history[run_layout.VALIDATION_EPOCHS] = validation.validated_epochs
-    return query_tower, fit_history
+    if not config.retrieval_refit_epochs:
+        return query_tower, fit_history, None
+    unrefit_weights = _variable_values(query_tower)
+    del examples  # the refit's windows replace them: at scale, two sets would double the run's memory
+    examples = training_windows(refit.user_ids, refit.item_ids, config.max_length)
+    with stage(f"refit retrieval with the ranker's targets ({len(examples['user_id'])} windows, "
+               f"{config.retrieval_refit_epochs} epochs)"):
+        refit_history = history(model.fit(
+            training_dataset(examples, config.batch_size, config.seed + 1, user_features=inputs.users),
+            initial_epoch=validated_epochs, epochs=config.epochs, verbose=config.verbose,
+            callbacks=callbacks[1:]))
+    for name, values in refit_history.items():
+        fit_history.setdefault(name, []).extend(values)
+    fit_history[run_layout.REFIT_EPOCHS] = list(range(validated_epochs + 1, config.epochs + 1))
+    return query_tower, fit_history, unrefit_weights
+
+
+def _variable_values(query_tower: QueryTower) -> list[tuple[tf.Variable, np.ndarray]]:
+    """Each variable training moves in the towers, with a copy of its value: by object, since the
+    order of ``get_weights`` changes when the ranker freezes the towers."""
+    return [(variable, variable.numpy()) for variable in query_tower.trainable_variables]
+
+
+@contextlib.contextmanager
+def _weights_set(query_tower: QueryTower, values: list[tuple[tf.Variable, np.ndarray]] | None) -> Iterator[None]:
+    """The towers hold ``values`` (``_variable_values``) inside the block (None: unchanged), their own after it."""
+    if values is None:
+        yield
+        return
+    own = _variable_values(query_tower)
+    for variable, value in values:
+        variable.assign(value)
+    try:
+        yield
+    finally:
+        for variable, value in own:
+            variable.assign(value)
 
 
 def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower, train: UserSequences,
