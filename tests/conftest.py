@@ -23,7 +23,9 @@ def shared_data_dir() -> pathlib.Path:
 
 
 # Two epochs of a few batches each: too short for a decaying learning rate to leave any learning.
-SMALL_RUN = dict(max_users=150, epochs=2, ranking_epochs=1, max_length=50, embedding_dim=32, batch_size=64,
+# The second epoch refits on the ranker's targets (off by default), so the shared export covers the refit.
+SMALL_RUN = dict(max_users=150, epochs=2, refit_epochs=1, ranking_epochs=1, max_length=50, embedding_dim=32,
+                 batch_size=64,
                  ranking_candidates=100, top_k=100, learning_rate_decay="none", verbose=0)
 
 

@@ -69,8 +69,8 @@ def test_two_workers_train_together_and_only_the_chief_writes_the_export(shared_
             ports.append(probe.getsockname()[1])
     command = [sys.executable, "-m", "tfrs_pipeline.train", f"--data_dir={shared_data_dir / 'ml-1m'}",
                f"--export_dir={export_dir}", "--distribution=multi_worker", "--max_users=40", "--epochs=2",
-               "--ranking_epochs=1", "--max_length=16", "--embedding_dim=16", "--num_blocks=1", "--batch_size=32",
-               "--ranking_candidates=50", "--top_k=20", "--verbose=0"]
+               "--refit_epochs=1", "--ranking_epochs=1", "--max_length=16", "--embedding_dim=16", "--num_blocks=1",
+               "--batch_size=32", "--ranking_candidates=50", "--top_k=20", "--verbose=0"]
     workers = []
     for index in range(2):
         tf_config = {"cluster": {"worker": [f"localhost:{port}" for port in ports]},

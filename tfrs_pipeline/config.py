@@ -111,11 +111,11 @@ class TwoStageConfig(TaskConfig):
     validation_every: int = _field(4, "retrieval's full-catalog validation (HR@10, NDCG@10, loss in the logs and "
                                       "report) runs after every this many epochs and after the last; 1: every "
                                       "epoch", minimum=1)
-    refit_epochs: int = _field(4, "the last this many of retrieval's epochs (at most all but the first) train "
+    refit_epochs: int = _field(0, "the last this many of retrieval's epochs (at most all but the first) train "
                                   "on the ranker's targets too, each user's most recent history item; the "
                                   "ranker learns from the towers as they were before, then reads the refit "
-                                  "ones; 0: retrieval never trains on them (default: chosen on MovieLens-1M one item "
-                                  "earlier, docs/benchmarks.md)", minimum=0)
+                                  "ones; 0: retrieval never trains on them (on MovieLens-1M, 4 lifted retrieval and "
+                                  "not the two stages: docs/benchmarks.md)", minimum=0)
     ranking_candidates: int = _field(200, "retrieved items the ranking model re-scores", minimum=1)
     evaluation_users: int = _field(10_000, "tested users the evaluation (and each epoch's validation) ranks the "
                                            "whole catalog for: a seeded sample when there are more, its size and "

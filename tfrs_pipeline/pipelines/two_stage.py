@@ -63,6 +63,7 @@ from tfrs_pipeline.pipelines.common import history, training_dataset, training_o
 from tfrs_pipeline.pipelines.progress import stage
 
 RANKING_VALIDATION_SHARE = 0.1
+TowerValues = list[tuple[tf.Variable, np.ndarray]]  # the towers' variables, each with a copy of its value
 INDEX_CHECK_QUERIES = 10_000  # all of MovieLens-1M's 6,040 users
 
 
@@ -229,7 +230,7 @@ def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserS
 
 def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserSequences,
                      validation_targets: np.ndarray, popularity: np.ndarray, run_dir: pathlib.Path | None,
-                     refit: UserSequences) -> tuple[QueryTower, dict, list[tuple[tf.Variable, np.ndarray]] | None]:
+                     refit: UserSequences) -> tuple[QueryTower, dict, TowerValues | None]:
     """Builds, compiles and trains retrieval; ``run_dir`` None (a non-chief worker) keeps no logs or validation.
 
     Its first epochs train on ``train``, validated on ``validation_targets``; the last ``refit_epochs``
@@ -259,29 +260,39 @@ def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: User
         fit_history[run_layout.VALIDATION_EPOCHS] = validation.validated_epochs
     if not config.retrieval_refit_epochs:
         return query_tower, fit_history, None
-    unrefit_weights = _variable_values(query_tower)
     del examples  # the refit's windows replace them: at scale, two sets would double the run's memory
-    examples = training_windows(refit.user_ids, refit.item_ids, config.max_length)
-    with stage(f"refit retrieval with the ranker's targets ({len(examples['user_id'])} windows, "
-               f"{config.retrieval_refit_epochs} epochs)"):
-        refit_history = history(model.fit(
-            training_dataset(examples, config.batch_size, config.seed + 1, user_features=inputs.users),
-            initial_epoch=validated_epochs, epochs=config.epochs, verbose=config.verbose,
-            callbacks=callbacks[1:]))
+    unrefit_weights = _variable_values(query_tower)
+    refit_history = _refit_retrieval(config, inputs, model, refit, [callback for callback in callbacks
+                                                                    if callback is not validation])
     for name, values in refit_history.items():
         fit_history.setdefault(name, []).extend(values)
     fit_history[run_layout.REFIT_EPOCHS] = list(range(validated_epochs + 1, config.epochs + 1))
     return query_tower, fit_history, unrefit_weights
 
 
-def _variable_values(query_tower: QueryTower) -> list[tuple[tf.Variable, np.ndarray]]:
+def _refit_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, model: RetrievalModel, refit: UserSequences,
+                     callbacks: list[tf.keras.callbacks.Callback]) -> dict:
+    """Trains retrieval's last ``retrieval_refit_epochs`` epochs on the windows of ``refit``; returns their history.
+
+    The optimizer and its learning-rate schedule go on where the validated epochs left them.
+    """
+    examples = training_windows(refit.user_ids, refit.item_ids, config.max_length)
+    with stage(f"refit retrieval with the ranker's targets ({len(examples['user_id'])} windows, "
+               f"{config.retrieval_refit_epochs} epochs)"):
+        return history(model.fit(
+            training_dataset(examples, config.batch_size, config.seed + 1, user_features=inputs.users),
+            initial_epoch=config.epochs - config.retrieval_refit_epochs, epochs=config.epochs,
+            verbose=config.verbose, callbacks=callbacks))
+
+
+def _variable_values(query_tower: QueryTower) -> TowerValues:
     """Each variable training moves in the towers, with a copy of its value: by object, since the
     order of ``get_weights`` changes when the ranker freezes the towers."""
     return [(variable, variable.numpy()) for variable in query_tower.trainable_variables]
 
 
 @contextlib.contextmanager
-def _weights_set(query_tower: QueryTower, values: list[tuple[tf.Variable, np.ndarray]] | None) -> Iterator[None]:
+def _weights_set(query_tower: QueryTower, values: TowerValues | None) -> Iterator[None]:
     """The towers hold ``values`` (``_variable_values``) inside the block (None: unchanged), their own after it."""
     if values is None:
         yield
