@@ -75,7 +75,7 @@ def test_the_written_config_names_its_task_and_every_field(tmp_path):
 
 
 def test_the_refit_leaves_retrieval_its_first_epoch_before_the_rankers_targets():
+    assert TwoStageConfig().retrieval_refit_epochs == 0  # off unless asked for
     assert TwoStageConfig(refit_epochs=4).retrieval_refit_epochs == 4
-    assert TwoStageConfig(epochs=2).retrieval_refit_epochs == 1
-    assert TwoStageConfig(epochs=1).retrieval_refit_epochs == 0  # a one-epoch run trains as before the refit
-    assert TwoStageConfig(refit_epochs=0).retrieval_refit_epochs == 0
+    assert TwoStageConfig(epochs=2, refit_epochs=4).retrieval_refit_epochs == 1
+    assert TwoStageConfig(epochs=1, refit_epochs=4).retrieval_refit_epochs == 0  # one epoch: nothing to refit
