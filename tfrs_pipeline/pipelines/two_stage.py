@@ -7,8 +7,8 @@ Which interactions each stage may see (``--holdout=test``; with ``--holdout=none
     it was before it trained on that item: lists like those it meets in serving, where the next item
     is unseen;
   - everything before trains retrieval, every position predicting the next item; its last
-    ``refit_epochs`` epochs train on the ranker's targets too, since a user's most recent item says
-    the most about the next, and the exported towers are those refit ones;
+    ``refit_epochs`` epochs (none by default) train on the ranker's targets too, since a user's most
+    recent item says the most about the next, and the exported towers are then the refit ones;
   - the export's user snapshot holds all but the held-out items.
 """
 from __future__ import annotations
