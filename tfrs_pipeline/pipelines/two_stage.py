@@ -244,26 +244,25 @@ def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: User
         model, examples = build_retrieval(config, inputs, train, popularity)
         query_tower = model.query_tower
     validated_epochs = config.epochs - config.retrieval_refit_epochs
-    callbacks, validation = [], None
+    validation, logs = None, []  # logs: the callbacks the refit's epochs keep too (not validation)
     if run_dir is not None:
         validated = sample_rows(len(train), config.evaluation_users, config.seed)  # the evaluation's sample size
         validation = scoring.ValidationRanking(inputs.catalog, inputs.users, query_tower, train.select(validated),
                                                validation_targets[validated], config.validation_every,
                                                validated_epochs)
-        callbacks = [validation,
-                     tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RETRIEVAL_MODEL))]
+        logs = [tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RETRIEVAL_MODEL))]
     with stage(f"train retrieval ({len(examples['user_id'])} windows, {validated_epochs} epochs)"):
         fit_history = history(model.fit(
             training_dataset(examples, config.batch_size, config.seed, user_features=inputs.users),
-            epochs=validated_epochs, verbose=config.verbose, callbacks=callbacks))
+            epochs=validated_epochs, verbose=config.verbose,
+            callbacks=[] if validation is None else [validation, *logs]))
     if validation is not None:
         fit_history[run_layout.VALIDATION_EPOCHS] = validation.validated_epochs
-    if not config.retrieval_refit_epochs:
+    if validated_epochs == config.epochs:
         return query_tower, fit_history, None
     del examples  # the refit's windows replace them: at scale, two sets would double the run's memory
     unrefit_weights = _variable_values(query_tower)
-    refit_history = _refit_retrieval(config, inputs, model, refit, [callback for callback in callbacks
-                                                                    if callback is not validation])
+    refit_history = _refit_retrieval(config, inputs, model, refit, validated_epochs, logs)
     for name, values in refit_history.items():
         fit_history.setdefault(name, []).extend(values)
     fit_history[run_layout.REFIT_EPOCHS] = list(range(validated_epochs + 1, config.epochs + 1))
@@ -271,18 +270,17 @@ def _train_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: User
 
 
 def _refit_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, model: RetrievalModel, refit: UserSequences,
-                     callbacks: list[tf.keras.callbacks.Callback]) -> dict:
-    """Trains retrieval's last ``retrieval_refit_epochs`` epochs on the windows of ``refit``; returns their history.
+                     first_epoch: int, callbacks: list[tf.keras.callbacks.Callback]) -> dict:
+    """Trains retrieval's epochs after ``first_epoch`` on the windows of ``refit``; returns their history.
 
     The optimizer and its learning-rate schedule go on where the validated epochs left them.
     """
     examples = training_windows(refit.user_ids, refit.item_ids, config.max_length)
     with stage(f"refit retrieval with the ranker's targets ({len(examples['user_id'])} windows, "
-               f"{config.retrieval_refit_epochs} epochs)"):
+               f"{config.epochs - first_epoch} epochs)"):
         return history(model.fit(
             training_dataset(examples, config.batch_size, config.seed + 1, user_features=inputs.users),
-            initial_epoch=config.epochs - config.retrieval_refit_epochs, epochs=config.epochs,
-            verbose=config.verbose, callbacks=callbacks))
+            initial_epoch=first_epoch, epochs=config.epochs, verbose=config.verbose, callbacks=callbacks))
 
 
 def _variable_values(query_tower: QueryTower) -> TowerValues:
