@@ -300,6 +300,28 @@ def test_the_direct_index_and_the_binary_search_find_the_same_rules():
     np.testing.assert_array_equal(features, searched(recent, candidates).numpy())
 
 
+def test_history_similarities_are_the_largest_and_mean_dot_products_with_the_real_history_items():
+    """Padding (index 0) is no history item; a user without any gets 0 for both features."""
+    import tensorflow as tf
+
+    from tfrs_pipeline.models.ranking import history_similarities
+
+    rng = np.random.default_rng(3)
+    catalog = rng.normal(size=(6, 4)).astype(np.float32)  # row 0: the padding item's (any) embedding
+    history = np.array([[0, 2, 5], [0, 0, 0], [1, 1, 3]])
+    candidates = np.array([[1, 2], [3, 4], [5, 2]])
+    features = history_similarities(tf.gather(catalog, candidates), tf.constant(history),
+                                    tf.constant(catalog)).numpy()
+    assert features.shape == (3, 2, 2)
+    for row in (0, 2):
+        items = catalog[history[row][history[row] > 0]]
+        dots = catalog[candidates[row]] @ items.T  # [candidates, real items]
+        np.testing.assert_allclose(features[row, :, 0], dots.max(axis=1), rtol=1e-5)
+        np.testing.assert_allclose(features[row, :, 1], dots.mean(axis=1), rtol=1e-5)
+    np.testing.assert_array_equal(features[1], 0.0)
+    assert np.isclose(features[0, 1, 0], catalog[2] @ catalog[2])  # the candidate is in the history
+
+
 def test_the_popularity_penalty_moves_the_answers_and_never_the_training_loss():
     """The penalty is the answered score's last term, per unit of normalized log-popularity; the loss
     training minimizes is the same with any penalty, so it can be chosen after training."""

@@ -4,9 +4,11 @@ Retrieval must score the whole catalog with one dot product; ranking sees only a
 candidates per user and can afford crossing features: the retrieval score itself and the
 candidate's rank and share within its list, the elementwise product of query and candidate, how the
 candidate's categories match the user's history, how popular it is, how close it is to the last
-item the user chose, how long the history is, and, the strongest of them, item-to-item rules: how
-often people who chose one of the user's recent items chose the candidate soon after (or before),
-counted in the training histories (``ItemRules``). A deep & cross network (Wang et al. 2020) learns
+item the user chose and to the others of its recent history (the largest and the mean dot product:
+the query is one point, and a candidate close to one of several tastes can sit far from it), how
+long the history is, and, the strongest of them, item-to-item rules: how often people who chose one
+of the user's recent items chose the candidate soon after (or before), counted in the training
+histories (``ItemRules``). A deep & cross network (Wang et al. 2020) learns
 those crosses explicitly. Every feature comes from the interactions and the declared schema.
 
 It is trained for what the two-stage pipeline needs: each training list is the candidates retrieval
@@ -167,13 +169,15 @@ class RankingModel(tfrs.models.Model):
       hidden_units: widths of the deep part.
       popularity_penalty: subtracted from the answered scores per unit of the candidate's normalized
         log-popularity (0 for the least popular item, 1 for the most); training never sees it.
+      history_similarity: the user's most recent items each candidate is compared with (0: none).
     """
 
     def __init__(self, query_tower: QueryTower, item_popularity: np.ndarray, item_categories: np.ndarray,
                  rules: ItemRules | None = None, hidden_units: tuple[int, ...] = (128, 64), dropout: float = 0.1,
-                 popularity_penalty: float = 0.0, **kwargs):
+                 popularity_penalty: float = 0.0, history_similarity: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.query_tower = query_tower
+        self.history_similarity = history_similarity
         self.rules = rules
         self.query_tower.trainable = False
         self._log_popularity = tf.constant(normalized_log_popularity(item_popularity))
@@ -212,10 +216,10 @@ class RankingModel(tfrs.models.Model):
             # log(1 + items in the history window): how much the query and the rules rest on.
             "history_length": tf.math.log1p(tf.reduce_sum(tf.cast(history > 0, tf.float32), axis=1, keepdims=True)),
         }
+        if self.history_similarity:
+            context["compared_items"] = _last_items(history, self.history_similarity)
         if self.rules is not None:
-            recent = history[:, -self.rules.recent_items:]
-            missing = self.rules.recent_items - tf.shape(recent)[1]  # a history shorter than the rules read
-            context["recent_items"] = tf.pad(recent, [[0, 0], [missing, 0]])
+            context["recent_items"] = _last_items(history, self.rules.recent_items)
         return context
 
     def score(self, context: dict, candidate_item_ids: tf.Tensor, catalog_embeddings: tf.Tensor,
@@ -248,6 +252,8 @@ class RankingModel(tfrs.models.Model):
         extra = []
         if self.rules is not None:
             extra.append(self.rules(context["recent_items"], candidates))
+        if self.history_similarity:
+            extra.append(history_similarities(candidate_embeddings, context["compared_items"], catalog_embeddings))
         crossed = tf.concat(
             [
                 retrieval_scores[..., tf.newaxis],
@@ -289,6 +295,28 @@ class RankingModel(tfrs.models.Model):
         scores = self.learned_scores(features["context"], item_tower.indices(features[CANDIDATE_FEATURE]),
                                      item_tower.embed_catalog(), training)
         return self.task(labels=features["labels"], predictions=scores)
+
+
+def history_similarities(candidate_embeddings: tf.Tensor, history: tf.Tensor,
+                         catalog_embeddings: tf.Tensor) -> tf.Tensor:
+    """[B, N, 2]: each candidate's largest and mean dot product with the items of ``history``.
+
+    ``candidate_embeddings`` [B, N, d]; ``history`` [B, H] catalog indices, 0 for padding (ignored); a
+    history with no items gives 0 for both.
+    """
+    similarities = tf.einsum("bnd,bhd->bnh", candidate_embeddings, tf.gather(catalog_embeddings, history))
+    real = tf.cast(history > 0, tf.float32)[:, tf.newaxis, :]  # [B, 1, H]
+    count = tf.reduce_sum(real, axis=-1)  # [B, 1]
+    largest = tf.reduce_max(tf.where(real > 0, similarities, -np.inf), axis=-1)
+    return tf.stack([tf.where(count > 0, largest, 0.0),
+                     tf.reduce_sum(similarities * real, axis=-1) / tf.maximum(count, 1.0)], axis=-1)
+
+
+def _last_items(history: tf.Tensor, count: int) -> tf.Tensor:
+    """[B, count]: the last ``count`` indices of the left-padded ``history`` [B, L], padded on the left
+    with 0 where the window is shorter than ``count``."""
+    last = history[:, -count:]
+    return tf.pad(last, [[0, 0], [count - tf.shape(last)[1], 0]])
 
 
 def normalized_log_popularity(item_popularity: np.ndarray) -> np.ndarray:

@@ -349,7 +349,8 @@ def build_ranking_model(config: TwoStageConfig, inputs: TwoStageInputs, query_to
     catalog = inputs.catalog
     rules = _item_rules(config, [catalog.indices(items) for items in train.item_ids], len(catalog))
     ranking_model = RankingModel(query_tower, popularity, inputs.item_categories, rules,
-                                 popularity_penalty=config.ranking_popularity_penalty)
+                                 popularity_penalty=config.ranking_popularity_penalty,
+                                 history_similarity=config.ranking_history_similarity)
     ranking_model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate / 2))
     return ranking_model
 
