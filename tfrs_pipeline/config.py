@@ -140,7 +140,7 @@ class TwoStageConfig(TaskConfig):
                                                minimum=0)
     ranking_recent_items: int = _field(10, "the user's most recent items whose rules the ranker reads, one "
                                            "feature each", minimum=1)
-    ranking_history_similarity: int = _field(50, "the user's most recent items each candidate is compared with "
+    ranking_compared_items: int = _field(50, "the user's most recent items each candidate is compared with "
                                                  "in retrieval's embedding space (its largest and its mean dot "
                                                  "product with them); 0: none", minimum=0)
     scann_num_leaves: int | None = _field(None, "ScaNN partitions (default: tuned from the catalog size and "

@@ -169,15 +169,15 @@ class RankingModel(tfrs.models.Model):
       hidden_units: widths of the deep part.
       popularity_penalty: subtracted from the answered scores per unit of the candidate's normalized
         log-popularity (0 for the least popular item, 1 for the most); training never sees it.
-      history_similarity: the user's most recent items each candidate is compared with (0: none).
+      num_compared_items: how many of the user's most recent items each candidate is compared with (0: none).
     """
 
     def __init__(self, query_tower: QueryTower, item_popularity: np.ndarray, item_categories: np.ndarray,
                  rules: ItemRules | None = None, hidden_units: tuple[int, ...] = (128, 64), dropout: float = 0.1,
-                 popularity_penalty: float = 0.0, history_similarity: int = 0, **kwargs):
+                 popularity_penalty: float = 0.0, num_compared_items: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.query_tower = query_tower
-        self.history_similarity = history_similarity
+        self.num_compared_items = num_compared_items
         self.rules = rules
         self.query_tower.trainable = False
         self._log_popularity = tf.constant(normalized_log_popularity(item_popularity))
@@ -216,8 +216,8 @@ class RankingModel(tfrs.models.Model):
             # log(1 + items in the history window): how much the query and the rules rest on.
             "history_length": tf.math.log1p(tf.reduce_sum(tf.cast(history > 0, tf.float32), axis=1, keepdims=True)),
         }
-        if self.history_similarity:
-            context["compared_items"] = _last_items(history, self.history_similarity)
+        if self.num_compared_items:
+            context["compared_items"] = _last_items(history, self.num_compared_items)
         if self.rules is not None:
             context["recent_items"] = _last_items(history, self.rules.recent_items)
         return context
@@ -252,7 +252,7 @@ class RankingModel(tfrs.models.Model):
         extra = []
         if self.rules is not None:
             extra.append(self.rules(context["recent_items"], candidates))
-        if self.history_similarity:
+        if self.num_compared_items:
             extra.append(history_similarities(candidate_embeddings, context["compared_items"], catalog_embeddings))
         crossed = tf.concat(
             [
