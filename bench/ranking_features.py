@@ -61,13 +61,15 @@ def _settings(text: str) -> dict:
     return {name: getattr(config, name) for name in given}
 
 
-def _runs(base: TwoStageConfig, variants: list[str], seeds: int) -> list[tuple[str, str, TwoStageConfig]]:
-    """(label, settings, config) of each variant under ``seeds`` seeds: ``base.seed``, ``base.seed + 1``, ..."""
+def _runs(base: TwoStageConfig, variants: list[str], seeds: int,
+          first_seed: int = 0) -> list[tuple[str, str, TwoStageConfig]]:
+    """(label, settings, config) of each variant under ``seeds`` seeds: ``base.seed + first_seed``, then the
+    next ones."""
     runs = []
     for variant in variants:
         label, settings = variant.split("=", 1)
-        for offset in range(seeds):
-            runs.append((label + (f" seed={base.seed + offset}" if seeds > 1 else ""), settings,
+        for offset in range(first_seed, first_seed + seeds):
+            runs.append((label + (f" seed={base.seed + offset}" if seeds > 1 or first_seed else ""), settings,
                          dataclasses.replace(base, **_settings(settings), seed=base.seed + offset)))
     return runs
 
@@ -146,6 +148,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1,
                         help="train each variant's rankers under this many seeds: the ranker's seed-to-seed spread "
                              "is as large as most settings' effects (docs/benchmarks.md)")
+    parser.add_argument("--first_seed", type=int, default=0,
+                        help="the first of those seeds is the default's plus this: more seeds for a run already made")
     args = parser.parse_args()
     penalties_asked = [float(value) for value in filter(None, args.popularity_penalties.split(","))]
     out = pathlib.Path(args.out)
@@ -158,7 +162,7 @@ def main() -> None:
     retrieval_ranks = np.full(len(targets), _MISSED)
     retrieval_ranks[found_rows] = lists["labels"].argmax(axis=1) + 1
     results = []
-    for label, settings, config in _runs(base, args.variant or ["default="], args.seeds):
+    for label, settings, config in _runs(base, args.variant or ["default="], args.seeds, args.first_seed):
         # Each ranker trains from its own seed, not from where the previous variant left the random state.
         tf.keras.utils.set_random_seed(config.seed)
         penalties = penalties_asked or [config.ranking_popularity_penalty]
