@@ -4,7 +4,7 @@ Retrieval must score the whole catalog with one dot product; ranking sees only a
 candidates per user and can afford crossing features: the retrieval score itself and the
 candidate's rank and share within its list, the elementwise product of query and candidate, how the
 candidate's categories match the user's history, how popular it is, how close it is to the last
-item the user chose and to the others of its recent history (the largest and the mean dot product:
+item the user chose and to the others of their recent history (the largest and the mean dot product:
 the query is one point, and a candidate close to one of several tastes can sit far from it), how
 long the history is, and, the strongest of them, item-to-item rules: how often people who chose one
 of the user's recent items chose the candidate soon after (or before), counted in the training
