@@ -141,8 +141,8 @@ class TwoStageConfig(TaskConfig):
     ranking_recent_items: int = _field(10, "the user's most recent items whose rules the ranker reads, one "
                                            "feature each", minimum=1)
     ranking_compared_items: int = _field(50, "the user's most recent items each candidate is compared with "
-                                                 "in retrieval's embedding space (its largest and its mean dot "
-                                                 "product with them); 0: none", minimum=0)
+                                             "in retrieval's embedding space (its largest and its mean dot "
+                                             "product with them); 0: none", minimum=0)
     scann_num_leaves: int | None = _field(None, "ScaNN partitions (default: tuned from the catalog size and "
                                                 "the data)", minimum=1)
     scann_leaves_to_search: int | None = _field(None, "ScaNN partitions searched per query (default: tuned)",

@@ -205,8 +205,9 @@ class RankingModel(tfrs.models.Model):
         """What ranking needs of the user, independent of the candidates (and so computable ahead of time).
 
         Returns ``query`` [B, d] (the retrieval query), ``last_item`` [B, d] (the most recent item's
-        embedding) and ``history_categories`` [B, C] (the category mix of the history). The towers are frozen,
-        so an export can compute this once per known user instead of once per request.
+        embedding), ``history_categories`` [B, C] (the category mix of the history), ``history_length`` and,
+        with rules or compared items, ``recent_items`` [B, W] (the most recent W item indices, 0 for none).
+        The towers are frozen, so an export can compute this once per known user instead of once per request.
         """
         history = self.query_tower.item_tower.indices(features[HISTORY_INPUT])  # [B, L]
         context = {
@@ -216,10 +217,12 @@ class RankingModel(tfrs.models.Model):
             # log(1 + items in the history window): how much the query and the rules rest on.
             "history_length": tf.math.log1p(tf.reduce_sum(tf.cast(history > 0, tf.float32), axis=1, keepdims=True)),
         }
-        if self.num_compared_items:
-            context["compared_items"] = _last_items(history, self.num_compared_items)
-        if self.rules is not None:
-            context["recent_items"] = _last_items(history, self.rules.recent_items)
+        # One window of the most recent items serves the rules and the similarities: each reads its own tail.
+        window = max(self.rules.recent_items if self.rules is not None else 0, self.num_compared_items)
+        if window:
+            recent = history[:, -window:]
+            missing = window - tf.shape(recent)[1]  # a history shorter than the window
+            context["recent_items"] = tf.pad(recent, [[0, 0], [missing, 0]])
         return context
 
     def score(self, context: dict, candidate_item_ids: tf.Tensor, catalog_embeddings: tf.Tensor,
@@ -251,9 +254,10 @@ class RankingModel(tfrs.models.Model):
         list_log_shares = retrieval_scores - tf.reduce_logsumexp(retrieval_scores, axis=1, keepdims=True)
         extra = []
         if self.rules is not None:
-            extra.append(self.rules(context["recent_items"], candidates))
+            extra.append(self.rules(context["recent_items"][:, -self.rules.recent_items:], candidates))
         if self.num_compared_items:
-            extra.append(history_similarities(candidate_embeddings, context["compared_items"], catalog_embeddings))
+            compared = context["recent_items"][:, -self.num_compared_items:]
+            extra.append(history_similarities(candidate_embeddings, compared, catalog_embeddings))
         crossed = tf.concat(
             [
                 retrieval_scores[..., tf.newaxis],
@@ -304,19 +308,14 @@ def history_similarities(candidate_embeddings: tf.Tensor, history: tf.Tensor,
     ``candidate_embeddings`` [B, N, d]; ``history`` [B, H] catalog indices, 0 for padding (ignored); a
     history with no items gives 0 for both.
     """
+    # Summed along the last axis: ``_mean_over_real_items`` sums along the first, a float order that gives the
+    # ranker other bits to train from, and its figures (docs/benchmarks.md) would no longer reproduce.
     similarities = tf.einsum("bnd,bhd->bnh", candidate_embeddings, tf.gather(catalog_embeddings, history))
     real = tf.cast(history > 0, tf.float32)[:, tf.newaxis, :]  # [B, 1, H]
     count = tf.reduce_sum(real, axis=-1)  # [B, 1]
     largest = tf.reduce_max(tf.where(real > 0, similarities, -np.inf), axis=-1)
     return tf.stack([tf.where(count > 0, largest, 0.0),
                      tf.reduce_sum(similarities * real, axis=-1) / tf.maximum(count, 1.0)], axis=-1)
-
-
-def _last_items(history: tf.Tensor, count: int) -> tf.Tensor:
-    """[B, count]: the last ``count`` indices of the left-padded ``history`` [B, L], padded on the left
-    with 0 where the window is shorter than ``count``."""
-    last = history[:, -count:]
-    return tf.pad(last, [[0, 0], [count - tf.shape(last)[1], 0]])
 
 
 def normalized_log_popularity(item_popularity: np.ndarray) -> np.ndarray:
