@@ -1,5 +1,6 @@
 """The model server, started for real on loopback and called with TF Serving's own stubs and over REST."""
 import json
+import pathlib
 import shutil
 import socket
 import subprocess
@@ -330,6 +331,36 @@ def test_the_command_line_server_starts_answers_and_stops(exports, tmp_path):
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0
+
+
+def test_the_tensorflow_thread_flags_size_the_server_process_s_thread_pools(exports):
+    """TensorFlow makes its pools once per process, so only a server process of its own shows them:
+    two servers alike but for the inter-op pool differ by that pool's threads and nothing else."""
+    def serving_server(inter_op_threads: int) -> tuple[subprocess.Popen, int]:
+        rest_port = free_port()
+        return subprocess.Popen(
+            [sys.executable, "-m", "tfrs_pipeline.serving.server", f"--port={free_port()}",
+             f"--rest_api_port={rest_port}", "--model_name=retrieval", f"--model_base_path={exports / 'retrieval'}",
+             "--tensorflow_intra_op_parallelism=1", f"--tensorflow_inter_op_parallelism={inter_op_threads}"],
+            stderr=subprocess.PIPE, text=True), rest_port
+
+    def threads_once_it_answers(process: subprocess.Popen, rest_port: int) -> int:
+        for line in process.stderr:
+            if "Exporting HTTP/REST API" in line:
+                break
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/models/retrieval:predict",
+                                    data=json.dumps({"instances": ["4"]}).encode(), timeout=10) as response:
+            assert len(json.loads(response.read())["predictions"][0]["item_ids"]) == 10
+        return len(list(pathlib.Path(f"/proc/{process.pid}/task").iterdir()))
+
+    servers = [serving_server(1), serving_server(9)]  # started together: each imports TensorFlow
+    try:
+        one, nine = (threads_once_it_answers(*server) for server in servers)
+        assert nine - one == 8, (one, nine)
+    finally:
+        for process, _ in servers:
+            process.terminate()
+            assert process.wait(timeout=30) == 0
 
 
 def test_the_command_line_server_names_a_bad_config_and_exits(tmp_path):

@@ -122,13 +122,21 @@ class Servable:
             return self._runners[signature_name]
 
 
-def session_config_for(graph_rewrites: bool = True) -> config_pb2.ConfigProto:
+def session_config_for(graph_rewrites: bool = True, intra_op_threads: int = 0,
+                       inter_op_threads: int = 0) -> config_pb2.ConfigProto:
     """A session configuration for every loaded version.
 
-    ``graph_rewrites``: let TensorFlow's graph optimizer (Grappler) rewrite each signature's graph on its
-    first run, as TF Serving does; without it that run costs little time or memory.
+    Args:
+      graph_rewrites: let TensorFlow's graph optimizer (Grappler) rewrite each signature's graph on its
+        first run, as TF Serving does; without it that run costs little time or memory.
+      intra_op_threads: threads one op may split its work over; 0: one per CPU.
+      inter_op_threads: threads that run a graph's ready ops; 0: one per CPU, -1: the caller's thread.
+        TensorFlow makes both pools once per process, from the first session's settings, so every
+        version shares them: several single-threaded server processes, each with its own port, keep
+        their models' work off each other's cores (docs/benchmarks.md, "two processes").
     """
-    config = config_pb2.ConfigProto()
+    config = config_pb2.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
+                                    inter_op_parallelism_threads=inter_op_threads)
     config.graph_options.rewrite_options.disable_meta_optimizer = not graph_rewrites
     return config
 

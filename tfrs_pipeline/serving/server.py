@@ -22,6 +22,7 @@ import pathlib
 import signal
 import sys
 import threading
+from typing import Callable
 
 import grpc
 from google.protobuf import text_format
@@ -47,6 +48,19 @@ def parse_bool(text: str) -> bool:
     if text.lower() in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def at_least(lowest: int) -> Callable[[str], int]:
+    """An argparse type: an integer not below ``lowest``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {lowest}, got {value}")
+        return value
+    return parse
 
 
 def build_flag_parser() -> argparse.ArgumentParser:
@@ -82,6 +96,12 @@ def build_flag_parser() -> argparse.ArgumentParser:
     flag("--tensorflow_graph_rewrites", type=parse_bool, nargs="?", const=True, default=True,
          help="let TensorFlow's graph optimizer (Grappler) rewrite each signature when a version loads, as "
               "TF Serving does; false loads faster in less memory")
+    flag("--tensorflow_intra_op_parallelism", type=at_least(0), default=0,
+         help="threads one TensorFlow op may split its work over; 0: one per CPU. With several server "
+              "processes on one machine, 1 keeps each process's model work on one core")
+    flag("--tensorflow_inter_op_parallelism", type=at_least(-1), default=0,
+         help="threads that run a signature's ready TensorFlow ops; 0: one per CPU, -1: each request's "
+              "ops in the thread that runs it")
     flag("--load_retry_interval_micros", type=int, default=60_000_000, help="time between those retries")
     flag("--rest_api_num_threads", type=int, default=16, help="threads answering REST requests")
     flag("--rest_api_timeout_in_ms", type=int, default=30_000,
@@ -161,7 +181,9 @@ class ModelServer:
                                     on_unload=lambda servable: self.backend.forget(servable),
                                     max_num_load_retries=flags.max_num_load_retries,
                                     load_retry_interval_s=flags.load_retry_interval_micros / 1e6,
-                                    session_config=session_config_for(flags.tensorflow_graph_rewrites))
+                                    session_config=session_config_for(flags.tensorflow_graph_rewrites,
+                                                                      flags.tensorflow_intra_op_parallelism,
+                                                                      flags.tensorflow_inter_op_parallelism))
         batching = batching_options(flags)
         self.backend = PredictionBackend(self.manager, ServerMetrics(), batching, flags.max_request_batch_size)
         self.metrics_path = metrics_path(flags)
