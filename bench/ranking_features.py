@@ -76,7 +76,14 @@ def _runs(base: TwoStageConfig, variants: list[str], seeds: int,
 
 def _query_tower(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, train, popularity: np.ndarray,
                  targets: np.ndarray, out: pathlib.Path) -> QueryTower:
-    """Retrieval's query tower, trained once per ``config.epochs`` and kept under ``out``."""
+    """Retrieval's query tower, trained once per ``config.epochs`` and kept under ``out``.
+
+    The rankers here are validated on the items ``targets`` holds, so the towers must never train on
+    them: a retrieval refit (``--retrieval=retrieval_refit_epochs=...``) is refused.
+    """
+    if config.retrieval_refit_epochs:
+        raise SystemExit("the rankers are validated on the items a refit trains on: bench them without "
+                         "retrieval_refit_epochs")
     checkpoint = out / f"retrieval_{config.epochs}_epochs" / "towers"  # ``out`` holds one retrieval setting
     if checkpoint.with_suffix(".index").is_file():
         query_tower = two_stage.build_towers(config, inputs, train, popularity)
@@ -84,7 +91,7 @@ def _query_tower(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, train
         return query_tower
     run_dir = checkpoint.parent / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    query_tower, _ = two_stage._train_retrieval(config, inputs, train, targets, popularity, run_dir)
+    query_tower, _, _ = two_stage._train_retrieval(config, inputs, train, targets, popularity, run_dir, refit=train)
     tf.train.Checkpoint(query_tower=query_tower).write(str(checkpoint))
     return query_tower
 

@@ -94,7 +94,8 @@ def measure_snapshot(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, h
     snapshot = savedmodels.UserSnapshot(inputs.users, sequences.user_ids, sequences.item_ids, config.max_length,
                                         inputs.catalog.item_ids)
     built_s = time.perf_counter() - wall
-    user_context = snapshot.precompute(lambda features: ranking_model.user_context(features, catalog_embeddings))
+    user_context = snapshot.precompute(
+        lambda features: savedmodels.stored_user_context(ranking_model, features, catalog_embeddings))
     figures = {"users": len(rows), "snapshot_seconds": round(built_s, 1),
                "context_seconds": round(time.perf_counter() - wall - built_s, 1),
                "cpu_seconds": round(time.process_time() - cpu, 1),

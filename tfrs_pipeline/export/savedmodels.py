@@ -51,6 +51,7 @@ from tfrs_pipeline.models.session_knn import SessionNeighbours, sum_by_row
 _USER_ID_SPEC = tf.TensorSpec([None], tf.string, name=USER_ID_INPUT)
 _HISTORY_SPEC = tf.TensorSpec([None, None], tf.string, name=HISTORY_INPUT)
 _CANDIDATES_SPEC = tf.TensorSpec([None, None], tf.string, name=CANDIDATES_INPUT)
+_LAST_ITEM_INDEX = "last_item_index"  # what a stored user context holds instead of the last item's embedding
 NO_POSITION = np.iinfo(np.int64).max  # pads rows of sorted catalog positions, after every real one
 
 
@@ -294,13 +295,37 @@ class RetrievalExport(tf.Module):
         return self.search(self.queries.for_features(features), features[HISTORY_INPUT])
 
 
+def stored_user_context(ranking_model: RankingModel, features: dict, catalog_embeddings: tf.Tensor) -> dict:
+    """``RankingModel.user_context`` in the form an export keeps for every known user.
+
+    Each known user's row sits in the export and in the server's memory, a cost that grows with the
+    users, so what a request derives cheaply is not stored: the last item's embedding becomes its
+    catalog index (a gather from the catalog embeddings the export holds anyway) and item indices are
+    held as int32. ``restored_user_context`` gives back what ``user_context`` gave, to the bit.
+    """
+    if catalog_embeddings.shape[0] > np.iinfo(np.int32).max:
+        raise ValueError(f"a catalog of {catalog_embeddings.shape[0] - 1} items does not fit int32 item indices")
+    context = ranking_model.user_context(features, catalog_embeddings)
+    del context["last_item"]
+    last_item = ranking_model.query_tower.item_tower.indices(features[HISTORY_INPUT])[:, -1]
+    return {**context, **{name: tf.cast(indices, tf.int32) for name, indices in context.items()
+                          if indices.dtype == tf.int64}, _LAST_ITEM_INDEX: tf.cast(last_item, tf.int32)}
+
+
+def restored_user_context(stored: dict, catalog_embeddings: tf.Tensor) -> dict:
+    """The rows of ``stored_user_context`` as ``RankingModel.user_context`` gives them."""
+    context = {name: tf.cast(values, tf.int64) if values.dtype == tf.int32 else values
+               for name, values in stored.items() if name != _LAST_ITEM_INDEX}
+    return {**context, "last_item": tf.gather(catalog_embeddings, stored[_LAST_ITEM_INDEX])}
+
+
 class RankingExport(tf.Module):
     """Ranking for serving: user id (or fresh features and history) + candidate item ids [batch, N] -> scores.
 
     Args:
       ranking_model: the trained ranker.
       users: the user snapshot.
-      user_context: ``RankingModel.user_context`` of every snapshot row, from ``UserSnapshot.precompute``.
+      user_context: ``stored_user_context`` of every snapshot row, from ``UserSnapshot.precompute``.
       catalog_embeddings: [N + 1, dim] the item tower's output for the catalog.
     """
 
@@ -325,7 +350,8 @@ class RankingExport(tf.Module):
     def context_of_users(self, user_id: tf.Tensor) -> dict:
         """The snapshot's precomputed ranking context of each user (its ``query`` is retrieval's query)."""
         rows = self.users.rows(user_id)
-        return {name: tf.gather(table, rows) for name, table in self._user_context.items()}
+        return restored_user_context({name: tf.gather(table, rows) for name, table in self._user_context.items()},
+                                     self._catalog_embeddings)
 
     def context_of_features(self, features: dict) -> dict:
         """The ranking context of fresh features and history: one pass of the query tower."""

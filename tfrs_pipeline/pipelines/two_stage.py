@@ -487,7 +487,8 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
                                         inputs.catalog.item_ids)
     catalog_embeddings = tf.Variable(query_tower.item_tower.embed_catalog(), trainable=False)
     # Ranking's user context holds the retrieval query too: one pass over the users serves every export.
-    user_context = snapshot.precompute(lambda features: ranking_model.user_context(features, catalog_embeddings))
+    user_context = snapshot.precompute(
+        lambda features: savedmodels.stored_user_context(ranking_model, features, catalog_embeddings))
 
     queries = savedmodels.RetrievalQueries(query_tower, snapshot, user_context["query"], catalog_embeddings)
 
