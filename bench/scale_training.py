@@ -91,8 +91,9 @@ def measure_snapshot(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, h
     rows = np.arange(min(users, len(history.user_ids)))
     sequences = history.select(rows)
     rss_before, wall, cpu = PROCESS.memory_info().rss, time.perf_counter(), time.process_time()
-    snapshot = savedmodels.UserSnapshot(inputs.users, sequences.user_ids, sequences.item_ids, config.max_length,
-                                        inputs.catalog.item_ids)
+    snapshot = savedmodels.UserSnapshot(inputs.users, sequences.user_ids, sequences.item_ids,
+                                        sequences.timestamps if config.time_attention_bias else None,
+                                        config.max_length, inputs.catalog.item_ids)
     built_s = time.perf_counter() - wall
     user_context = snapshot.precompute(
         lambda features: savedmodels.stored_user_context(ranking_model, features, catalog_embeddings))

@@ -50,7 +50,8 @@ def requests(description: ExportDescription, users: pd.DataFrame, items: list[st
     """Inputs of both signatures for ``batch_size`` of the data set's users, each with a full history of ``items``."""
     sampled = users.iloc[rng.integers(0, len(users), batch_size)]
     names = [spec.name for spec in description.features.user_features]
-    rows = [fresh_feature_inputs(description, dict(zip(names, values)), rng.choice(items, history_length))
+    times = 1_000_000_000 + 60 * np.arange(history_length)  # a minute apart, for exports whose towers read time
+    rows = [fresh_feature_inputs(description, dict(zip(names, values)), rng.choice(items, history_length), times)
             for values in sampled[names].itertuples(index=False)]
     batch = functools.reduce(concatenate_rows, rows)  # one batch, sets and histories padded to the widest
     return {

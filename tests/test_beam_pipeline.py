@@ -51,7 +51,7 @@ def shop(tmp_path_factory):
 
 def _in_memory_windows(data, max_length):
     train = beam_pipeline.retrieval_training_sequences(user_sequences(data.interactions), "test", data.schema.split)
-    return training_windows(train.user_ids, train.item_ids, max_length)
+    return training_windows(train.user_ids, train.item_ids, max_length, train.timestamps)
 
 
 def _assert_same_examples(from_beam, in_memory):
@@ -62,7 +62,7 @@ def _assert_same_examples(from_beam, in_memory):
 
 
 def test_beam_and_in_memory_paths_give_identical_examples(beam_output, movielens_slice):
-    from_beam = tfrecords.read_training_examples(beam_output, SETTINGS)
+    from_beam = tfrecords.read_training_examples(beam_output, SETTINGS, timestamps=True)
     assert len(from_beam["user_id"]) > 2 * MAX_USERS  # many users span several windows
     _assert_same_examples(from_beam, _in_memory_windows(movielens_slice, MAX_LENGTH))
 
@@ -92,7 +92,7 @@ def test_own_data_in_pieces_gives_the_in_memory_examples_and_catalog(shop):
     data = load_dataset(folder)
     manifest = json.loads((output_dir / tfrecords.MANIFEST).read_text())
     settings = {"max_length": SHOP_RUN["max_length"], "holdout": "test", "max_users": None}
-    _assert_same_examples(tfrecords.read_training_examples(output_dir, settings),
+    _assert_same_examples(tfrecords.read_training_examples(output_dir, settings, timestamps=True),
                           _in_memory_windows(data, SHOP_RUN["max_length"]))
     assert manifest["num_interactions"] == len(data.interactions)  # after the dataset.yaml filter
     catalog = two_stage.TwoStageInputs.from_data(data).catalog

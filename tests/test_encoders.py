@@ -1,9 +1,18 @@
-"""The causal transformer: its shortcut for the last slot, its relative attention bias, its attention against
-Keras's, its dropout."""
+"""The causal transformer: its shortcut for the last slot, its relative and time attention biases, its attention
+against Keras's, its dropout."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from tfrs_pipeline.models.encoders import BitDropout, CausalSelfAttention, CausalTransformerEncoder
+from tfrs_pipeline.models.encoders import (
+    TIME_BUCKETS,
+    BitDropout,
+    CausalSelfAttention,
+    CausalTransformerEncoder,
+    most_recent_left_padded,
+    most_recent_timestamps,
+    time_buckets,
+)
 from tfrs_pipeline.models.session import SessionModel
 
 
@@ -55,6 +64,49 @@ def test_relative_attention_bias_on_one_distance_makes_each_slot_read_the_item_t
     assert np.abs(last_state_after_changing(5) - before).max() > 1e-2  # two steps back from slot 7: read
     np.testing.assert_allclose(last_state_after_changing(4), before, atol=1e-5)  # three steps back: not read
     np.testing.assert_allclose(last_state_after_changing(6), before, atol=1e-5)  # one step back: not read
+
+
+def test_time_attention_bias_on_one_bucket_makes_each_slot_read_the_items_that_long_before():
+    """Bucket b holds gaps of 2^b - 1 to 2^(b+1) - 2 seconds: with every other bucket's logit far below,
+    the last slot reads only the items rated within that gap of it, however many slots back they sit."""
+    rng = np.random.default_rng(5)
+    encoder = CausalTransformerEncoder(max_length=8, dim=8, num_blocks=1, num_heads=2, dropout=0.0,
+                                       time_attention_bias=True)
+    padding_mask = tf.ones([1, 8], tf.bool)
+    items = rng.normal(size=(1, 8, 8)).astype(np.float32)
+    # Slots 0-4 a day before the last three; those three a minute apart.
+    timestamps = tf.constant([[0, 10, 20, 30, 40, 86_400, 86_460, 86_520]], tf.int64)
+    encoder(tf.constant(items), padding_mask, timestamps)
+    day = int(np.log2(1 + 86_480))  # the last slot's gap to slot 4 (86,480 s); to slot 0 (86,520 s) too
+    encoder._time_bias.assign(np.where(np.arange(32) == day, 0.0, -50.0)[:, np.newaxis].repeat(2, 1)
+                              .astype(np.float32))
+
+    def last_state_after_changing(slot: int) -> np.ndarray:
+        changed = items.copy()
+        changed[0, slot] = rng.normal(size=8)
+        return encoder.last_state(tf.constant(changed), padding_mask, timestamps).numpy()
+
+    before = encoder.last_state(tf.constant(items), padding_mask, timestamps).numpy()
+    for slot in range(5):  # the day before: read
+        assert np.abs(last_state_after_changing(slot) - before).max() > 1e-3, slot
+    for slot in (5, 6):  # one and two minutes before: not read
+        np.testing.assert_allclose(last_state_after_changing(slot), before, atol=1e-5)
+    with pytest.raises(ValueError, match="timestamps"):
+        encoder.last_state(tf.constant(items), padding_mask)
+
+
+def test_the_most_recent_timestamps_stay_with_their_items_whatever_the_padding():
+    history = tf.constant([["a", "", "b", "c", ""], ["", "", "", "", ""], ["d", "e", "f", "g", "h"]])
+    timestamps = tf.constant([[1, 99, 2, 3, 99], [99] * 5, [4, 5, 6, 7, 8]], tf.int64)
+    recent = most_recent_left_padded(history, 3).numpy().astype(str).tolist()
+    times = most_recent_timestamps(history, timestamps, 3).numpy().tolist()
+    assert recent == [["a", "b", "c"], ["", "", ""], ["f", "g", "h"]]
+    assert times == [[1, 2, 3], [0, 0, 0], [6, 7, 8]]
+
+
+def test_time_buckets_are_the_base_2_logarithm_of_one_plus_the_gap():
+    gaps = tf.constant([0, 1, 2, 3, 6, 7, 86_400, 2**40], tf.int64)
+    assert time_buckets(gaps).numpy().tolist() == [0, 1, 1, 2, 2, 3, 16, TIME_BUCKETS - 1]
 
 
 def test_session_query_is_the_last_slot_of_the_per_slot_queries():

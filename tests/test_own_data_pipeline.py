@@ -27,6 +27,7 @@ from tfrs_pipeline.export.serving_config import ModelEntry, build_config, write_
 from tfrs_pipeline.features.events import push_events, served_item_ids
 from tfrs_pipeline.features.store import OnlineFeatureStore
 from tfrs_pipeline.pipelines import two_stage
+from tfrs_pipeline.serving.client import fresh_feature_inputs
 from test_serving_server import RunningServer, retrieval_request
 
 SHOP_RUN = dict(epochs=2, ranking_epochs=1, max_length=20, embedding_dim=16, batch_size=32, ranking_candidates=30,
@@ -79,7 +80,9 @@ def shop_export(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shop") / "data"
     orders = _write_shop(folder)
     export_dir = tmp_path_factory.mktemp("shop_export")
-    metrics = two_stage.run(TwoStageConfig(data_dir=str(folder), export_dir=str(export_dir), **SHOP_RUN))
+    # Orders span weeks: these towers read when each was placed (the fresh-feature path then takes the times).
+    metrics = two_stage.run(TwoStageConfig(data_dir=str(folder), export_dir=str(export_dir), **SHOP_RUN,
+                                           time_attention_bias=True))
     return export_dir, metrics, orders
 
 
@@ -115,7 +118,8 @@ def test_fresh_features_signatures_take_the_users_column_names(shop_export):
         retrieval = tf.saved_model.load("{export_dir}/retrieval_brute_force/1").signatures["query_features"]
         ranking = tf.saved_model.load("{export_dir}/ranking/1").signatures["query_features"]
         features = dict(segment=tf.constant(["vip", "someone new"]), age=tf.constant([30.0, float("nan")]),
-                        history_item_ids=tf.constant([["P001", "P005", "P009"], ["", "", ""]]))
+                        history_item_ids=tf.constant([["P001", "P005", "P009"], ["", "", ""]]),
+                        history_timestamps=tf.constant([[1706745600, 1707350400, 1707955200], [0, 0, 0]], tf.int64))
         retrieved = retrieval(**features)
         found = retrieved["item_ids"]
         ranked = ranking(**features, item_ids=found)["scores"]
@@ -125,7 +129,7 @@ def test_fresh_features_signatures_take_the_users_column_names(shop_export):
         """)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     served = json.loads(result.stdout.strip().splitlines()[-1])
-    assert served["inputs"] == ["age", "history_item_ids", "segment"]
+    assert served["inputs"] == ["age", "history_item_ids", "history_timestamps", "segment"]
     # Asked for the whole catalog, a customer gets every item but the three they have: the list ends in
     # "" ids with -inf scores rather than failing or repeating items.
     found = [item_id for item_id in served["found"][0] if item_id]
@@ -149,7 +153,9 @@ def test_interactions_alone_train_and_serve(tmp_path):
     orders.set_axis(["user_id", "item_id", "timestamp", "rating"], axis=1).to_csv(folder / "interactions.csv",
                                                                                    index=False)
     export_dir = tmp_path / "export"
-    metrics = two_stage.run(TwoStageConfig(data_dir=str(folder), export_dir=str(export_dir), **SHOP_RUN))
+    # Orders span weeks: these towers read when each was placed (the fresh-feature path then takes the times).
+    metrics = two_stage.run(TwoStageConfig(data_dir=str(folder), export_dir=str(export_dir), **SHOP_RUN,
+                                           time_attention_bias=True))
     assert metrics["evaluation"]["catalog_items"] == 56  # the products someone bought
     assert metrics["evaluation"]["two_stage"]["category_diversity"] == 0.0  # no categories to differ in
     description = ExportDescription.read(export_dir / "schema.json")
@@ -210,6 +216,35 @@ def test_a_new_item_is_retrieved_for_the_users_whose_taste_it_matches_without_re
     assert report.events == 1
 
 
+def test_the_store_keeps_the_times_the_towers_read_and_answers_as_the_snapshot_does(shop_export):
+    """Towers with a time bias: the store's history view holds each item's time beside it, a known
+    customer's stored features, history and times sent to ``query_features`` get what ``serving_default``
+    gives from the export's snapshot, and pushed events append their times."""
+    export_dir, _, _ = shop_export
+    store = OnlineFeatureStore(export_dir / "feature_repo")
+    assert store.description.history_timestamps
+    customers = [f"c{number}" for number in range(1, 40)]
+    retrieval = tf.saved_model.load(str(export_dir / "retrieval_brute_force" / "1")).signatures
+    by_id = retrieval["serving_default"](user_id=tf.constant(customers))
+    for row, user in enumerate(store.users(customers)):
+        assert len(user.history_timestamps) == len(user.history_item_ids) > 0
+        assert user.history_timestamps == sorted(user.history_timestamps)
+        inputs = fresh_feature_inputs(store.description, user.features, user.history_item_ids,
+                                      user.history_timestamps)
+        fresh = retrieval["query_features"](**{name: tf.constant(values) for name, values in inputs.items()})
+        assert fresh["item_ids"].numpy()[0].tolist() == by_id["item_ids"].numpy()[row].tolist(), user.user_id
+        np.testing.assert_allclose(fresh["scores"].numpy()[0], by_id["scores"].numpy()[row], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="history_timestamps"):
+        fresh_feature_inputs(store.description, {}, ["P001", "P002"], [1_700_000_000])  # a time per item
+    user = store.users(["c1"])[0]
+    later = user.history_timestamps[-1] + 86_400
+    push_events(store, pd.DataFrame({"user_id": ["c1", "c1"], "item_id": ["P004", "P008"],
+                                     "timestamp": [later, later + 60]}), served_item_ids(store))
+    updated = store.users(["c1"])[0]
+    assert updated.history_item_ids == [*user.history_item_ids, "P004", "P008"]
+    assert updated.history_timestamps == [*user.history_timestamps, later, later + 60]
+
+
 def test_a_query_side_exported_with_rated_ids_serves_what_one_with_rated_positions_does(shop_export):
     """Exports written before the user snapshot held catalog positions expose ``rated_items`` (ids, "" padded)
     instead; a catalog refresh of one pairs that query side with a new search, which looks the ids up."""
@@ -232,10 +267,11 @@ def test_a_query_side_exported_with_rated_ids_serves_what_one_with_rated_positio
             positions = base.queries.rated_positions(user_id)
             return search.ids_of(tf.where(positions == savedmodels.NO_POSITION, tf.zeros_like(positions), positions))
 
-    user_specs = ExportDescription.read(export_dir / DESCRIPTION_FILE).features.user_features
+    description = ExportDescription.read(export_dir / DESCRIPTION_FILE)
+    user_specs, timestamps = description.features.user_features, description.history_timestamps
     user_ids = tf.constant([f"c{number}" for number in range(300)] + ["nobody"])
-    served = savedmodels.RetrievalExport(base.queries, search, user_specs).serve(user_ids)
-    served_from_ids = savedmodels.RetrievalExport(RatedIdsQuerySide(), search, user_specs).serve(user_ids)
+    served = savedmodels.RetrievalExport(base.queries, search, user_specs, timestamps).serve(user_ids)
+    served_from_ids = savedmodels.RetrievalExport(RatedIdsQuerySide(), search, user_specs, timestamps).serve(user_ids)
     for name in served:
         np.testing.assert_array_equal(served_from_ids[name].numpy(), served[name].numpy())
     rated = RatedIdsQuerySide().rated_items(user_ids).numpy().astype(str)

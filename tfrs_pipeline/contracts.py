@@ -64,13 +64,17 @@ SERVING_SIGNATURE = "serving_default"
 QUERY_FEATURES_SIGNATURE = "query_features"  # fresh user features and history instead of a user id
 USER_ID_INPUT = "user_id"
 HISTORY_INPUT = "history_item_ids"  # [batch, any] item ids, oldest first, "" padded
+# [batch, any] int64 Unix seconds of each history item's interaction, aligned with HISTORY_INPUT (any value where
+# it pads): taken by the fresh-feature signatures of exports whose query tower has a time bias
+HISTORY_TIMESTAMPS_INPUT = "history_timestamps"
 CANDIDATES_INPUT = "item_ids"  # ranking: [batch, N] candidate item ids
 ITEM_ID_INPUT = "item_id"  # retrieval's embed_items function: [N] ids of items to embed with their features
 SESSION_INPUT = "session_item_ids"
 ITEM_IDS_OUTPUT = "item_ids"
 SCORES_OUTPUT = "scores"
 KNOWN_USER_OUTPUT = "known_user"  # user-id signatures of retrieval and recommender: [batch] the snapshot holds the user
-RESERVED_INPUTS = (USER_ID_INPUT, HISTORY_INPUT, CANDIDATES_INPUT, SESSION_INPUT, ITEM_ID_INPUT)
+RESERVED_INPUTS = (USER_ID_INPUT, HISTORY_INPUT, HISTORY_TIMESTAMPS_INPUT, CANDIDATES_INPUT, SESSION_INPUT,
+                   ITEM_ID_INPUT)
 
 # --- Served models and files of an export --------------------------------------------------------
 
@@ -97,10 +101,11 @@ class ExportDescription:
     models: tuple[str, ...] = TWO_STAGE_MODELS
     items_file: str = ITEMS_FILE
     title_feature: str | None = None  # the item feature the items file shows as a title (None: the id)
+    history_timestamps: bool = False  # the fresh-feature signatures take HISTORY_TIMESTAMPS_INPUT
 
     def to_json(self) -> dict[str, Any]:
         """The description, with each model's signatures spelled out for readers other than our client."""
-        fresh_inputs = [*(spec.name for spec in self.features.user_features), HISTORY_INPUT]
+        fresh_inputs = [*(spec.name for spec in self.features.user_features), *self.history_inputs]
         retrieval = {SERVING_SIGNATURE: {"inputs": [USER_ID_INPUT],
                                          "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT, KNOWN_USER_OUTPUT]},
                      QUERY_FEATURES_SIGNATURE: {"inputs": fresh_inputs, "outputs": [ITEM_IDS_OUTPUT, SCORES_OUTPUT]}}
@@ -113,6 +118,7 @@ class ExportDescription:
             "models": list(self.models),
             "items_file": self.items_file,
             "title_feature": self.title_feature,
+            "history_timestamps": self.history_timestamps,
             "signatures": {model: by_model[model] for model in self.models if model in by_model},
         }
 
@@ -121,4 +127,9 @@ class ExportDescription:
         with open(path, encoding="utf-8") as file:
             value = json.load(file)
         return cls(FeatureSchema.from_json(value["features"]), tuple(value["models"]), value["items_file"],
-                   value.get("title_feature"))
+                   value.get("title_feature"), value.get("history_timestamps", False))
+
+    @property
+    def history_inputs(self) -> tuple[str, ...]:
+        """The fresh-feature signatures' history inputs: the items, and their timestamps where the towers read time."""
+        return (HISTORY_INPUT, HISTORY_TIMESTAMPS_INPUT) if self.history_timestamps else (HISTORY_INPUT,)

@@ -67,6 +67,9 @@ def build_flag_parser() -> argparse.ArgumentParser:
               "multi-valued feature as a|b); features left out are sent as missing")
     flag("--history", nargs="*", metavar="ITEM_ID",
          help="the user's item ids, oldest first, for a fresh-feature request (none: features only)")
+    flag("--history_timestamps", nargs="*", type=int, metavar="SECONDS",
+         help="Unix seconds of each --history item, for exports whose towers read time (schema.json's "
+              "history_timestamps)")
     flag("--feature_repo", help="the export's feature repository (<export_dir>/feature_repo): each user's features "
                                 "and recent history are read from its online store per request")
     flag("--description", help=f"the export's {DESCRIPTION_FILE}, which names the features a fresh-feature request "
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         features = read_features(flags.feature)
         description = read_description(flags) if fresh else None
         if fresh:  # refuses a feature the export does not take before anything is sent
-            fresh_feature_inputs(description, features, flags.history or [])
+            fresh_feature_inputs(description, features, flags.history or [], flags.history_timestamps)
     except ValueError as error:
         print(f"recommend: {error}", file=sys.stderr)
         return 2
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             return report_fallbacks([answer])
         if fresh:
             user_id = user_ids[0] if user_ids else ""
-            answer = client.recommend_fresh(features, flags.history or [], flags.k, user_id)
+            answer = client.recommend_fresh(features, flags.history or [], flags.k, user_id,
+                                            flags.history_timestamps)
             print(format_readable(answer, f"user {user_id}" if user_id else "these features and history"))
             return report_fallbacks([answer])
         if store is not None:

@@ -205,7 +205,7 @@ def _user_training_examples(user_interactions: tuple[str, Iterable[Interaction]]
     table = pd.DataFrame({USER_ID: user_id, ITEM_ID: list(item_ids), RATING: np.asarray(ratings, np.float32),
                           TIMESTAMP: np.asarray(timestamps, np.int64)})
     train = retrieval_training_sequences(user_sequences(table), holdout, rule)
-    examples = training_windows(train.user_ids, train.item_ids, max_length)
+    examples = training_windows(train.user_ids, train.item_ids, max_length, train.timestamps)
     yield from tfrecords.encode_examples(examples)
 
 

@@ -23,9 +23,11 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
+from tfrs_pipeline.contracts import HISTORY_TIMESTAMPS_INPUT
 from tfrs_pipeline.data.errors import DataError
 
-FORMAT = "tfrs_pipeline.training_windows/2"  # /2: no user features (looked up at training time)
+# /2: no user features (looked up at training time); /3: the history's timestamps
+FORMAT = "tfrs_pipeline.training_windows/3"
 MANIFEST = "manifest.json"
 USER_VOCABULARY = "vocabularies/user_ids.txt"
 ITEM_VOCABULARY = "vocabularies/item_ids.txt"
@@ -43,7 +45,7 @@ def encode_examples(examples: Mapping[str, np.ndarray]) -> Iterator[bytes]:
 
     Args:
       examples: ``training_windows(...)``: the scalar columns of `SCALAR_FEATURES` and the
-        left-padded [E, L] `SEQUENCE_FEATURES`.
+        left-padded [E, L] `SEQUENCE_FEATURES` and ``history_timestamps``.
     """
     window = 0
     for row in range(len(examples["user_id"])):
@@ -52,22 +54,28 @@ def encode_examples(examples: Mapping[str, np.ndarray]) -> Iterator[bytes]:
         for name in SEQUENCE_FEATURES:
             items = examples[name][row]
             features[name] = _bytes([item for item in items if item != ""])
+        history_length = len(features[SEQUENCE_FEATURES[0]].bytes_list.value)
+        timestamps = examples[HISTORY_TIMESTAMPS_INPUT][row]
+        features[HISTORY_TIMESTAMPS_INPUT] = _int64s(timestamps[len(timestamps) - history_length:])
         for name in SCALAR_FEATURES:
             features[name] = _bytes([examples[name][row]])
         yield tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
-def read_training_examples(examples_dir: str | os.PathLike, expected_settings: Mapping[str, object]) -> dict:
+def read_training_examples(examples_dir: str | os.PathLike, expected_settings: Mapping[str, object],
+                           timestamps: bool = False) -> dict:
     """Reads a preprocessed folder back into the examples dict the two-stage pipeline trains on.
 
     Args:
       examples_dir: a folder written by ``python -m tfrs_pipeline.data.beam_pipeline``.
       expected_settings: the run's value of every name in `SPLIT_SETTINGS`; examples made with other
         settings (another window length, holdout or user slice) would silently train another model.
+      timestamps: read ``history_timestamps`` too (for a query tower with a time bias).
 
     Returns:
       ``user_id`` [E], ``history_item_ids`` and ``target_item_ids`` [E, max_length] ("" left padding),
-      in the in-memory path's order and dtypes.
+      and with ``timestamps`` ``history_timestamps`` [E, max_length] (0 left padding), in the in-memory
+      path's order and dtypes.
 
     Raises:
       DataError: no manifest, a manifest of another format or other settings, or missing shards.
@@ -91,6 +99,8 @@ def read_training_examples(examples_dir: str | os.PathLike, expected_settings: M
     num_examples, max_length = manifest["num_examples"], manifest["settings"]["max_length"]
     columns = {"user_id": np.empty(num_examples, dtype=object),
                **{name: np.full((num_examples, max_length), "", dtype=object) for name in SEQUENCE_FEATURES}}
+    if timestamps:
+        columns[HISTORY_TIMESTAMPS_INPUT] = np.zeros((num_examples, max_length), np.int64)
     sort_keys = np.empty((2, num_examples), np.int64)  # (user rank, window) of every row as read
     row = 0
     # Rows are parsed as they stream in and their records dropped: holding every parsed record until the
@@ -110,11 +120,14 @@ def read_training_examples(examples_dir: str | os.PathLike, expected_settings: M
                 if items:
                     columns[name][row, max_length - len(items):] = [interned.get(item) or item.decode()
                                                                     for item in items]
+            if timestamps:
+                times = feature[HISTORY_TIMESTAMPS_INPUT].int64_list.value
+                columns[HISTORY_TIMESTAMPS_INPUT][row, max_length - len(times):] = times
             row += 1
     if row != num_examples:
         raise DataError(folder, None, None, f"the manifest counts {num_examples} examples, the shards hold {row}")
     order = np.lexsort(sort_keys[::-1])  # by user rank, then window
-    return {name: columns.pop(name)[order] for name in ("user_id", *SEQUENCE_FEATURES)}
+    return {name: columns.pop(name)[order] for name in list(columns)}
 
 
 def read_manifest(examples_dir: str | os.PathLike) -> dict:

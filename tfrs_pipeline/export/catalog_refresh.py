@@ -97,7 +97,8 @@ def refresh_catalog(export_dir: str | os.PathLike, items_path: str | os.PathLike
     def writer(kind: str):
         refreshed = savedmodels.RetrievalExport(base.queries,
                                                 savedmodels.CatalogSearch(layers[kind], item_ids, embeddings, k),
-                                                description.features.user_features)
+                                                description.features.user_features,
+                                                description.history_timestamps)
         return lambda path: savedmodels.save_retrieval(refreshed, path, kind == "scann")
 
     # Both retrieval exports appear together (issue 19, item 6), never one version apart.

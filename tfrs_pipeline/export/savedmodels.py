@@ -29,6 +29,7 @@ from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 from tfrs_pipeline.contracts import (
     CANDIDATES_INPUT,
     HISTORY_INPUT,
+    HISTORY_TIMESTAMPS_INPUT,
     ITEM_ID_INPUT,
     ITEM_IDS_OUTPUT,
     KNOWN_USER_OUTPUT,
@@ -42,7 +43,7 @@ from tfrs_pipeline.contracts import (
 from tfrs_pipeline.data.sequence_examples import trimmed_left_padded
 from tfrs_pipeline.features.arrays import FeatureRows, examples_as_tensors, input_spec
 from tfrs_pipeline.index import SCANN_SAVE_OPTIONS
-from tfrs_pipeline.models.encoders import most_recent_left_padded
+from tfrs_pipeline.models.encoders import most_recent_left_padded, most_recent_timestamps
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.ranking import RankingModel
 from tfrs_pipeline.models.session import SessionModel
@@ -50,14 +51,19 @@ from tfrs_pipeline.models.session_knn import SessionNeighbours, sum_by_row
 
 _USER_ID_SPEC = tf.TensorSpec([None], tf.string, name=USER_ID_INPUT)
 _HISTORY_SPEC = tf.TensorSpec([None, None], tf.string, name=HISTORY_INPUT)
+_HISTORY_TIMESTAMPS_SPEC = tf.TensorSpec([None, None], tf.int64, name=HISTORY_TIMESTAMPS_INPUT)
 _CANDIDATES_SPEC = tf.TensorSpec([None, None], tf.string, name=CANDIDATES_INPUT)
 _LAST_ITEM_INDEX = "last_item_index"  # what a stored user context holds instead of the last item's embedding
 NO_POSITION = np.iinfo(np.int64).max  # pads rows of sorted catalog positions, after every real one
 
 
-def fresh_feature_specs(user_specs: Sequence[FeatureSpec]) -> dict[str, tf.TensorSpec]:
-    """The inputs of a ``query_features`` signature: each user feature, named as its column, and the history."""
-    return {**{spec.name: input_spec(spec) for spec in user_specs}, HISTORY_INPUT: _HISTORY_SPEC}
+def fresh_feature_specs(user_specs: Sequence[FeatureSpec], history_timestamps: bool) -> dict[str, tf.TensorSpec]:
+    """The inputs of a ``query_features`` signature: each user feature, named as its column, the history,
+    and for towers that read time (``history_timestamps``) the history's timestamps."""
+    specs = {**{spec.name: input_spec(spec) for spec in user_specs}, HISTORY_INPUT: _HISTORY_SPEC}
+    if history_timestamps:
+        specs[HISTORY_TIMESTAMPS_INPUT] = _HISTORY_TIMESTAMPS_SPEC
+    return specs
 
 
 class UserSnapshot(tf.Module):
@@ -70,13 +76,14 @@ class UserSnapshot(tf.Module):
       users: the users' features (``features.arrays.FeatureRows``); rows of ``user_ids`` are looked up.
       user_ids: [U] ids of the users the snapshot holds.
       histories: per user, all their item ids in chronological order.
+      timestamps: per user, the Unix seconds of those items, for towers that read time; else None.
       max_length: history slots of the query tower.
       catalog_item_ids: [N] the catalog in index order (``CatalogSearch`` positions 1..N): the rated items
         are held as sorted positions, which exclude at the cost of a binary search and no string lookup.
     """
 
-    def __init__(self, users: FeatureRows, user_ids: Sequence[str], histories: Sequence[np.ndarray], max_length: int,
-                 catalog_item_ids: Sequence[str]):
+    def __init__(self, users: FeatureRows, user_ids: Sequence[str], histories: Sequence[np.ndarray],
+                 timestamps: Sequence[np.ndarray] | None, max_length: int, catalog_item_ids: Sequence[str]):
         super().__init__()
         self.specs = users.specs
         self._max_length = max_length
@@ -89,6 +96,8 @@ class UserSnapshot(tf.Module):
         # exporting, and the query tower would run over every padded slot.
         self._recent = [np.asarray([], dtype=object)] + [np.asarray(items[-max_length:], dtype=object)
                                                           for items in histories]
+        self._recent_times = None if timestamps is None else [np.zeros(0, np.int64)] + [
+            np.asarray(times[-max_length:], np.int64) for times in timestamps]
         # Variables, not a constant: a graph constant is copied as the graph is loaded and optimized, and at
         # millions of users it nears the graph's 2 GB limit; variables are restored once from the checkpoint.
         positions, row_splits = rated_positions(np.asarray(catalog_item_ids).astype(str),
@@ -107,9 +116,13 @@ class UserSnapshot(tf.Module):
     def _features_of_rows(self, rows: np.ndarray) -> dict:
         """The features and history of ``rows``, the history left-padded to the longest of them only."""
         looked_up = {name: tf.gather(values, rows) for name, values in self._features.items()}
-        return {**looked_up, USER_ID_INPUT: tf.gather(self._user_ids, rows),
-                HISTORY_INPUT: tf.constant(trimmed_left_padded([self._recent[row] for row in rows],
-                                                               self._max_length).astype(str))}
+        features = {**looked_up, USER_ID_INPUT: tf.gather(self._user_ids, rows),
+                    HISTORY_INPUT: tf.constant(trimmed_left_padded([self._recent[row] for row in rows],
+                                                                   self._max_length).astype(str))}
+        if self._recent_times is not None:
+            features[HISTORY_TIMESTAMPS_INPUT] = tf.constant(trimmed_left_padded(
+                [self._recent_times[row] for row in rows], self._max_length, padding=0))
+        return features
 
     def precompute(self, compute: Callable[[dict], dict], batch_size: int = 512) -> dict[str, tf.Variable]:
         """``compute``(features) for every snapshot row, as per-row tables to ``tf.gather`` with ``rows``.
@@ -157,10 +170,18 @@ def rated_positions(catalog_item_ids: np.ndarray, histories: Sequence[np.ndarray
 
 
 def _fresh_query_features(features: dict, max_length: int) -> dict:
-    """A ``query_features`` request as the query tower reads it: the most recent items, no user id."""
+    """A ``query_features`` request as the query tower reads it: the most recent items (and their
+    timestamps, where the signature takes them), no user id."""
     history = features[HISTORY_INPUT]
-    recent = most_recent_left_padded(history, max_length)
-    return {**features, HISTORY_INPUT: recent, USER_ID_INPUT: tf.fill([tf.shape(history)[0]], "")}
+    query_features = {**features, HISTORY_INPUT: most_recent_left_padded(history, max_length),
+                      USER_ID_INPUT: tf.fill([tf.shape(history)[0]], "")}
+    if HISTORY_TIMESTAMPS_INPUT in features:
+        timestamps = features[HISTORY_TIMESTAMPS_INPUT]
+        with tf.control_dependencies([tf.debugging.assert_equal(
+                tf.shape(timestamps), tf.shape(history),
+                message=f"{HISTORY_TIMESTAMPS_INPUT} must have the shape of {HISTORY_INPUT}: a time per item")]):
+            query_features[HISTORY_TIMESTAMPS_INPUT] = most_recent_timestamps(history, timestamps, max_length)
+    return query_features
 
 
 class RetrievalQueries(tf.Module):
@@ -189,7 +210,8 @@ class RetrievalQueries(tf.Module):
         self.for_users = tf.function(self._for_users, input_signature=[_USER_ID_SPEC])
         self.rated_positions = tf.function(users.rated_positions, input_signature=[_USER_ID_SPEC])
         self.known_users = tf.function(users.known, input_signature=[_USER_ID_SPEC])
-        self.for_features = tf.function(self._for_features, input_signature=[fresh_feature_specs(users.specs)])
+        self.for_features = tf.function(self._for_features, input_signature=[
+            fresh_feature_specs(users.specs, query_tower.uses_time)])
         self.embed_items = tf.function(query_tower.item_tower.call, input_signature=[item_feature_specs(item_specs)])
 
     def _for_users(self, user_id: tf.Tensor) -> tf.Tensor:
@@ -269,14 +291,17 @@ class RetrievalExport(tf.Module):
       queries: the query side (``RetrievalQueries``, or one loaded from a previous version).
       search: the catalog search.
       user_specs: the user features of the ``query_features`` signature.
+      history_timestamps: whether that signature takes the history's timestamps (the towers read time).
     """
 
-    def __init__(self, queries: RetrievalQueries, search: CatalogSearch, user_specs: Sequence[FeatureSpec]):
+    def __init__(self, queries: RetrievalQueries, search: CatalogSearch, user_specs: Sequence[FeatureSpec],
+                 history_timestamps: bool):
         super().__init__()
         self.queries = queries
         self.search = search
         self.serve = tf.function(self._serve, input_signature=[_USER_ID_SPEC])
-        self.serve_features = tf.function(self._serve_features, input_signature=[fresh_feature_specs(user_specs)])
+        self.serve_features = tf.function(self._serve_features, input_signature=[
+            fresh_feature_specs(user_specs, history_timestamps)])
 
     def _serve(self, user_id: tf.Tensor) -> dict:
         scores, positions = self.search.positions(self.queries.for_users(user_id), self._rated_positions(user_id))
@@ -338,7 +363,8 @@ class RankingExport(tf.Module):
         self._catalog_embeddings = catalog_embeddings
         self.serve = tf.function(self._serve, input_signature=[_USER_ID_SPEC, _CANDIDATES_SPEC])
         self.serve_features = tf.function(self._serve_features, input_signature=[
-            {**fresh_feature_specs(users.specs), CANDIDATES_INPUT: _CANDIDATES_SPEC}])
+            {**fresh_feature_specs(users.specs, ranking_model.query_tower.uses_time),
+             CANDIDATES_INPUT: _CANDIDATES_SPEC}])
 
     def _serve(self, user_id: tf.Tensor, item_ids: tf.Tensor) -> dict:
         return {SCORES_OUTPUT: self.score(self.context_of_users(user_id), item_ids)}
@@ -391,8 +417,8 @@ class RecommenderExport(tf.Module):
         self.search = search
         self.k = min(k, search.k)
         self.serve = tf.function(self._serve, input_signature=[_USER_ID_SPEC])
-        self.serve_features = tf.function(self._serve_features,
-                                          input_signature=[fresh_feature_specs(ranking.users.specs)])
+        self.serve_features = tf.function(self._serve_features, input_signature=[
+            fresh_feature_specs(ranking.users.specs, ranking.ranking_model.query_tower.uses_time)])
 
     def _serve(self, user_id: tf.Tensor) -> dict:
         users = self.ranking.users

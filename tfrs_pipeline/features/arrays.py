@@ -41,13 +41,15 @@ def missing_rows(specs: Sequence[FeatureSpec], rows: int = 1) -> dict[str, np.nd
 
 
 def concatenate_rows(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rows of ``first`` then ``second``; set columns are padded to the wider of the two."""
+    """Rows of ``first`` then ``second``; set and history columns are padded to the wider of the two
+    ("" for ids, 0 for numbers such as the history's timestamps)."""
     joined = {}
     for name, values in first.items():
         other = second[name]
         if values.ndim == 2:
             width = max(values.shape[1], other.shape[1])
-            values, other = (np.pad(array, ((0, 0), (0, width - array.shape[1])), constant_values="")
+            padding = 0 if values.dtype.kind in "iuf" else ""
+            values, other = (np.pad(array, ((0, 0), (0, width - array.shape[1])), constant_values=padding)
                              for array in (values, other))
         joined[name] = np.concatenate([values, other])
     return joined

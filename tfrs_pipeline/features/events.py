@@ -31,7 +31,7 @@ import pandas as pd
 
 from tfrs_pipeline.atomic import write_bytes_atomically
 from tfrs_pipeline.catalog import read_items_file
-from tfrs_pipeline.contracts import HISTORY_INPUT, ITEMS_FILE
+from tfrs_pipeline.contracts import HISTORY_INPUT, HISTORY_TIMESTAMPS_INPUT, ITEMS_FILE
 from tfrs_pipeline.data.errors import DataError
 from tfrs_pipeline.data.interactions import headerless_line, read_interactions_file
 from tfrs_pipeline.data.schema import TIMESTAMP
@@ -112,8 +112,11 @@ def push_events(store: OnlineFeatureStore, events: pd.DataFrame, known_items: Co
         appended = user_events[np.asarray(newer)]
         if len(appended):
             history = [*user.history_item_ids, *appended[ITEM_ID]][-store.history_length:]
-            rows.append({USER_ID: user_id, HISTORY_INPUT: history,
-                         LAST_EVENT_FEATURE: int(appended[TIMESTAMP].iloc[-1])})
+            row = {USER_ID: user_id, HISTORY_INPUT: history, LAST_EVENT_FEATURE: int(appended[TIMESTAMP].iloc[-1])}
+            if store.description.history_timestamps:
+                times = [*user.history_timestamps, *map(int, appended[TIMESTAMP])]
+                row[HISTORY_TIMESTAMPS_INPUT] = times[-store.history_length:]
+            rows.append(row)
     if rows:
         store.write_histories(pd.DataFrame(rows))
     if log and len(events):

@@ -41,6 +41,7 @@ from tfrs_pipeline.atomic import write_bytes_atomically, write_text_atomically
 from tfrs_pipeline.contracts import (
     DESCRIPTION_FILE,
     HISTORY_INPUT,
+    HISTORY_TIMESTAMPS_INPUT,
     ITEM_ID_INPUT,
     MISSING_VALUES,
     MULTI_CATEGORICAL,
@@ -110,8 +111,8 @@ def write_feature_repository(repo: str | os.PathLike, description: ExportDescrip
       description: the export's description; it must be written at ``repo/../schema.json`` too,
         where ``feature_definitions`` reads it.
       users: ``user_id`` and a column per user feature (``InteractionData.users``' cells).
-      histories: ``user_id``, ``history_item_ids`` (each user's items, oldest first) and
-        ``last_event_seconds`` (Unix seconds of the last one).
+      histories: ``user_id``, ``history_item_ids`` (each user's items, oldest first), their
+        ``history_timestamps`` (Unix seconds) and ``last_event_seconds`` (those of the last one).
       items: ``item_id`` and a column per item feature.
       history_length: the most recent items a history keeps (the query tower's slots).
 
@@ -121,8 +122,10 @@ def write_feature_repository(repo: str | os.PathLike, description: ExportDescrip
     repo = pathlib.Path(repo)
     (repo / DATA_FOLDER).mkdir(parents=True, exist_ok=True)
     features = description.features
-    recent = histories.assign(**{HISTORY_INPUT: [list(item_ids[-history_length:])
-                                                 for item_ids in histories[HISTORY_INPUT]]})
+    # The store holds the histories' times only where the export's towers read them.
+    kept = list(description.history_inputs)
+    recent = histories.drop(columns=[HISTORY_TIMESTAMPS_INPUT], errors="ignore").assign(
+        **{name: [list(values[-history_length:]) for values in histories[name]] for name in kept})
     tables = {
         USER_FEATURES_VIEW: _feature_table(users, USER_ID, features.user_features),
         HISTORY_VIEW: recent.assign(**{TIMESTAMP_COLUMN: _timestamps(histories[LAST_EVENT_FEATURE])}),
@@ -142,6 +145,7 @@ def history_table(user_ids: Sequence[str], item_ids: Sequence[Sequence[str]],
     kept = [row for row, items in enumerate(item_ids) if len(items)]
     return pd.DataFrame({USER_ID: [str(user_ids[row]) for row in kept],
                          HISTORY_INPUT: [[str(item) for item in item_ids[row]] for row in kept],
+                         HISTORY_TIMESTAMPS_INPUT: [[int(time) for time in timestamps[row]] for row in kept],
                          LAST_EVENT_FEATURE: [int(timestamps[row][-1]) for row in kept]})
 
 
@@ -182,9 +186,11 @@ def feature_definitions(repo: str | os.PathLike) -> list:
             Field(name=spec.name, dtype=types.get(spec.kind, String)) for spec in specs])
 
     history_push = PushSource(name=HISTORY_PUSH_SOURCE, batch_source=source(HISTORY_VIEW))
+    history_fields = [Field(name=HISTORY_INPUT, dtype=Array(String)), Field(name=LAST_EVENT_FEATURE, dtype=Int64)]
+    if description.history_timestamps:
+        history_fields.append(Field(name=HISTORY_TIMESTAMPS_INPUT, dtype=Array(Int64)))
     history = FeatureView(name=HISTORY_VIEW, entities=[user], source=history_push, online=True,
-                          schema=[Field(name=HISTORY_INPUT, dtype=Array(String)),
-                                  Field(name=LAST_EVENT_FEATURE, dtype=Int64)])
+                          schema=history_fields)
     definitions = [user, item, history_push, history]
     features = description.features
     if features.user_features:
@@ -209,6 +215,8 @@ class OnlineUser:
       features: each declared user feature -> its value (``contracts.MISSING_VALUES`` where none).
       history_item_ids: the user's most recent items, oldest first (empty if none).
       last_event_seconds: Unix seconds of the history's latest item (None without a history).
+      history_timestamps: Unix seconds of each history item, where the export's towers read time
+        (``ExportDescription.history_timestamps``); else empty.
     """
 
     user_id: str
@@ -216,6 +224,7 @@ class OnlineUser:
     features: dict[str, Any]
     history_item_ids: list[str]
     last_event_seconds: int | None
+    history_timestamps: list[int] = dataclasses.field(default_factory=list)
 
 
 class OnlineFeatureStore:
@@ -238,7 +247,8 @@ class OnlineFeatureStore:
             self._store = FeatureStore(repo_path=str(self.repo))
             self._store.get_feature_view(HISTORY_VIEW)  # a repository never applied has no registry yet
         self._feature_refs = ([f"{USER_FEATURES_VIEW}:{spec.name}" for spec in self.user_specs]
-                              + [f"{HISTORY_VIEW}:{HISTORY_INPUT}", f"{HISTORY_VIEW}:{LAST_EVENT_FEATURE}"])
+                              + [f"{HISTORY_VIEW}:{name}" for name in (*self.description.history_inputs,
+                                                                       LAST_EVENT_FEATURE)])
 
     @property
     def user_specs(self) -> tuple[FeatureSpec, ...]:
@@ -262,10 +272,12 @@ class OnlineFeatureStore:
         features = {spec.name: _cell(spec, values.get(spec.name)) for spec in self.user_specs}
         last_event = values.get(LAST_EVENT_FEATURE)
         return OnlineUser(user_id, known, features, list(values.get(HISTORY_INPUT) or []),
-                          None if last_event is None else int(last_event))
+                          None if last_event is None else int(last_event),
+                          [int(time) for time in values.get(HISTORY_TIMESTAMPS_INPUT) or []])
 
     def write_histories(self, histories: pd.DataFrame) -> None:
-        """Writes ``user_id``, ``history_item_ids``, ``last_event_seconds`` rows to the online store (push)."""
+        """Writes ``user_id``, ``history_item_ids``, ``last_event_seconds`` (and, where the export's towers
+        read time, ``history_timestamps``) rows to the online store (push)."""
         from feast.data_source import PushMode
 
         table = histories.assign(**{TIMESTAMP_COLUMN: _timestamps(histories[LAST_EVENT_FEATURE]).to_numpy()})

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfrs_pipeline.contracts import HISTORY_INPUT, USER_ID_INPUT, FeatureSpec
+from tfrs_pipeline.contracts import HISTORY_INPUT, HISTORY_TIMESTAMPS_INPUT, USER_ID_INPUT, FeatureSpec
 from tfrs_pipeline.features.encoders import FeatureEncoder
 from tfrs_pipeline.models.encoders import CausalTransformerEncoder
 from tfrs_pipeline.models.item_tower import ItemTower
@@ -21,6 +21,8 @@ from tfrs_pipeline.models.item_tower import ItemTower
 class QueryTower(tf.keras.Model):
     """Maps user features and ``history_item_ids`` ([batch, length], left-padded with "") to queries.
 
+    With a time bias the features hold ``history_timestamps`` too, slot for slot.
+
     Args:
       item_tower: the candidate tower whose item embeddings encode the history.
       max_length: history slots; the export keeps each user's most recent items.
@@ -28,21 +30,21 @@ class QueryTower(tf.keras.Model):
       user_specs: the user features the query reads (may be empty).
       user_features: ``features.arrays.feature_arrays`` of the training users (fits their vocabularies).
       user_ids: vocabulary of a per-user embedding, or None for a tower without one.
-      num_blocks, num_heads, dropout, relative_attention_bias: the transformer's
+      num_blocks, num_heads, dropout, relative_attention_bias, time_attention_bias: the transformer's
         (``encoders.CausalTransformerEncoder``).
     """
 
     def __init__(self, item_tower: ItemTower, max_length: int, dim: int, user_specs: Sequence[FeatureSpec] = (),
                  user_features: dict[str, np.ndarray] | None = None, user_ids: Sequence[str] | None = None,
                  num_blocks: int = 2, num_heads: int = 2, dropout: float = 0.2, relative_attention_bias: bool = False,
-                 **kwargs):
+                 time_attention_bias: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.item_tower = item_tower
         self.max_length = max_length
         self.dim = dim
         self.user_specs = tuple(user_specs)
         self.encoder = CausalTransformerEncoder(max_length, dim, num_blocks, num_heads, dropout,
-                                                relative_attention_bias)
+                                                relative_attention_bias, time_attention_bias)
         self._user_features = FeatureEncoder(self.user_specs, user_features or {}, dim) if self.user_specs else None
         self._user_id_lookup = None
         if user_ids is not None:
@@ -82,9 +84,17 @@ class QueryTower(tf.keras.Model):
         """[batch, dim]: the query after the most recent item (the last slot)."""
         return self.query(features, training)
 
-    def _history(self, features: dict, catalog_embeddings: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
-        """The history's item embeddings [batch, length, dim] and which slots hold an item [batch, length]."""
+    @property
+    def uses_time(self) -> bool:
+        """Whether the features must hold the history's timestamps."""
+        return self.encoder.uses_time
+
+    def _history(self, features: dict,
+                 catalog_embeddings: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+        """The history's item embeddings [batch, length, dim], which slots hold an item [batch, length], and
+        their timestamps (None without a time bias)."""
         if catalog_embeddings is None:
             catalog_embeddings = self.item_tower.embed_catalog()
         history = features[HISTORY_INPUT]
-        return tf.gather(catalog_embeddings, self.item_tower.indices(history)), tf.not_equal(history, "")
+        timestamps = features[HISTORY_TIMESTAMPS_INPUT] if self.uses_time else None
+        return tf.gather(catalog_embeddings, self.item_tower.indices(history)), tf.not_equal(history, ""), timestamps

@@ -47,6 +47,7 @@ from tfrs_pipeline.contracts import (
     CANARY_LABEL,
     CANDIDATES_INPUT,
     HISTORY_INPUT,
+    HISTORY_TIMESTAMPS_INPUT,
     ITEM_IDS_OUTPUT,
     KNOWN_USER_OUTPUT,
     MULTI_CATEGORICAL,
@@ -192,8 +193,10 @@ def ab_arm(user_id: str, canary_fraction: float) -> str:
 
 
 def fresh_feature_inputs(description: ExportDescription, features: Mapping[str, Any],
-                         history_item_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    """One user's ``query_features`` inputs: each user feature the export declares, and the history.
+                         history_item_ids: Sequence[str],
+                         history_timestamps: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """One user's ``query_features`` inputs: each user feature the export declares, and the history
+    (with its timestamps, where the export's towers read time).
 
     Values are normalised as the data layer normalises a users file (text stripped, set values split
     on "|"), so a value typed by hand reaches the model as the same value it trained on.
@@ -204,13 +207,15 @@ def fresh_feature_inputs(description: ExportDescription, features: Mapping[str, 
         text) for numeric ones, a list of strings or one "|"-separated string for multi-categorical
         ones. A feature left out, None or "" is sent as missing ("", NaN, the empty set).
       history_item_ids: the user's item ids, oldest first; may be empty.
+      history_timestamps: when each of those items happened, Unix seconds; required where the
+        export's towers read time (``ExportDescription.history_timestamps``), ignored elsewhere.
 
     Returns:
       The signature's inputs by name, each with a batch of one.
 
     Raises:
-      ValueError: a name the export's signatures do not take (the message lists those they do), or a
-        numeric feature whose value is not a number.
+      ValueError: a name the export's signatures do not take (the message lists those they do), a
+        numeric feature whose value is not a number, or timestamps missing or not one per item.
     """
     specs = description.features.user_features
     unknown = sorted(set(features) - {spec.name for spec in specs})
@@ -221,6 +226,13 @@ def fresh_feature_inputs(description: ExportDescription, features: Mapping[str, 
     inputs = {spec.name: feature_array([_feature_cell(spec, features.get(spec.name))], spec.kind) for spec in specs}
     history = [str(item_id) for item_id in history_item_ids]
     inputs[HISTORY_INPUT] = np.array([history or [""]], dtype=object)
+    if description.history_timestamps:
+        times = [] if history_timestamps is None and not history else history_timestamps
+        if times is None or len(times) != len(history):
+            raise ValueError(f"this export's towers read when each history item happened: give "
+                             f"{HISTORY_TIMESTAMPS_INPUT} (Unix seconds), one per item: {len(history)} items, "
+                             f"{'no' if times is None else len(times)} timestamps")
+        inputs[HISTORY_TIMESTAMPS_INPUT] = np.array([[int(time) for time in times] or [0]], np.int64)
     return inputs
 
 
@@ -310,7 +322,7 @@ class TwoStageClient:
         return [answers[user_id] for user_id in user_ids]
 
     def recommend_fresh(self, features: Mapping[str, Any], history_item_ids: Sequence[str] = (), k: int = 10,
-                        user_id: str = "") -> Recommendations:
+                        user_id: str = "", history_timestamps: Sequence[int] | None = None) -> Recommendations:
         """Two-stage recommendations from fresh features and history, for a user the export may not know.
 
         Retrieval's ``query_features`` signature gives the candidates (the history's items excluded),
@@ -324,19 +336,21 @@ class TwoStageClient:
           k: how many items to return.
           user_id: the user's id if there is one: it chooses the A/B arm as in ``recommend``; without
             one the ``stable`` label serves.
+          history_timestamps: Unix seconds of each history item, where the export's towers read time.
 
         Raises:
-          ValueError: the client has no export description, or ``features`` names a feature the
-            export does not take.
+          ValueError: the client has no export description, ``features`` names a feature the
+            export does not take, or the timestamps the export needs are missing.
         """
         if self.description is None:
             raise ValueError("recommend_fresh needs the export's description: pass description="
                              "ExportDescription.read(<export_dir>/schema.json) to the client")
-        return self._recommend_fresh(self.description, features, history_item_ids, k, user_id)
+        return self._recommend_fresh(self.description, features, history_item_ids, k, user_id, history_timestamps)
 
     def _recommend_fresh(self, description: ExportDescription, features: Mapping[str, Any],
-                         history_item_ids: Sequence[str], k: int, user_id: str) -> Recommendations:
-        inputs = fresh_feature_inputs(description, features, history_item_ids)
+                         history_item_ids: Sequence[str], k: int, user_id: str,
+                         history_timestamps: Sequence[int] | None) -> Recommendations:
+        inputs = fresh_feature_inputs(description, features, history_item_ids, history_timestamps)
         arm = ab_arm(user_id, self.canary_fraction) if user_id else STABLE_LABEL
         history = {str(item_id) for item_id in history_item_ids}
         answer = self._two_stage([user_id], arm, k, inputs, QUERY_FEATURES_SIGNATURE, history)[0]
@@ -358,7 +372,8 @@ class TwoStageClient:
             answer = self._popular(user_id, ab_arm(user_id, self.canary_fraction), k,
                                    f"user {user_id!r} is not in the feature store")
             return dataclasses.replace(answer, query=QUERY_UNKNOWN_USER, unknown_user=True)
-        answer = self._recommend_fresh(store.description, user.features, user.history_item_ids, k, user_id)
+        answer = self._recommend_fresh(store.description, user.features, user.history_item_ids, k, user_id,
+                                       user.history_timestamps)
         return dataclasses.replace(answer, query=QUERY_STORE if user.history_item_ids else QUERY_STORE_FEATURES_ONLY)
 
     def recommend_next(self, session_item_ids: Sequence[str], k: int = 10,
