@@ -115,6 +115,15 @@ def test_train_refuses_examples_made_with_other_settings(beam_output):
         tfrecords.read_training_examples(beam_output, {**SETTINGS, "max_length": 50})
 
 
+def test_train_refuses_examples_written_before_they_held_the_times_and_says_what_to_do(beam_output, tmp_path):
+    older = tmp_path / "older"
+    older.mkdir()
+    manifest = json.loads((beam_output / tfrecords.MANIFEST).read_text())
+    (older / tfrecords.MANIFEST).write_text(json.dumps({**manifest, "format": "tfrs_pipeline.training_windows/2"}))
+    with pytest.raises(DataError, match=r"format.*/2.*is not.*/3.*preprocess the data again"):
+        tfrecords.read_training_examples(older, SETTINGS)
+
+
 def test_a_bad_line_is_named_by_its_line_in_the_whole_file(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()

@@ -141,7 +141,8 @@ def read_manifest(examples_dir: str | os.PathLike) -> dict:
     except json.JSONDecodeError as error:
         raise DataError(path, error.lineno, None, f"not JSON: {error.msg}") from None
     if manifest.get("format") != FORMAT:
-        raise DataError(path, None, "format", f"{manifest.get('format')!r} is not {FORMAT!r}")
+        raise DataError(path, None, "format", f"{manifest.get('format')!r} is not {FORMAT!r}: preprocess the data "
+                                              f"again with this version (python -m tfrs_pipeline.data.beam_pipeline)")
     return manifest
 
 
