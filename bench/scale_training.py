@@ -92,7 +92,7 @@ def measure_snapshot(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, h
     sequences = history.select(rows)
     rss_before, wall, cpu = PROCESS.memory_info().rss, time.perf_counter(), time.process_time()
     snapshot = savedmodels.UserSnapshot(inputs.users, sequences.user_ids, sequences.item_ids,
-                                        sequences.timestamps if config.time_attention_bias else None,
+                                        two_stage._timestamps(config, sequences),
                                         config.max_length, inputs.catalog.item_ids)
     built_s = time.perf_counter() - wall
     user_context = snapshot.precompute(

@@ -315,19 +315,29 @@ def test_batching_merges_concurrent_requests_and_answers_each_its_own_rows(expor
     assert ':tensorflow:serving:request_latency_count{model_name="retrieval",model_version="2"' in metrics
 
 
-def test_the_command_line_server_starts_answers_and_stops(exports, tmp_path):
+def _command_line_server(exports, *flags: str) -> tuple[subprocess.Popen, int]:
+    """The server started as a user starts it, serving the toy retrieval model; and its REST port."""
     rest_port = free_port()
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "tfrs_pipeline.serving.server", f"--port={free_port()}",
-         f"--rest_api_port={rest_port}", "--model_name=retrieval", f"--model_base_path={exports / 'retrieval'}"],
-        stderr=subprocess.PIPE, text=True)
+         f"--rest_api_port={rest_port}", "--model_name=retrieval", f"--model_base_path={exports / 'retrieval'}",
+         *flags], stderr=subprocess.PIPE, text=True), rest_port
+
+
+def _answers_once_ready(process: subprocess.Popen, rest_port: int) -> None:
+    """Waits for the server's REST API, then asks it for one user's recommendations."""
+    for line in process.stderr:
+        if "Exporting HTTP/REST API" in line:
+            break
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/models/retrieval:predict",
+                                data=json.dumps({"instances": ["4"]}).encode(), timeout=10) as response:
+        assert len(json.loads(response.read())["predictions"][0]["item_ids"]) == 10
+
+
+def test_the_command_line_server_starts_answers_and_stops(exports, tmp_path):
+    process, rest_port = _command_line_server(exports)
     try:
-        for line in process.stderr:
-            if "Exporting HTTP/REST API" in line:
-                break
-        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/models/retrieval:predict",
-                                    data=json.dumps({"instances": ["4"]}).encode(), timeout=10) as response:
-            assert len(json.loads(response.read())["predictions"][0]["item_ids"]) == 10
+        _answers_once_ready(process, rest_port)
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0
@@ -337,20 +347,11 @@ def test_the_tensorflow_thread_flags_size_the_server_process_s_thread_pools(expo
     """TensorFlow makes its pools once per process, so only a server process of its own shows them:
     two servers alike but for the inter-op pool differ by that pool's threads and nothing else."""
     def serving_server(inter_op_threads: int) -> tuple[subprocess.Popen, int]:
-        rest_port = free_port()
-        return subprocess.Popen(
-            [sys.executable, "-m", "tfrs_pipeline.serving.server", f"--port={free_port()}",
-             f"--rest_api_port={rest_port}", "--model_name=retrieval", f"--model_base_path={exports / 'retrieval'}",
-             "--tensorflow_intra_op_parallelism=1", f"--tensorflow_inter_op_parallelism={inter_op_threads}"],
-            stderr=subprocess.PIPE, text=True), rest_port
+        return _command_line_server(exports, "--tensorflow_intra_op_parallelism=1",
+                                    f"--tensorflow_inter_op_parallelism={inter_op_threads}")
 
     def threads_once_it_answers(process: subprocess.Popen, rest_port: int) -> int:
-        for line in process.stderr:
-            if "Exporting HTTP/REST API" in line:
-                break
-        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/models/retrieval:predict",
-                                    data=json.dumps({"instances": ["4"]}).encode(), timeout=10) as response:
-            assert len(json.loads(response.read())["predictions"][0]["item_ids"]) == 10
+        _answers_once_ready(process, rest_port)
         return len(list(pathlib.Path(f"/proc/{process.pid}/task").iterdir()))
 
     servers = [serving_server(1), serving_server(9)]  # started together: each imports TensorFlow

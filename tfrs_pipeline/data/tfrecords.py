@@ -54,9 +54,9 @@ def encode_examples(examples: Mapping[str, np.ndarray]) -> Iterator[bytes]:
         for name in SEQUENCE_FEATURES:
             items = examples[name][row]
             features[name] = _bytes([item for item in items if item != ""])
-        history_length = len(features[SEQUENCE_FEATURES[0]].bytes_list.value)
-        timestamps = examples[HISTORY_TIMESTAMPS_INPUT][row]
-        features[HISTORY_TIMESTAMPS_INPUT] = _int64s(timestamps[len(timestamps) - history_length:])
+        # The times of the history's items, without their padding: what the reader pads again.
+        has_item = examples["history_item_ids"][row] != ""
+        features[HISTORY_TIMESTAMPS_INPUT] = _int64s(examples[HISTORY_TIMESTAMPS_INPUT][row][has_item])
         for name in SCALAR_FEATURES:
             features[name] = _bytes([examples[name][row]])
         yield tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
