@@ -242,9 +242,10 @@ class RankingModel(tfrs.models.Model):
         """What training fits, [batch, N]: retrieval's score plus the network's correction, no penalty.
 
         The user's own vectors (the query, the history's category mix) reach the network through their
-        products with each candidate, not as copies beside it: a copy is the same row in every one of a
-        list's candidates, so the network learned no better with it, and its columns were a third of the
-        width the cross and deep layers multiply for every candidate of every request.
+        products with each candidate, not as copies beside it. A copy is the same row for every candidate
+        of a list, which a listwise loss can use only through its crosses with the candidate. Validation
+        lists ranked as well without the copies. Their columns were a third of the width that the cross
+        and deep layers multiply for every candidate of every request.
         """
         query, history_categories = context["query"], context["history_categories"]
         candidate_embeddings = tf.gather(catalog_embeddings, candidates)  # [B, N, d]
