@@ -13,7 +13,8 @@ Two measures per variant:
   - validation: the ranker's own lists (each user's last training item, which retrieval never
     trained on), ranked out of fold: 5 folds by user, each ranker trained as the pipeline trains it
     on the other four. Two-stage HR@10 / NDCG@10 over all users (a list without the item is a miss).
-    Settings are chosen on this, never on the test items.
+    Settings are chosen on this, never on the test items. A variant that changes how the lists are
+    built (``ranking_candidates``, ``ranking_users``) is validated on lists of its own.
   - test: the ranker trained on every list, as ``python -m tfrs_pipeline.train`` trains it, evaluated
     by the pipeline's evaluation (full catalog, rated items removed).
 Each ranker trains from its own seed; ``--seeds=N`` trains every variant under N of them (the seed
@@ -129,10 +130,23 @@ def validation_lists(data_dir: str | None, out: pathlib.Path, epochs: int, retri
     train, targets = leave_last_out(split.history)
     popularity = inputs.catalog.counts(train.item_ids)
     query_tower = _query_tower(base, inputs, train, popularity, targets, out)
-    lists, found = two_stage.ranking_lists(base, inputs, query_tower, train, targets)
+    return ValidationLists(base, inputs, split, train, targets, popularity, query_tower,
+                           *_candidate_lists(base, inputs, query_tower, train, targets))
+
+
+def _candidate_lists(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, query_tower: QueryTower,
+                     train: UserSequences, targets: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``two_stage.ranking_lists`` as ``config`` builds them, the users whose list holds their item, and
+    each list's fold (drawn by user, so a user keeps their fold whatever the lists' settings)."""
+    lists, found = two_stage.ranking_lists(config, inputs, query_tower, train, targets)
     found_rows = np.flatnonzero(found)
-    fold_of = np.random.default_rng(1).integers(0, FOLDS, len(targets))[found_rows]  # by user
-    return ValidationLists(base, inputs, split, train, targets, popularity, query_tower, lists, found_rows, fold_of)
+    return lists, found_rows, np.random.default_rng(1).integers(0, FOLDS, len(targets))[found_rows]
+
+
+def _list_settings(config: TwoStageConfig) -> tuple:
+    """What ``two_stage.ranking_lists`` reads of a ranker's settings: variants that differ in them need
+    lists of their own."""
+    return config.ranking_candidates, config.ranking_users
 
 
 def _subset(lists: dict, rows: np.ndarray) -> dict:
@@ -160,16 +174,21 @@ def main() -> None:
     args = parser.parse_args()
     penalties_asked = [float(value) for value in filter(None, args.popularity_penalties.split(","))]
     out = pathlib.Path(args.out)
-    (base, inputs, split, train, targets, popularity, query_tower, lists, found_rows,
-     fold_of) = validation_lists(args.data_dir, out, args.epochs, args.retrieval)
+    validation = validation_lists(args.data_dir, out, args.epochs, args.retrieval)
+    base, inputs, split, train, targets, popularity, query_tower = (
+        validation.base, validation.inputs, validation.split, validation.train, validation.targets,
+        validation.popularity, validation.query_tower)
+    lists_by_settings = {_list_settings(base): (validation.lists, validation.found_rows, validation.fold_of)}
     target_indices = inputs.catalog.indices(targets)
-    candidates = inputs.catalog.indices(lists[CANDIDATE_FEATURE].ravel()).reshape(
-        lists["labels"].shape)
     test_queries = scoring.query_embeddings(query_tower, inputs.users, split.tested_history())
-    retrieval_ranks = np.full(len(targets), _MISSED)
-    retrieval_ranks[found_rows] = lists["labels"].argmax(axis=1) + 1
     results = []
     for label, settings, config in _runs(base, args.variant or ["default="], args.seeds, args.first_seed):
+        if _list_settings(config) not in lists_by_settings:
+            lists_by_settings[_list_settings(config)] = _candidate_lists(config, inputs, query_tower, train, targets)
+        lists, found_rows, fold_of = lists_by_settings[_list_settings(config)]
+        candidates = inputs.catalog.indices(lists[CANDIDATE_FEATURE].ravel()).reshape(lists["labels"].shape)
+        retrieval_ranks = np.full(len(targets), _MISSED)
+        retrieval_ranks[found_rows] = lists["labels"].argmax(axis=1) + 1
         # Each ranker trains from its own seed, not from where the previous variant left the random state.
         tf.keras.utils.set_random_seed(config.seed)
         penalties = penalties_asked or [config.ranking_popularity_penalty]
