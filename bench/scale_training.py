@@ -40,6 +40,7 @@ import tfrs_pipeline  # noqa: F401  (Keras 2 first)
 # isort: split
 import tensorflow as tf
 
+from tfrs_pipeline import scoring
 from tfrs_pipeline.config import TwoStageConfig
 from tfrs_pipeline.data.dataset import load_dataset
 from tfrs_pipeline.data.split import leave_last_out
@@ -92,7 +93,7 @@ def measure_snapshot(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, h
     sequences = history.select(rows)
     rss_before, wall, cpu = PROCESS.memory_info().rss, time.perf_counter(), time.process_time()
     snapshot = savedmodels.UserSnapshot(inputs.users, sequences.user_ids, sequences.item_ids,
-                                        two_stage._timestamps(config, sequences),
+                                        scoring.history_timestamps(ranking_model.query_tower, sequences),
                                         config.max_length, inputs.catalog.item_ids)
     built_s = time.perf_counter() - wall
     user_context = snapshot.precompute(

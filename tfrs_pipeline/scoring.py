@@ -28,19 +28,25 @@ BATCH = 512
 BLOCK_SCORES = 1 << 25  # scores per block of users (128 MB as float32): 3,355 users at 10K items, 335 at 100K
 
 
-def user_examples(users: FeatureRows, sequences: UserSequences, max_length: int, timestamps: bool) -> dict:
-    """One example per user: id, features, most recent ``max_length`` items (left-padded) and, for towers
-    that read time (``timestamps``), their timestamps; no target."""
+def history_timestamps(query_tower: QueryTower, sequences: UserSequences) -> list[np.ndarray] | None:
+    """The sequences' timestamps where the query tower reads time, else None: what every example built
+    for the tower (training windows, scored users, the export's snapshot) holds beside the items."""
+    return sequences.timestamps if query_tower.uses_time else None
+
+
+def user_examples(users: FeatureRows, sequences: UserSequences, query_tower: QueryTower) -> dict:
+    """One example per user as ``query_tower`` reads it: id, features, the most recent items (left-padded)
+    and, where the tower reads time, their timestamps; no target."""
     empty = np.full(len(sequences), "", dtype=object)
-    examples = next_item_examples(sequences.user_ids, sequences.item_ids, empty, max_length,
-                                  sequences.timestamps if timestamps else None)
+    examples = next_item_examples(sequences.user_ids, sequences.item_ids, empty, query_tower.max_length,
+                                  history_timestamps(query_tower, sequences))
     examples.pop("target_item_ids")
     return {**examples, **users.lookup(examples[USER_ID_INPUT])}
 
 
 def query_embeddings(query_tower: QueryTower, users: FeatureRows, sequences: UserSequences) -> np.ndarray:
     """[U, dim] queries after each user's full history in ``sequences``."""
-    examples = examples_as_tensors(user_examples(users, sequences, query_tower.max_length, query_tower.uses_time))
+    examples = examples_as_tensors(user_examples(users, sequences, query_tower))
     batches = [(rows, query_tower(batch).numpy()) for rows, batch in length_sorted_batches(examples, BATCH)]
     queries = np.empty((len(sequences), batches[0][1].shape[1]), np.float32)
     for rows, values in batches:
@@ -75,10 +81,9 @@ def candidate_lists(catalog: Catalog, queries: np.ndarray, item_tower: ItemTower
 
 
 def ranking_features(catalog: Catalog, users: FeatureRows, sequences: UserSequences, candidates: np.ndarray,
-                     max_length: int, timestamps: bool) -> dict:
-    """What the ranker reads for each user's candidate list [U, C] of catalog indices (``timestamps``:
-    the history's too, for towers that read time)."""
-    examples = user_examples(users, sequences, max_length, timestamps)
+                     query_tower: QueryTower) -> dict:
+    """What the ranker on ``query_tower`` reads for each user's candidate list [U, C] of catalog indices."""
+    examples = user_examples(users, sequences, query_tower)
     examples[CANDIDATE_FEATURE] = catalog.item_ids[candidates - 1]
     return examples_as_tensors(examples)
 

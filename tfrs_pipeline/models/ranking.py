@@ -250,10 +250,6 @@ class RankingModel(tfrs.models.Model):
         query, history_categories = context["query"], context["history_categories"]
         candidate_embeddings = tf.gather(catalog_embeddings, candidates)  # [B, N, d]
         candidate_categories = tf.gather(self._categories, candidates)  # [B, N, C]
-        num_candidates = tf.shape(candidates)[1]
-
-        def per_candidate(user_vector: tf.Tensor) -> tf.Tensor:
-            return tf.repeat(user_vector[:, tf.newaxis, :], num_candidates, axis=1)
 
         retrieval_scores = tf.einsum("bd,bnd->bn", query, candidate_embeddings)
         # Where the candidate stands in this list: its retrieval rank and log-share of the list's softmax.
@@ -270,7 +266,7 @@ class RankingModel(tfrs.models.Model):
                 retrieval_scores[..., tf.newaxis],
                 tf.math.log1p(tf.cast(retrieval_ranks, tf.float32))[..., tf.newaxis],
                 tf.maximum(list_log_shares, -20.0)[..., tf.newaxis],
-                per_candidate(context["history_length"]),
+                tf.repeat(context["history_length"][:, tf.newaxis, :], tf.shape(candidates)[1], axis=1),
                 *extra,
                 tf.einsum("bd,bnd->bn", context["last_item"], candidate_embeddings)[..., tf.newaxis],
                 tf.einsum("bc,bnc->bn", history_categories, candidate_categories)[..., tf.newaxis],

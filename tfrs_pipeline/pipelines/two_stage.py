@@ -216,7 +216,7 @@ def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserS
     if config.examples_dir:  # preprocessed by the Beam pipeline: the same windows, read from TFRecords
         examples = tfrecords.read_training_examples(
             config.examples_dir, {name: getattr(config, name) for name in tfrecords.SPLIT_SETTINGS},
-            timestamps=config.time_attention_bias)
+            timestamps=query_tower.uses_time)
         # The users set aside as newcomers (new_users_share) are in the files; no model may see them.
         # A set: np.isin compares object arrays pairwise, which took minutes at 94K windows and 100K users.
         trained_users = set(train.user_ids)
@@ -225,7 +225,8 @@ def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserS
         if not trained.all():  # a copy of every column: only when there is something to drop
             examples = {name: values[trained] for name, values in examples.items()}
     else:
-        examples = training_windows(train.user_ids, train.item_ids, config.max_length, _timestamps(config, train))
+        examples = training_windows(train.user_ids, train.item_ids, config.max_length,
+                                    scoring.history_timestamps(query_tower, train))
     model.compile(optimizer=training_optimizer(config, len(examples["user_id"])))
     return model, examples
 
@@ -277,17 +278,13 @@ def _refit_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, model: Retr
 
     The optimizer and its learning-rate schedule go on where the validated epochs left them.
     """
-    examples = training_windows(refit.user_ids, refit.item_ids, config.max_length, _timestamps(config, refit))
+    examples = training_windows(refit.user_ids, refit.item_ids, config.max_length,
+                                scoring.history_timestamps(model.query_tower, refit))
     with stage(f"refit retrieval with the ranker's targets ({len(examples['user_id'])} windows, "
                f"{config.epochs - first_epoch} epochs)"):
         return history(model.fit(
             training_dataset(examples, config.batch_size, config.seed + 1, user_features=inputs.users),
             initial_epoch=first_epoch, epochs=config.epochs, verbose=config.verbose, callbacks=callbacks))
-
-
-def _timestamps(config: TwoStageConfig, sequences: UserSequences) -> list[np.ndarray] | None:
-    """The sequences' timestamps where the query tower reads time, else None (windows without them)."""
-    return sequences.timestamps if config.time_attention_bias else None
 
 
 def _variable_values(query_tower: QueryTower) -> TowerValues:
@@ -345,8 +342,7 @@ def ranking_lists(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: Q
     # teach it to promote whatever retrieval scores low.
     found = (candidates == target_indices[:, np.newaxis]).any(axis=1)
     candidates, target_indices = candidates[found], target_indices[found]
-    features = scoring.ranking_features(catalog, inputs.users, train.select(found), candidates, config.max_length,
-                                        config.time_attention_bias)
+    features = scoring.ranking_features(catalog, inputs.users, train.select(found), candidates, query_tower)
     has_list[sampled[found]] = True
     return {**features, "labels": (candidates == target_indices[:, np.newaxis]).astype(np.float32)}, has_list
 
@@ -425,8 +421,7 @@ def _evaluate(config: TwoStageConfig, inputs: TwoStageInputs, ranking_model: Ran
         popularity_ranks[rows] = evaluation.rank_of_targets(popularity_scores, target_indices[rows], rated[rows])
         popularity_lists[rows] = evaluation.top_k_excluding(popularity_scores, rated[rows], popularity_lists.shape[1])
     reranked = scoring.rerank(ranking_model, scoring.ranking_features(catalog, inputs.users, tested, candidates,
-                                                                      config.max_length, config.time_attention_bias),
-                              candidates)
+                                                                      ranking_model.query_tower), candidates)
     in_list = reranked == target_indices[:, np.newaxis]
     two_stage_ranks = np.where(in_list.any(axis=1), in_list.argmax(axis=1) + 1, retrieval_ranks)
 
@@ -492,8 +487,9 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
     features the fresh-feature signatures take), which clients read instead of knowing the data set,
     and the feature repository, its online store loaded with the snapshot's users (``features/store.py``).
     """
-    snapshot = savedmodels.UserSnapshot(inputs.users, history.user_ids, history.item_ids, _timestamps(config, history),
-                                        config.max_length, inputs.catalog.item_ids)
+    snapshot = savedmodels.UserSnapshot(inputs.users, history.user_ids, history.item_ids,
+                                        scoring.history_timestamps(query_tower, history), config.max_length,
+                                        inputs.catalog.item_ids)
     catalog_embeddings = tf.Variable(query_tower.item_tower.embed_catalog(), trainable=False)
     # Ranking's user context holds the retrieval query too: one pass over the users serves every export.
     user_context = snapshot.precompute(
