@@ -211,7 +211,7 @@ def run_load(recommend, user_ids: list[str], clients: int, duration_s: float, wa
 
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
-    return figures(latencies, errors, next(calls), duration_s, cpu_before, cpu_seconds(server_pids))
+    return figures(latencies, errors, next(calls), cpu_before, cpu_seconds(server_pids), duration_s)
 
 
 def cpu_seconds(server_pids: tuple[int, ...]) -> dict[str, float]:
@@ -219,8 +219,8 @@ def cpu_seconds(server_pids: tuple[int, ...]) -> dict[str, float]:
     return {"client": process_cpu_seconds(os.getpid()), "server": sum(process_cpu_seconds(pid) for pid in server_pids)}
 
 
-def figures(latencies: list[float], errors: list[str], total_calls: int, duration_s: float,
-            cpu_before: dict[str, float], cpu_after: dict[str, float]) -> dict:
+def figures(latencies: list[float], errors: list[str], total_calls: int, cpu_before: dict[str, float],
+            cpu_after: dict[str, float], duration_s: float) -> dict:
     """Throughput, latency percentiles and CPU per request of one measured load."""
     cpu_ms = {f"{name}_cpu_ms_per_request": 1e3 * (cpu_after[name] - cpu_before[name]) / total_calls
               for name in (("client", "server") if cpu_after["server"] else ("client",))}
@@ -242,9 +242,16 @@ def run_lean_load(ports: list[int], user_ids: list[str], clients: int, duration_
     response message, no numpy), so nearly all the CPU a request costs is the server's. ``k`` None
     accepts any answer (the echo server's).
     """
+    return figures(*lean_load(ports, user_ids, clients, duration_s, warmup_s, k, server_pids), duration_s)
+
+
+def lean_load(ports: list[int], user_ids: list[str], clients: int, duration_s: float, warmup_s: float,
+              k: int | None, server_pids: tuple[int, ...]) -> tuple[list[float], list[str], int, dict, dict]:
+    """``run_lean_load``'s measurements before they are summed up: latencies (s) and errors of the requests
+    sent after the warm-up, all requests sent, and CPU seconds before and after (``cpu_seconds``)."""
     requests = [recommender_request(user_id) for user_id in user_ids]
 
-    async def load() -> dict:
+    async def load() -> tuple[list[float], list[str], int, dict, dict]:
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{ports[index % len(ports)]}") for index in range(clients)]
         calls = [channel.unary_unary(PREDICT_METHOD) for channel in channels]  # bytes in, bytes out
         latencies, errors = [], []
@@ -273,7 +280,7 @@ def run_lean_load(ports: list[int], user_ids: list[str], clients: int, duration_
         cpu_after = cpu_seconds(server_pids)
         for channel in channels:
             await channel.close()
-        return figures(latencies, errors, total_calls, duration_s, cpu_before, cpu_after)
+        return latencies, errors, total_calls, cpu_before, cpu_after
 
     return asyncio.run(load())
 

@@ -122,8 +122,8 @@ class Servable:
             return self._runners[signature_name]
 
 
-def session_config_for(graph_rewrites: bool = True, intra_op_threads: int = 0,
-                       inter_op_threads: int = 0) -> config_pb2.ConfigProto:
+def session_config_for(graph_rewrites: bool = True, intra_op_threads: int = 0, inter_op_threads: int = 0,
+                       thread_spinning: bool = False) -> config_pb2.ConfigProto:
     """A session configuration for every loaded version.
 
     Args:
@@ -134,10 +134,13 @@ def session_config_for(graph_rewrites: bool = True, intra_op_threads: int = 0,
         TensorFlow makes both pools once per process, from the first session's settings, so every
         version shares them: several single-threaded server processes, each with its own port, keep
         their models' work off each other's cores (docs/benchmarks.md, "two processes").
+      thread_spinning: let those pools' threads spin a while for more work before they sleep. A server
+        shares its cores with its gRPC threads, which a spinning thread keeps waiting: off by default.
     """
     config = config_pb2.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
                                     inter_op_parallelism_threads=inter_op_threads)
     config.graph_options.rewrite_options.disable_meta_optimizer = not graph_rewrites
+    config.experimental.disable_thread_spinning = not thread_spinning
     return config
 
 

@@ -102,6 +102,9 @@ def build_flag_parser() -> argparse.ArgumentParser:
     flag("--tensorflow_inter_op_parallelism", type=at_least(-1), default=0,
          help="threads that run a signature's ready TensorFlow ops; 0: one per CPU, -1: each request's "
               "ops in the thread that runs it")
+    flag("--tensorflow_thread_spinning", type=parse_bool, nargs="?", const=True, default=False,
+         help="let TensorFlow's idle pool threads spin for more work before they sleep; on a server they take "
+              "the CPU that gRPC's threads need")
     flag("--load_retry_interval_micros", type=int, default=60_000_000, help="time between those retries")
     flag("--rest_api_num_threads", type=int, default=16, help="threads answering REST requests")
     flag("--rest_api_timeout_in_ms", type=int, default=30_000,
@@ -183,7 +186,8 @@ class ModelServer:
                                     load_retry_interval_s=flags.load_retry_interval_micros / 1e6,
                                     session_config=session_config_for(flags.tensorflow_graph_rewrites,
                                                                       flags.tensorflow_intra_op_parallelism,
-                                                                      flags.tensorflow_inter_op_parallelism))
+                                                                      flags.tensorflow_inter_op_parallelism,
+                                                                      flags.tensorflow_thread_spinning))
         batching = batching_options(flags)
         self.backend = PredictionBackend(self.manager, ServerMetrics(), batching, flags.max_request_batch_size)
         self.metrics_path = metrics_path(flags)
