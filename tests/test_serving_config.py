@@ -15,8 +15,7 @@ from tfrs_pipeline.export.serving_config import (
     write_config,
 )
 from tfrs_pipeline.serving.batching import BatchingOptions
-from tfrs_pipeline.serving.servable import session_config_for
-from tfrs_pipeline.serving.server import batching_options, build_flag_parser, grpc_threads
+from tfrs_pipeline.serving.server import batching_options, build_flag_parser, grpc_threads, tensorflow_session_config
 from tfrs_pipeline.serving.server_protos import BatchingParameters, MonitoringConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -116,10 +115,12 @@ def test_the_shipped_batching_and_monitoring_configs_parse():
 
 
 def test_tensorflow_s_pool_threads_sleep_when_idle_unless_the_server_is_told_to_let_them_spin():
-    assert build_flag_parser().parse_args([]).tensorflow_thread_spinning is False
-    assert session_config_for().experimental.disable_thread_spinning
-    spinning = build_flag_parser().parse_args(["--tensorflow_thread_spinning"]).tensorflow_thread_spinning
-    assert not session_config_for(thread_spinning=spinning).experimental.disable_thread_spinning
+    def server_session(*argv: str):
+        return tensorflow_session_config(build_flag_parser().parse_args(list(argv)))
+
+    assert server_session().experimental.disable_thread_spinning
+    assert not server_session("--tensorflow_thread_spinning").experimental.disable_thread_spinning
+    assert server_session("--tensorflow_intra_op_parallelism=1").intra_op_parallelism_threads == 1
 
 
 def test_grpc_threads_default_to_four_per_cpu_and_leave_room_to_fill_a_batch(monkeypatch):

@@ -26,6 +26,7 @@ from typing import Callable
 
 import grpc
 from google.protobuf import text_format
+from tensorflow.core.protobuf import config_pb2
 
 from tfrs_pipeline.export.serving_config import ModelEntry, ServingConfigError, build_config, read_config
 from tfrs_pipeline.serving.batching import BatchingOptions
@@ -134,6 +135,12 @@ def model_server_config(flags: argparse.Namespace):
     raise ServingConfigError("<flags>", "give --model_config_file, or --model_name and --model_base_path")
 
 
+def tensorflow_session_config(flags: argparse.Namespace) -> config_pb2.ConfigProto:
+    """The session configuration every loaded version runs with, from the ``--tensorflow_*`` flags."""
+    return session_config_for(flags.tensorflow_graph_rewrites, flags.tensorflow_intra_op_parallelism,
+                              flags.tensorflow_inter_op_parallelism, flags.tensorflow_thread_spinning)
+
+
 def batching_options(flags: argparse.Namespace) -> BatchingOptions | None:
     if not flags.enable_batching:
         return None
@@ -184,10 +191,7 @@ class ModelServer:
                                     on_unload=lambda servable: self.backend.forget(servable),
                                     max_num_load_retries=flags.max_num_load_retries,
                                     load_retry_interval_s=flags.load_retry_interval_micros / 1e6,
-                                    session_config=session_config_for(flags.tensorflow_graph_rewrites,
-                                                                      flags.tensorflow_intra_op_parallelism,
-                                                                      flags.tensorflow_inter_op_parallelism,
-                                                                      flags.tensorflow_thread_spinning))
+                                    session_config=tensorflow_session_config(flags))
         batching = batching_options(flags)
         self.backend = PredictionBackend(self.manager, ServerMetrics(), batching, flags.max_request_batch_size)
         self.metrics_path = metrics_path(flags)
