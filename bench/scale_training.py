@@ -94,7 +94,7 @@ def measure_snapshot(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, h
     rss_before, wall, cpu = PROCESS.memory_info().rss, time.perf_counter(), time.process_time()
     snapshot = savedmodels.UserSnapshot(inputs.users, sequences.user_ids, sequences.item_ids,
                                         scoring.history_timestamps(ranking_model.query_tower, sequences),
-                                        config.max_length, inputs.catalog.item_ids)
+                                        ranking_model.query_tower.max_length, inputs.catalog.item_ids)
     built_s = time.perf_counter() - wall
     user_context = snapshot.precompute(
         lambda features: savedmodels.stored_user_context(ranking_model, features, catalog_embeddings))

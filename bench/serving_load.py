@@ -64,8 +64,8 @@ from tfrs_pipeline.contracts import (
 from tfrs_pipeline.export.versioning import existing_versions
 from tfrs_pipeline.serving.batching import Batcher
 from tfrs_pipeline.serving.client import GrpcTransport, TwoStageClient
-from tfrs_pipeline.serving.servable import Servable, session_config_for
-from tfrs_pipeline.serving.server import batching_options, build_flag_parser, grpc_threads
+from tfrs_pipeline.serving.servable import Servable
+from tfrs_pipeline.serving.server import batching_options, build_flag_parser, grpc_threads, tensorflow_session_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
@@ -103,10 +103,13 @@ class InProcessBatched:
     def __init__(self, export_dir: pathlib.Path):
         base_path = export_dir / RECOMMENDER_MODEL
         version = existing_versions(base_path)[-1]
-        self._servable = Servable(RECOMMENDER_MODEL, version, base_path / str(version), session_config_for())
-        options = batching_options(build_flag_parser().parse_args(
-            ["--enable_batching", f"--batching_parameters_file={BATCHING_CONFIG}"]))
-        self._batcher = Batcher(lambda inputs: self._servable.call(SERVING_SIGNATURE, inputs), options)
+        # The sessions and batches of a server started as ServerProcess(batching=True) starts it.
+        server_flags = build_flag_parser().parse_args(
+            ["--enable_batching", f"--batching_parameters_file={BATCHING_CONFIG}"])
+        self._servable = Servable(RECOMMENDER_MODEL, version, base_path / str(version),
+                                  tensorflow_session_config(server_flags))
+        self._batcher = Batcher(lambda inputs: self._servable.call(SERVING_SIGNATURE, inputs),
+                                batching_options(server_flags))
 
     def recommend(self, user_id: str, k: int) -> list[str]:
         outputs = self._batcher.run({USER_ID_INPUT: np.array([user_id.encode()], dtype=object)})

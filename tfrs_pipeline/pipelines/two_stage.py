@@ -225,7 +225,7 @@ def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserS
         if not trained.all():  # a copy of every column: only when there is something to drop
             examples = {name: values[trained] for name, values in examples.items()}
     else:
-        examples = training_windows(train.user_ids, train.item_ids, config.max_length,
+        examples = training_windows(train.user_ids, train.item_ids, query_tower.max_length,
                                     scoring.history_timestamps(query_tower, train))
     model.compile(optimizer=training_optimizer(config, len(examples["user_id"])))
     return model, examples
@@ -278,7 +278,7 @@ def _refit_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, model: Retr
 
     The optimizer and its learning-rate schedule go on where the validated epochs left them.
     """
-    examples = training_windows(refit.user_ids, refit.item_ids, config.max_length,
+    examples = training_windows(refit.user_ids, refit.item_ids, model.query_tower.max_length,
                                 scoring.history_timestamps(model.query_tower, refit))
     with stage(f"refit retrieval with the ranker's targets ({len(examples['user_id'])} windows, "
                f"{config.epochs - first_epoch} epochs)"):
@@ -488,7 +488,7 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
     and the feature repository, its online store loaded with the snapshot's users (``features/store.py``).
     """
     snapshot = savedmodels.UserSnapshot(inputs.users, history.user_ids, history.item_ids,
-                                        scoring.history_timestamps(query_tower, history), config.max_length,
+                                        scoring.history_timestamps(query_tower, history), query_tower.max_length,
                                         inputs.catalog.item_ids)
     catalog_embeddings = tf.Variable(query_tower.item_tower.embed_catalog(), trainable=False)
     # Ranking's user context holds the retrieval query too: one pass over the users serves every export.
@@ -526,5 +526,5 @@ def _export(config: TwoStageConfig, version: int, inputs: TwoStageInputs, histor
     repo = store.write_feature_repository(
         export_dir / FEATURE_REPO_DIR, description, inputs.data.users,
         store.history_table(history.user_ids, history.item_ids, history.timestamps), inputs.data.items,
-        config.max_length)
+        query_tower.max_length)
     events.materialize_and_replay(repo)
