@@ -124,3 +124,71 @@ def test_a_sampled_step_embeds_only_the_rows_it_reads_and_trains_as_the_whole_ca
     assert len(gradients) == len(expected_gradients) > 5
     for gradient, expected in zip(gradients, expected_gradients):
         np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_earlier_items_are_what_each_position_has_read_but_its_own_target():
+    from tfrs_pipeline.models.retrieval import earlier_items
+
+    history = tf.constant([[0, 0, 4, 7, 4], [3, 5, 6, 2, 9]], tf.int64)  # left-padded windows of catalog indices
+    targets = tf.constant([[0, 0, 7, 4, 8], [5, 6, 0, 9, 3]], tf.int64)  # 4 follows 7: a repeat
+    has_target = targets > 0
+    pairs = earlier_items(history, targets, has_target).numpy().tolist()
+    # Rows in row-major order of the slots with a target: (0, 2) (0, 3) (0, 4) (1, 0) (1, 1) (1, 3) (1, 4).
+    expected = [[0, 4],  # slot 2 read 4; its target 7 is new
+                [1, 7],  # slot 3 read 4 and 7; its target is 4 again, which competes as a positive
+                [2, 4], [2, 7], [2, 4],  # slot 4 read 4, 7, 4
+                [3, 3],  # the second window's slot 0 read 3
+                [4, 3], [4, 5],
+                [5, 3], [5, 5], [5, 6], [5, 2],  # slot 2 has no target and no row
+                [6, 5], [6, 6], [6, 2], [6, 9]]  # slot 4's target 3 is one it read: not excluded
+    assert pairs == expected
+
+
+@pytest.mark.parametrize("with_bonus", [False, True])
+def test_excluded_items_do_not_compete_in_the_whole_catalog_loss(with_bonus):
+    rng = np.random.default_rng(3)
+    queries = tf.constant(rng.normal(size=(6, 4)) * 3, tf.float32)
+    items = tf.constant(rng.normal(size=(9, 4)) * 3, tf.float32)
+    labels = tf.constant([0, 3, 3, 8, 1, 5])
+    bonus = tf.constant(rng.normal(size=(6, 9)), tf.float32)
+    excluded = tf.constant([[0, 1], [0, 2], [1, 0], [1, 8], [1, 8], [4, 0], [5, 1], [5, 2], [5, 4]], tf.int64)
+    # The largest logit of row 1 is an excluded one: the loss must not lean on it.
+    items = tf.tensor_scatter_nd_update(items, [[8]], queries[1:2] * 5)
+    mask = tf.scatter_nd(excluded, tf.ones(9), [6, 9]) > 0
+
+    def library(queries, items, bonus):
+        logits = tf.matmul(queries, items, transpose_b=True) + (bonus if with_bonus else 0)
+        logits = tf.where(mask, -np.inf, logits)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+    def fused(queries, items, bonus):
+        return full_softmax_cross_entropy(queries, items, labels, bonus if with_bonus else None, excluded)
+
+    expected_loss, expected_gradients = _loss_and_gradients(library, queries, items, bonus)
+    loss, gradients = _loss_and_gradients(fused, queries, items, bonus)
+    assert np.isfinite(loss.numpy()) and np.isclose(loss.numpy(), expected_loss.numpy(), rtol=1e-5)
+    for gradient, expected in zip(gradients if with_bonus else gradients[:2], expected_gradients):
+        np.testing.assert_allclose(gradient.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
+    if with_bonus:
+        return
+    whole = MixedNegativeSoftmax(np.r_[0, np.ones(9)], num_negatives=None)  # catalog indices: columns + 1
+    catalog = tf.concat([tf.zeros([1, 4]), items], axis=0)
+    assert np.isclose(whole.loss(queries, tf.cast(labels, tf.int64) + 1, catalog,
+                                 excluded=excluded + [0, 1]).numpy(), expected_loss.numpy(), rtol=1e-5)
+
+
+def test_excluded_items_drawn_as_negatives_do_not_compete():
+    rng = np.random.default_rng(4)
+    catalog = tf.constant(rng.normal(size=(8, 4)), tf.float32)  # items 1..7
+    queries = tf.constant(rng.normal(size=(3, 4)), tf.float32)
+    positives = tf.constant([1, 2, 3], tf.int64)
+    softmax = MixedNegativeSoftmax(np.r_[0, np.ones(7)], num_negatives=6)
+    negatives = tf.constant([5, 2, 7, 6], tf.int64)
+    excluded = tf.constant([[0, 5], [0, 4], [2, 7], [2, 6], [1, 1]], tf.int64)  # 4 and 1 were not drawn
+    logits, labels = softmax.sampled_logits(queries, positives, catalog, negatives=negatives)
+    kept = tf.constant([[1, 0, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]) > 0
+    expected = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=tf.where(kept, logits, tf.float32.min)))
+    loss = softmax.loss(queries, positives, catalog, negatives=negatives, excluded=excluded)
+    assert np.isclose(loss.numpy(), expected.numpy(), rtol=1e-6)
+    assert not np.isclose(loss.numpy(), softmax.loss(queries, positives, catalog, negatives=negatives).numpy())

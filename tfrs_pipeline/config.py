@@ -113,6 +113,9 @@ class TwoStageConfig(TaskConfig):
     new_users_share: float = _field(0.0, "share of the tested users kept out of all training and export, and "
                                          "evaluated through the fresh-feature path as users who arrive after "
                                          "training (cold start); 0: none", minimum=0)
+    softmax_excludes_history: bool = _field(False, "leave the items each training position has already read out "
+                                                   "of its softmax: evaluation and serving never recommend a "
+                                                   "user's own items, so training need not push them down")
     validation_every: int = _field(4, "retrieval's full-catalog validation (HR@10, NDCG@10, loss in the logs and "
                                       "report) runs after every this many epochs and after the last; 1: every "
                                       "epoch", minimum=1)

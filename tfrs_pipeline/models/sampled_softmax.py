@@ -66,7 +66,8 @@ class MixedNegativeSoftmax:
         return negatives
 
     def loss(self, queries: tf.Tensor, positives: tf.Tensor, catalog_embeddings: tf.Tensor,
-             logit_bonus: LogitBonus | None = None, negatives: tf.Tensor | None = None) -> tf.Tensor:
+             logit_bonus: LogitBonus | None = None, negatives: tf.Tensor | None = None,
+             excluded: tf.Tensor | None = None) -> tf.Tensor:
         """Mean cross-entropy over the P rows.
 
         Args:
@@ -77,14 +78,22 @@ class MixedNegativeSoftmax:
           logit_bonus: added to the logits of the items it names, row by row.
           negatives: ``draw_negatives(positives)`` when the caller needed them first (to embed only
             the rows it reads); drawn here when None.
+          excluded: [K, 2] (row, catalog index) pairs left out of the softmax: that item does not compete
+            for that row (never a row's own positive).
         """
         if self.num_negatives is None:
             bonus = None
             if logit_bonus is not None:
                 bonus = logit_bonus.for_candidates(tf.range(1, self._num_items + 1, dtype=positives.dtype),
                                                    self._num_items)
-            return full_softmax_cross_entropy(queries, catalog_embeddings[1:], positives - 1, bonus)
+            if excluded is not None:
+                excluded -= tf.constant([0, 1], excluded.dtype)  # the columns of catalog_embeddings[1:]
+            return full_softmax_cross_entropy(queries, catalog_embeddings[1:], positives - 1, bonus, excluded)
+        if negatives is None:
+            negatives = self.draw_negatives(positives)
         logits, labels = self.sampled_logits(queries, positives, catalog_embeddings, logit_bonus, negatives)
+        if excluded is not None:
+            logits = _without_excluded_negatives(logits, negatives, excluded, self._num_items)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
     def sampled_logits(self, queries: tf.Tensor, positives: tf.Tensor, catalog_embeddings: tf.Tensor,
@@ -123,8 +132,20 @@ class MixedNegativeSoftmax:
         return tf.concat(logits, axis=1), tf.zeros_like(positives)
 
 
+def _without_excluded_negatives(logits: tf.Tensor, negatives: tf.Tensor, excluded: tf.Tensor,
+                                num_items: int) -> tf.Tensor:
+    """``logits`` [P, 1 + S + ...] (negatives [S] in columns 1..S) with each excluded (row, item) pair that was
+    drawn as a negative at ``float32.min``."""
+    column_of_item = tf.scatter_nd(negatives[:, tf.newaxis], tf.range(1, tf.size(negatives, tf.int64) + 1),
+                                   [num_items + 1])  # 0: not drawn
+    columns = tf.gather(column_of_item, excluded[:, 1])
+    drawn = columns > 0
+    pairs = tf.stack([tf.boolean_mask(excluded[:, 0], drawn), tf.boolean_mask(columns, drawn)], axis=1)
+    return tf.tensor_scatter_nd_update(logits, pairs, tf.fill(tf.shape(pairs)[:1], logits.dtype.min))
+
+
 def full_softmax_cross_entropy(queries: tf.Tensor, items: tf.Tensor, labels: tf.Tensor,
-                               bonus: tf.Tensor | None = None) -> tf.Tensor:
+                               bonus: tf.Tensor | None = None, excluded: tf.Tensor | None = None) -> tf.Tensor:
     """Mean softmax cross-entropy of ``queries @ items.T (+ bonus)`` against ``labels``, fused by hand.
 
     The whole-catalog softmax is most of a MovieLens training step (a batch scores some 25,000
@@ -139,6 +160,8 @@ def full_softmax_cross_entropy(queries: tf.Tensor, items: tf.Tensor, labels: tf.
       items: [N, dim] the candidates, every one competing for every query.
       labels: [P] integer column of each query's positive in ``items``.
       bonus: optional [P, N] logits added before the softmax (they get gradients too).
+      excluded: optional [K, 2] (row, column) pairs that do not compete: they add nothing to the loss and get
+        no gradient. Never a row's label.
     """
     extra = [] if bonus is None else [bonus]
 
@@ -147,6 +170,8 @@ def full_softmax_cross_entropy(queries: tf.Tensor, items: tf.Tensor, labels: tf.
         logits = tf.matmul(queries, items, transpose_b=True)
         if bonus:
             logits += bonus[0]
+        if excluded is not None:  # before the row maximum, which must be a competing logit
+            logits = tf.tensor_scatter_nd_update(logits, excluded, tf.fill(tf.shape(excluded)[:1], logits.dtype.min))
         row_max = tf.stop_gradient(tf.reduce_max(logits, axis=1, keepdims=True))
         exponentials = tf.exp(logits - row_max)
         sums = tf.reduce_sum(exponentials, axis=1, keepdims=True)
