@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrs_pipeline.models.sampled_softmax import MixedNegativeSoftmax, full_softmax_cross_entropy
+from tfrs_pipeline.models.sampled_softmax import MixedNegativeSoftmax, ReadHistory, full_softmax_cross_entropy
 from tfrs_pipeline.models.session import PrefixRepeats
 
 
@@ -126,69 +126,72 @@ def test_a_sampled_step_embeds_only_the_rows_it_reads_and_trains_as_the_whole_ca
         np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_earlier_items_are_what_each_position_has_read_but_its_own_target():
-    from tfrs_pipeline.models.retrieval import earlier_items
 
+def test_each_row_reads_the_items_of_its_window_up_to_its_slot():
     history = tf.constant([[0, 0, 4, 7, 4], [3, 5, 6, 2, 9]], tf.int64)  # left-padded windows of catalog indices
-    targets = tf.constant([[0, 0, 7, 4, 8], [5, 6, 0, 9, 3]], tf.int64)  # 4 follows 7: a repeat
-    has_target = targets > 0
-    pairs = earlier_items(history, targets, has_target).numpy().tolist()
-    # Rows in row-major order of the slots with a target: (0, 2) (0, 3) (0, 4) (1, 0) (1, 1) (1, 3) (1, 4).
-    expected = [[0, 4],  # slot 2 read 4; its target 7 is new
-                [1, 7],  # slot 3 read 4 and 7; its target is 4 again, which competes as a positive
-                [2, 4], [2, 7], [2, 4],  # slot 4 read 4, 7, 4
-                [3, 3],  # the second window's slot 0 read 3
-                [4, 3], [4, 5],
-                [5, 3], [5, 5], [5, 6], [5, 2],  # slot 2 has no target and no row
-                [6, 5], [6, 6], [6, 2], [6, 9]]  # slot 4's target 3 is one it read: not excluded
-    assert pairs == expected
+    has_target = tf.constant([[False, False, True, True, True], [True, True, False, True, True]])
+    read = ReadHistory(history, has_target)
+    # The whole catalog (indices 1..9 are columns 0..8). Rows are the slots with a target, row-major.
+    mask = read.mask(tf.range(-1, 9, dtype=tf.int64), 9).numpy()
+    assert [(np.flatnonzero(row) + 1).tolist() for row in mask] == [
+        [4], [4, 7], [4, 7],  # the first window's slots 2, 3 and 4 (4 read twice)
+        [3], [3, 5], [2, 3, 5, 6], [2, 3, 5, 6, 9]]  # the second's slots 0, 1, 3, 4 (slot 2 has no row)
+    # Drawn negatives 4 and 2 as columns 0 and 1: only they are masked.
+    column_of_item = tf.constant([-1, -1, 1, -1, 0, -1, -1, -1, -1, -1], tf.int64)
+    assert read.mask(column_of_item, 2).numpy().astype(int).tolist() == [
+        [1, 0], [1, 0], [1, 0], [0, 0], [0, 0], [0, 1], [0, 1]]
 
 
 @pytest.mark.parametrize("with_bonus", [False, True])
-def test_excluded_items_do_not_compete_in_the_whole_catalog_loss(with_bonus):
+def test_read_items_do_not_compete_in_the_whole_catalog_loss_but_a_row_s_own_label_does(with_bonus):
     rng = np.random.default_rng(3)
     queries = tf.constant(rng.normal(size=(6, 4)) * 3, tf.float32)
     items = tf.constant(rng.normal(size=(9, 4)) * 3, tf.float32)
     labels = tf.constant([0, 3, 3, 8, 1, 5])
     bonus = tf.constant(rng.normal(size=(6, 9)), tf.float32)
-    excluded = tf.constant([[0, 1], [0, 2], [1, 0], [1, 8], [1, 8], [4, 0], [5, 1], [5, 2], [5, 4]], tf.int64)
+    excluded = np.zeros((6, 9), bool)
+    excluded[[0, 0, 1, 1, 4, 5, 5, 5], [1, 2, 0, 8, 0, 1, 2, 4]] = True
+    excluded[2, 3] = excluded[3, 8] = True  # their labels: a repeat still competes as the positive
     # The largest logit of row 1 is an excluded one: the loss must not lean on it.
     items = tf.tensor_scatter_nd_update(items, [[8]], queries[1:2] * 5)
-    mask = tf.scatter_nd(excluded, tf.ones(9), [6, 9]) > 0
+    competes = ~excluded
+    competes[np.arange(6), labels.numpy()] = True
 
     def library(queries, items, bonus):
         logits = tf.matmul(queries, items, transpose_b=True) + (bonus if with_bonus else 0)
-        logits = tf.where(mask, -np.inf, logits)
+        logits = tf.where(competes, logits, -np.inf)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
     def fused(queries, items, bonus):
-        return full_softmax_cross_entropy(queries, items, labels, bonus if with_bonus else None, excluded)
+        return full_softmax_cross_entropy(queries, items, labels, bonus if with_bonus else None,
+                                          tf.constant(excluded))
 
     expected_loss, expected_gradients = _loss_and_gradients(library, queries, items, bonus)
     loss, gradients = _loss_and_gradients(fused, queries, items, bonus)
     assert np.isfinite(loss.numpy()) and np.isclose(loss.numpy(), expected_loss.numpy(), rtol=1e-5)
     for gradient, expected in zip(gradients if with_bonus else gradients[:2], expected_gradients):
         np.testing.assert_allclose(gradient.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
-    if with_bonus:
-        return
-    whole = MixedNegativeSoftmax(np.r_[0, np.ones(9)], num_negatives=None)  # catalog indices: columns + 1
-    catalog = tf.concat([tf.zeros([1, 4]), items], axis=0)
-    assert np.isclose(whole.loss(queries, tf.cast(labels, tf.int64) + 1, catalog,
-                                 excluded=excluded + [0, 1]).numpy(), expected_loss.numpy(), rtol=1e-5)
 
 
-def test_excluded_items_drawn_as_negatives_do_not_compete():
+def test_read_items_drawn_as_negatives_do_not_compete():
     rng = np.random.default_rng(4)
     catalog = tf.constant(rng.normal(size=(8, 4)), tf.float32)  # items 1..7
     queries = tf.constant(rng.normal(size=(3, 4)), tf.float32)
     positives = tf.constant([1, 2, 3], tf.int64)
     softmax = MixedNegativeSoftmax(np.r_[0, np.ones(7)], num_negatives=6)
     negatives = tf.constant([5, 2, 7, 6], tf.int64)
-    excluded = tf.constant([[0, 5], [0, 4], [2, 7], [2, 6], [1, 1]], tf.int64)  # 4 and 1 were not drawn
+    # Rows: slot 0 read 5; slot 1 read 5 and 4 (4 was not drawn); slot 3 read 5, 4, 7 and 6.
+    read = ReadHistory(tf.constant([[5, 4, 7, 6]], tf.int64), tf.constant([[True, True, False, True]]))
     logits, labels = softmax.sampled_logits(queries, positives, catalog, negatives=negatives)
-    kept = tf.constant([[1, 0, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]) > 0
+    competes = tf.constant([[1, 0, 1, 1, 1], [1, 0, 1, 1, 1], [1, 0, 1, 0, 0]]) > 0
     expected = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=labels, logits=tf.where(kept, logits, tf.float32.min)))
-    loss = softmax.loss(queries, positives, catalog, negatives=negatives, excluded=excluded)
+        labels=labels, logits=tf.where(competes, logits, tf.float32.min)))
+    loss = softmax.loss(queries, positives, catalog, negatives=negatives, read=read)
     assert np.isclose(loss.numpy(), expected.numpy(), rtol=1e-6)
     assert not np.isclose(loss.numpy(), softmax.loss(queries, positives, catalog, negatives=negatives).numpy())
+    # The whole catalog: item i is column i - 1.
+    whole = MixedNegativeSoftmax(np.r_[0, np.ones(7)], num_negatives=None)
+    competes = tf.constant([[1, 1, 1, 1, 0, 1, 1], [1, 1, 1, 0, 0, 1, 1], [1, 1, 1, 0, 0, 0, 0]]) > 0
+    logits = tf.where(competes, tf.matmul(queries, catalog[1:], transpose_b=True), tf.float32.min)
+    expected = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positives - 1, logits=logits))
+    assert np.isclose(whole.loss(queries, positives, catalog, read=read).numpy(), expected.numpy(), rtol=1e-6)

@@ -16,7 +16,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrs_pipeline.contracts import HISTORY_INPUT
 from tfrs_pipeline.models.query_tower import QueryTower
-from tfrs_pipeline.models.sampled_softmax import MixedNegativeSoftmax
+from tfrs_pipeline.models.sampled_softmax import MixedNegativeSoftmax, ReadHistory
 
 
 class RetrievalModel(tfrs.models.Model):
@@ -27,8 +27,8 @@ class RetrievalModel(tfrs.models.Model):
         is the candidate tower (shared with the history encoder).
       target_counts: [N + 1] how often each catalog index is a training target; sets logQ.
       num_negatives: negatives per batch, half in-batch and half uniform; None for the full catalog.
-      exclude_history: leave each position's earlier items of its window (other than its own target) out of
-        its softmax.
+      exclude_history: leave the items each position has read in its window (other than its own target) out
+        of its softmax.
     """
 
     def __init__(self, query_tower: QueryTower, target_counts: np.ndarray, num_negatives: int | None = 1024,
@@ -43,9 +43,8 @@ class RetrievalModel(tfrs.models.Model):
     def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
         targets = features["target_item_ids"]
         has_target = tf.not_equal(targets, "")
-        target_indices = self.item_tower.indices(targets)
         history = self.item_tower.indices(features[HISTORY_INPUT])
-        positives = tf.boolean_mask(target_indices, has_target)
+        positives = tf.boolean_mask(self.item_tower.indices(targets), has_target)
         negatives = None
         if self.num_negatives is None:
             catalog_embeddings = self.item_tower.embed_catalog()
@@ -53,7 +52,7 @@ class RetrievalModel(tfrs.models.Model):
             negatives = self._softmax.draw_negatives(positives)
             catalog_embeddings = self.item_tower.embed_catalog_rows(tf.concat(
                 [tf.reshape(history, [-1]), positives, negatives], axis=0))
-        excluded = earlier_items(history, target_indices, has_target) if self.exclude_history else None
+        read = ReadHistory(history, has_target) if self.exclude_history else None
         sequence_queries = self.query_tower.sequence_embeddings(features, training, catalog_embeddings)
         queries = tf.boolean_mask(sequence_queries, has_target)
         # Inside a distributed train step Keras sums the replicas' losses; dividing keeps the loss
@@ -61,22 +60,5 @@ class RetrievalModel(tfrs.models.Model):
         replica_context = tf.distribute.get_replica_context()
         replicas = replica_context.num_replicas_in_sync if replica_context is not None else 1
         return self._softmax.loss(queries, positives, catalog_embeddings, negatives=negatives,
-                                  excluded=excluded) / replicas
+                                  read=read) / replicas
 
-
-def earlier_items(history: tf.Tensor, targets: tf.Tensor, has_target: tf.Tensor) -> tf.Tensor:
-    """[K, 2] int64 (row, catalog index): the items each target row's position has read, but its own target.
-
-    ``history`` and ``targets`` [B, L] are catalog indices (0: padding), ``has_target`` [B, L] which slots
-    have a target; rows number those slots in row-major order, as ``tf.boolean_mask`` lists the queries.
-    The slot ``t`` has read slots ``0..t`` of its window.
-    """
-    rows = tf.reshape(tf.cumsum(tf.cast(tf.reshape(has_target, [-1]), tf.int64)) - 1, tf.shape(has_target))
-    slots = tf.range(tf.shape(history)[1])
-    read = slots[tf.newaxis, :] <= slots[:, tf.newaxis]  # [reading slot t, read slot s]
-    read_items = history[:, tf.newaxis, :]  # [B, 1, L]
-    excluded = (read[tf.newaxis] & has_target[:, :, tf.newaxis] & (read_items > 0)
-                & tf.not_equal(read_items, targets[:, :, tf.newaxis]))
-    where = tf.where(excluded)  # [K, 3]: window, reading slot, read slot
-    return tf.stack([tf.gather_nd(rows, where[:, :2]), tf.gather_nd(history, tf.gather(where, [0, 2], axis=1))],
-                    axis=1)

@@ -42,6 +42,41 @@ class LogitBonus(Protocol):
         """[P, S] whether each of the distinct items ``candidates`` [S] is one of the row's items."""
 
 
+class ReadHistory:
+    """The items each query row's position has read: slots ``0..t`` of its window, for the row of slot ``t``.
+
+    Evaluation and serving never recommend a user's own items, so they need not compete in that row's
+    softmax. The mask is built per softmax from each window's first slot holding each competing item,
+    a [windows, columns] table, compared with each row's slot: one pass over the logits' shape.
+
+    Args:
+      history: [B, L] catalog indices of the windows (0: padding).
+      has_target: [B, L] the slots with a query row; rows number them in row-major order, as
+        ``tf.boolean_mask`` lists the queries.
+    """
+
+    def __init__(self, history: tf.Tensor, has_target: tf.Tensor):
+        self._history = history
+        rows = tf.where(has_target)
+        self._window_of_row, self._slot_of_row = rows[:, 0], rows[:, 1]
+
+    def mask(self, column_of_item: tf.Tensor, num_columns: int | tf.Tensor) -> tf.Tensor:
+        """[P, C] bool: whether row p's position read the item of column c.
+
+        ``column_of_item`` [N + 1]: each catalog index's column in the softmax, -1 where it has none.
+        """
+        windows, length = tf.unstack(tf.shape(self._history, out_type=tf.int64))
+        columns = tf.gather(column_of_item, self._history)  # [B, L]
+        competes = columns >= 0
+        slots = tf.broadcast_to(tf.range(length)[tf.newaxis, :], [windows, length])
+        window_and_column = tf.stack([tf.broadcast_to(tf.range(windows)[:, tf.newaxis], [windows, length]),
+                                      columns], axis=-1)
+        first_slot = tf.tensor_scatter_nd_min(tf.fill(tf.stack([windows, tf.cast(num_columns, tf.int64)]), length),
+                                              tf.boolean_mask(window_and_column, competes),
+                                              tf.boolean_mask(slots, competes))  # [B, C]; length: never read
+        return tf.gather(first_slot, self._window_of_row) <= self._slot_of_row[:, tf.newaxis]
+
+
 class MixedNegativeSoftmax:
     """Softmax cross-entropy of each query's positive item against sampled (or all) catalog items.
 
@@ -67,7 +102,7 @@ class MixedNegativeSoftmax:
 
     def loss(self, queries: tf.Tensor, positives: tf.Tensor, catalog_embeddings: tf.Tensor,
              logit_bonus: LogitBonus | None = None, negatives: tf.Tensor | None = None,
-             excluded: tf.Tensor | None = None) -> tf.Tensor:
+             read: ReadHistory | None = None) -> tf.Tensor:
         """Mean cross-entropy over the P rows.
 
         Args:
@@ -78,22 +113,27 @@ class MixedNegativeSoftmax:
           logit_bonus: added to the logits of the items it names, row by row.
           negatives: ``draw_negatives(positives)`` when the caller needed them first (to embed only
             the rows it reads); drawn here when None.
-          excluded: [K, 2] (row, catalog index) pairs left out of the softmax: that item does not compete
-            for that row (never a row's own positive).
+          read: the items each row has read, which do not compete for it (a row's own positive still does).
         """
         if self.num_negatives is None:
             bonus = None
             if logit_bonus is not None:
                 bonus = logit_bonus.for_candidates(tf.range(1, self._num_items + 1, dtype=positives.dtype),
                                                    self._num_items)
-            if excluded is not None:
-                excluded -= tf.constant([0, 1], excluded.dtype)  # the columns of catalog_embeddings[1:]
+            excluded = None
+            if read is not None:  # catalog index i is column i - 1 of catalog_embeddings[1:]
+                excluded = read.mask(tf.range(-1, self._num_items, dtype=tf.int64), self._num_items)
             return full_softmax_cross_entropy(queries, catalog_embeddings[1:], positives - 1, bonus, excluded)
         if negatives is None:
             negatives = self.draw_negatives(positives)
         logits, labels = self.sampled_logits(queries, positives, catalog_embeddings, logit_bonus, negatives)
-        if excluded is not None:
-            logits = _without_excluded_negatives(logits, negatives, excluded, self._num_items)
+        if read is not None:  # the negatives are columns 1..S of the logits
+            num_negatives = tf.size(negatives, tf.int64)
+            column_of_item = tf.tensor_scatter_nd_update(tf.fill([self._num_items + 1], tf.constant(-1, tf.int64)),
+                                                         negatives[:, tf.newaxis], tf.range(num_negatives))
+            read_negatives = read.mask(column_of_item, num_negatives)
+            row_item_columns = tf.shape(logits)[1] - 1 - tf.shape(read_negatives)[1]  # with a logit bonus
+            logits = tf.where(tf.pad(read_negatives, [[0, 0], [1, row_item_columns]]), logits.dtype.min, logits)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
     def sampled_logits(self, queries: tf.Tensor, positives: tf.Tensor, catalog_embeddings: tf.Tensor,
@@ -132,18 +172,6 @@ class MixedNegativeSoftmax:
         return tf.concat(logits, axis=1), tf.zeros_like(positives)
 
 
-def _without_excluded_negatives(logits: tf.Tensor, negatives: tf.Tensor, excluded: tf.Tensor,
-                                num_items: int) -> tf.Tensor:
-    """``logits`` [P, 1 + S + ...] (negatives [S] in columns 1..S) with each excluded (row, item) pair that was
-    drawn as a negative at ``float32.min``."""
-    column_of_item = tf.scatter_nd(negatives[:, tf.newaxis], tf.range(1, tf.size(negatives, tf.int64) + 1),
-                                   [num_items + 1])  # 0: not drawn
-    columns = tf.gather(column_of_item, excluded[:, 1])
-    drawn = columns > 0
-    pairs = tf.stack([tf.boolean_mask(excluded[:, 0], drawn), tf.boolean_mask(columns, drawn)], axis=1)
-    return tf.tensor_scatter_nd_update(logits, pairs, tf.fill(tf.shape(pairs)[:1], logits.dtype.min))
-
-
 def full_softmax_cross_entropy(queries: tf.Tensor, items: tf.Tensor, labels: tf.Tensor,
                                bonus: tf.Tensor | None = None, excluded: tf.Tensor | None = None) -> tf.Tensor:
     """Mean softmax cross-entropy of ``queries @ items.T (+ bonus)`` against ``labels``, fused by hand.
@@ -160,8 +188,8 @@ def full_softmax_cross_entropy(queries: tf.Tensor, items: tf.Tensor, labels: tf.
       items: [N, dim] the candidates, every one competing for every query.
       labels: [P] integer column of each query's positive in ``items``.
       bonus: optional [P, N] logits added before the softmax (they get gradients too).
-      excluded: optional [K, 2] (row, column) pairs that do not compete: they add nothing to the loss and get
-        no gradient. Never a row's label.
+      excluded: optional [P, N] which items do not compete for each row: they add nothing to the loss and get
+        no gradient. A row's own label competes even where it is marked.
     """
     extra = [] if bonus is None else [bonus]
 
@@ -170,13 +198,14 @@ def full_softmax_cross_entropy(queries: tf.Tensor, items: tf.Tensor, labels: tf.
         logits = tf.matmul(queries, items, transpose_b=True)
         if bonus:
             logits += bonus[0]
+        one_hot_rows = tf.stack([tf.range(tf.shape(labels, out_type=labels.dtype)[0]), labels], axis=1)
         if excluded is not None:  # before the row maximum, which must be a competing logit
-            logits = tf.tensor_scatter_nd_update(logits, excluded, tf.fill(tf.shape(excluded)[:1], logits.dtype.min))
+            labels_kept = tf.tensor_scatter_nd_update(excluded, one_hot_rows, tf.zeros(tf.shape(labels), tf.bool))
+            logits = tf.where(labels_kept, logits.dtype.min, logits)
+        positive_logits = tf.gather_nd(logits, one_hot_rows)
         row_max = tf.stop_gradient(tf.reduce_max(logits, axis=1, keepdims=True))
         exponentials = tf.exp(logits - row_max)
         sums = tf.reduce_sum(exponentials, axis=1, keepdims=True)
-        one_hot_rows = tf.stack([tf.range(tf.shape(labels, out_type=labels.dtype)[0]), labels], axis=1)
-        positive_logits = tf.gather_nd(logits, one_hot_rows)
         loss = tf.reduce_mean(tf.squeeze(tf.math.log(sums) + row_max, 1) - positive_logits)
 
         def gradient(upstream: tf.Tensor):
