@@ -61,4 +61,3 @@ class RetrievalModel(tfrs.models.Model):
         replicas = replica_context.num_replicas_in_sync if replica_context is not None else 1
         return self._softmax.loss(queries, positives, catalog_embeddings, negatives=negatives,
                                   read=read) / replicas
-

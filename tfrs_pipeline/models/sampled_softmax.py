@@ -200,8 +200,9 @@ def full_softmax_cross_entropy(queries: tf.Tensor, items: tf.Tensor, labels: tf.
             logits += bonus[0]
         one_hot_rows = tf.stack([tf.range(tf.shape(labels, out_type=labels.dtype)[0]), labels], axis=1)
         if excluded is not None:  # before the row maximum, which must be a competing logit
-            labels_kept = tf.tensor_scatter_nd_update(excluded, one_hot_rows, tf.zeros(tf.shape(labels), tf.bool))
-            logits = tf.where(labels_kept, logits.dtype.min, logits)
+            excluded_but_labels = tf.tensor_scatter_nd_update(excluded, one_hot_rows,
+                                                              tf.zeros(tf.shape(labels), tf.bool))
+            logits = tf.where(excluded_but_labels, logits.dtype.min, logits)
         positive_logits = tf.gather_nd(logits, one_hot_rows)
         row_max = tf.stop_gradient(tf.reduce_max(logits, axis=1, keepdims=True))
         exponentials = tf.exp(logits - row_max)
