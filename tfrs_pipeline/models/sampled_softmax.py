@@ -124,22 +124,17 @@ class MixedNegativeSoftmax:
             if read is not None:  # catalog index i is column i - 1 of catalog_embeddings[1:]
                 excluded = read.mask(tf.range(-1, self._num_items, dtype=tf.int64), self._num_items)
             return full_softmax_cross_entropy(queries, catalog_embeddings[1:], positives - 1, bonus, excluded)
-        if negatives is None:
-            negatives = self.draw_negatives(positives)
-        logits, labels = self.sampled_logits(queries, positives, catalog_embeddings, logit_bonus, negatives)
-        if read is not None:  # the negatives are columns 1..S of the logits
-            num_negatives = tf.size(negatives, tf.int64)
-            column_of_item = tf.tensor_scatter_nd_update(tf.fill([self._num_items + 1], tf.constant(-1, tf.int64)),
-                                                         negatives[:, tf.newaxis], tf.range(num_negatives))
-            read_negatives = read.mask(column_of_item, num_negatives)
-            row_item_columns = tf.shape(logits)[1] - 1 - tf.shape(read_negatives)[1]  # with a logit bonus
-            logits = tf.where(tf.pad(read_negatives, [[0, 0], [1, row_item_columns]]), logits.dtype.min, logits)
+        logits, labels = self.sampled_logits(queries, positives, catalog_embeddings, logit_bonus, negatives, read)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
     def sampled_logits(self, queries: tf.Tensor, positives: tf.Tensor, catalog_embeddings: tf.Tensor,
-                       logit_bonus: LogitBonus | None = None,
-                       negatives: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-        """Logits [P, 1 + S] with the positive in column 0, all corrected by log P(drawn); labels [P] (zeros)."""
+                       logit_bonus: LogitBonus | None = None, negatives: tf.Tensor | None = None,
+                       read: ReadHistory | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """Logits [P, 1 + S] with the positive in column 0, all corrected by log P(drawn); labels [P] (zeros).
+
+        A negative that is the row's positive (an accidental hit) or, given ``read``, an item the row has read
+        does not compete.
+        """
         num_in_batch = self.num_negatives // 2
         num_uniform = self.num_negatives - num_in_batch
         if negatives is None:
@@ -153,8 +148,13 @@ class MixedNegativeSoftmax:
         positive_logits = tf.reduce_sum(queries * tf.gather(catalog_embeddings, positives), axis=-1)
         negative_logits = tf.matmul(queries, tf.gather(catalog_embeddings, negatives), transpose_b=True)
         negative_logits -= log_draw_probability(negatives)[tf.newaxis, :]
-        accidental_hit = tf.equal(positives[:, tf.newaxis], negatives[tf.newaxis, :])
-        negative_logits = tf.where(accidental_hit, tf.float32.min, negative_logits)
+        excluded = tf.equal(positives[:, tf.newaxis], negatives[tf.newaxis, :])  # accidental hits
+        if read is not None:
+            num_negatives = tf.size(negatives, tf.int64)
+            column_of_item = tf.tensor_scatter_nd_update(tf.fill([self._num_items + 1], tf.constant(-1, tf.int64)),
+                                                         negatives[:, tf.newaxis], tf.range(num_negatives))
+            excluded = tf.logical_or(excluded, read.mask(column_of_item, num_negatives))
+        negative_logits = tf.where(excluded, tf.float32.min, negative_logits)
         if logit_bonus is None:
             logits = [(positive_logits - log_draw_probability(positives))[:, tf.newaxis], negative_logits]
         else:
