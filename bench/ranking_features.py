@@ -208,7 +208,7 @@ def main() -> None:
                 ranks[penalty][found_rows[held]] = (
                     reranked == target_indices[found_rows[held], np.newaxis]).argmax(axis=1) + 1
                 top_lists[penalty][held] = reranked[:, :10]
-        tf.keras.utils.set_random_seed(config.seed)  # as the pipeline seeds its ranker: seed 0 is the README run's
+        tf.keras.utils.set_random_seed(config.seed)  # as the pipeline seeds its ranker
         model = two_stage.build_ranking_model(config, inputs, query_tower, train, popularity)
         history = two_stage.fit_ranking(config, model, lists)
         for penalty in penalties:

@@ -314,8 +314,8 @@ def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: 
     with stage("retrieve candidates for ranking"):
         lists, _ = ranking_lists(config, inputs, query_tower, train, targets)
     # From the run's seed, not from wherever retrieval's training left the random state: a change to
-    # retrieval then reaches the ranker through the towers and lists alone, and the ranker is the one
-    # bench/ranking_features.py tests under this seed.
+    # retrieval then reaches the ranker through the towers and lists alone (bench/ranking_features.py
+    # seeds the ranker it tests the same way).
     tf.keras.utils.set_random_seed(config.seed)
     ranking_model = build_ranking_model(config, inputs, query_tower, train, popularity)
     with stage(f"train ranking ({lists['labels'].shape[0]} lists of {lists['labels'].shape[1]}, "
