@@ -52,9 +52,9 @@ class TaskConfig:
                                                  "history slots to the transformer's attention logits")
     num_negatives: int | None = _field(None, "sampled-softmax negatives per batch (in-batch + uniform, "
                                              "logQ-corrected); unset or 0: the whole catalog (exact)", minimum=0)
-    batch_size: int = _field(64, "training examples per batch (for retrieval, windows of a user's history: on "
-                                 "MovieLens-1M, 64 validated above 128, twice the updates over the same "
-                                 "positions: docs/benchmarks.md)", minimum=1)
+    batch_size: int = _field(32, "training examples per batch (for retrieval, windows of a user's history: on "
+                                 "MovieLens-1M, 32 validated above 64 and 64 above 128, more updates over the "
+                                 "same positions: docs/benchmarks.md)", minimum=1)
     learning_rate: float = _field(6e-3, "Adam's learning rate after the warm-up")
     learning_rate_decay: str = _field("cosine", "cosine decays the learning rate to a twentieth over the run; "
                                                 "none keeps it constant", choices=LEARNING_RATE_DECAYS)
