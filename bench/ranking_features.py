@@ -208,9 +208,7 @@ def main() -> None:
                 ranks[penalty][found_rows[held]] = (
                     reranked == target_indices[found_rows[held], np.newaxis]).argmax(axis=1) + 1
                 top_lists[penalty][held] = reranked[:, :10]
-        tf.keras.utils.set_random_seed(config.seed)  # as the pipeline seeds its ranker
-        model = two_stage.build_ranking_model(config, inputs, query_tower, train, popularity)
-        history = two_stage.fit_ranking(config, model, lists)
+        model, history = two_stage.seeded_ranking(config, inputs, query_tower, train, popularity, lists)
         for penalty in penalties:
             model.popularity_penalty.assign(penalty)
             test, _ = two_stage._evaluate(config, inputs, model, split.tested_history(), split.test_targets,

@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the figures as JSON here")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--num_negatives", type=int, default=2048, help="sampled-softmax negatives")
+    parser.add_argument("--batch_size", type=int, default=128,
+                        help="training windows per batch (the figures in docs/benchmarks.md used 128)")
     parser.add_argument("--beam_workers", type=int, default=2)
     parser.add_argument("--ranking_candidates", type=int, default=200)
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {STEPS}")
@@ -197,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_measured("train", [python, "-m", "tfrs_pipeline.train", f"--data_dir={data_dir}",
                                         f"--examples_dir={examples_dir}", f"--export_dir={export_dir}",
                                         f"--epochs={flags.epochs}", f"--num_negatives={flags.num_negatives}",
+                                        f"--batch_size={flags.batch_size}",
                                         f"--ranking_candidates={flags.ranking_candidates}", "--verbose=2",
                                         *slice_flags, *flags.train_flag], log_dir)
         stage_lines = STAGE_LINE.findall(result["output"])
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         record("train", {
             "seconds": result["seconds"], "cpu_seconds": result["cpu_seconds"], "peak_rss_mb": result["peak_rss_mb"],
             "stages_s": stages, "stages_cpu_s": stages_cpu,
-            "epochs": flags.epochs, "num_negatives": flags.num_negatives, "extra_flags": flags.train_flag,
+            "epochs": flags.epochs, "num_negatives": flags.num_negatives, "batch_size": flags.batch_size,
+            "extra_flags": flags.train_flag,
             "keras_epoch_s": epoch_seconds,  # retrieval's epochs, then ranking's
             "training_targets_per_epoch": targets,
             "training_interactions_per_s": round(targets * flags.epochs / retrieval_seconds),

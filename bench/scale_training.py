@@ -122,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="training batches to time")
     parser.add_argument("--warmup_steps", type=int, default=20, help="batches run first and not timed (tracing)")
     parser.add_argument("--num_negatives", type=int, default=2048, help="as train --num_negatives")
+    parser.add_argument("--batch_size", type=int, default=128,
+                        help="as train --batch_size (the figures in docs/benchmarks.md used 128)")
     parser.add_argument("--snapshot_users", default="10000,40000", help="comma-separated user counts of the snapshot")
     parser.add_argument("--out", required=True, help="JSON file of the figures")
     flags = parser.parse_args(argv)
     config = TwoStageConfig(data_dir=flags.data_dir, examples_dir=flags.examples_dir, epochs=1,
-                            num_negatives=flags.num_negatives, verbose=0)
+                            num_negatives=flags.num_negatives, batch_size=flags.batch_size, verbose=0)
     tf.keras.utils.set_random_seed(config.seed)
     figures: dict = {"config": {"steps": flags.steps, "batch_size": config.batch_size,
                                 "num_negatives": config.num_negatives, "max_length": config.max_length,

@@ -2,10 +2,14 @@
 
 A real (untrained) model on the first 150 MovieLens users: the sampled evaluation must give each
 sampled user exactly the ranks the evaluation of every user gives them, and the ranker's lists
-must be those of the sampled users only.
+must be those of the sampled users only. The exported ranker, trained on those lists, must start
+from the run's seed whatever retrieval drew before it.
 """
+import dataclasses
+
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfrs_pipeline import scoring
 from tfrs_pipeline.config import TwoStageConfig
@@ -62,3 +66,18 @@ def test_the_ranker_learns_from_the_lists_of_a_sample_of_users(built):
     kept = np.flatnonzero(has_list[every_has_list])
     assert np.array_equal(np.asarray(lists[CANDIDATE_FEATURE]), np.asarray(every_lists[CANDIDATE_FEATURE])[kept])
     assert np.array_equal(lists["labels"], every_lists["labels"][kept])
+
+
+def test_the_exported_ranker_starts_from_the_run_s_seed_whatever_retrieval_drew(built):
+    config, inputs, _, train, targets, popularity, ranking_model = built
+    config = dataclasses.replace(config, ranking_users=0, ranking_epochs=1)
+    lists, _ = two_stage.ranking_lists(config, inputs, ranking_model.query_tower, train, targets)
+    weights = []
+    for draws in (1, 1_000):
+        tf.random.uniform([draws])  # as retrieval's training would, drawing more or less
+        np.random.random(draws)
+        ranker, _ = two_stage.seeded_ranking(config, inputs, ranking_model.query_tower, train, popularity, lists)
+        weights.append([variable.numpy() for variable in ranker.trainable_variables])
+    assert len(weights[0]) > 0
+    for first, second in zip(*weights):
+        assert np.array_equal(first, second)

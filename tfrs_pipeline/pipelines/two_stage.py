@@ -313,14 +313,23 @@ def _train_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: 
                    targets: np.ndarray, popularity: np.ndarray, run_dir: pathlib.Path) -> tuple[RankingModel, dict]:
     with stage("retrieve candidates for ranking"):
         lists, _ = ranking_lists(config, inputs, query_tower, train, targets)
-    # From the run's seed, not from wherever retrieval's training left the random state: a change to
-    # retrieval then reaches the ranker through the towers and lists alone (bench/ranking_features.py
-    # seeds the ranker it tests the same way).
-    tf.keras.utils.set_random_seed(config.seed)
-    ranking_model = build_ranking_model(config, inputs, query_tower, train, popularity)
     with stage(f"train ranking ({lists['labels'].shape[0]} lists of {lists['labels'].shape[1]}, "
                f"{config.ranking_epochs} epochs)"):
-        return ranking_model, fit_ranking(config, ranking_model, lists, run_dir)
+        return seeded_ranking(config, inputs, query_tower, train, popularity, lists, run_dir)
+
+
+def seeded_ranking(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower, train: UserSequences,
+                   popularity: np.ndarray, lists: dict,
+                   run_dir: pathlib.Path | None = None) -> tuple[RankingModel, dict]:
+    """The ranker a run exports, trained on ``lists``, and its per-epoch history.
+
+    It starts from the run's seed, not from wherever retrieval's training left the random state: a
+    change to retrieval then reaches the ranker through the towers and lists alone, and a benchmark
+    that trains it on the same towers and lists gets the exported ranker to the bit.
+    """
+    tf.keras.utils.set_random_seed(config.seed)
+    ranking_model = build_ranking_model(config, inputs, query_tower, train, popularity)
+    return ranking_model, fit_ranking(config, ranking_model, lists, run_dir)
 
 
 def ranking_lists(config: TwoStageConfig, inputs: TwoStageInputs, query_tower: QueryTower, train: UserSequences,
