@@ -361,6 +361,23 @@ def test_the_learning_rate_warms_up_linearly_then_decays_as_without_warm_up():
     assert learning_rate(4e-3, "none", 100) == 4e-3
 
 
+def test_the_training_batches_come_untuned_and_whole(shared_data_dir):
+    """Keras drops each epoch's iterator; an autotuned one can hold the run at the epoch boundary for
+    as long as its tuning thread sleeps (tens of seconds), so the datasets ``fit`` reads are untuned,
+    and still give every window once an epoch."""
+    from tfrs_pipeline.data.sequence_examples import training_windows
+    from tfrs_pipeline.pipelines.common import training_dataset
+
+    train, _ = leave_last_out(user_sequences(load_dataset(shared_data_dir / "ml-1m", max_users=40).interactions))
+    examples = training_windows(train.user_ids, train.item_ids, 50)
+    dataset = training_dataset(examples, 8, seed=0)
+    assert dataset.options().autotune.enabled is False
+    for _ in range(2):  # a fresh iterator each epoch, as fit makes
+        targets = np.concatenate([batch["target_item_ids"].numpy().ravel() for batch in dataset])
+        assert sorted(targets[targets != b""]) == sorted(item.encode() for item in
+                                                         examples["target_item_ids"][examples["target_item_ids"] != ""])
+
+
 def test_the_ranker_learns_on_the_towers_before_the_refit_and_the_run_keeps_the_refit_ones():
     """Inside ``_weights_set`` the towers hold the values taken before the refit, even once the ranker
     freezes them (which reorders ``get_weights``); after it they hold the refit values again."""

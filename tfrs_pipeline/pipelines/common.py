@@ -36,7 +36,20 @@ def training_dataset(examples: dict, batch_size: int, seed: int, width_step: int
         name: tf.TensorSpec([None] * values.ndim, tf.string if values.dtype.kind in "US" else tf.as_dtype(values.dtype))
         for name, values in sample.items()
     }
-    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+    return untuned(tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2))
+
+
+def untuned(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` without tf.data's autotuning, for the datasets ``model.fit`` iterates once per epoch.
+
+    Keras drops each epoch's iterator before the next begins, and with autotuning on, dropping it
+    waits for the iterator's tuning thread, which sleeps between tunings for up to a minute and can
+    miss the wake-up: the main thread then stands idle at an epoch boundary until that sleep ends.
+    These pipelines have nothing to tune (a fixed prefetch, or slices already in memory).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def training_optimizer(config: TaskConfig, num_examples: int) -> tf.keras.optimizers.Optimizer:

@@ -59,7 +59,7 @@ from tfrs_pipeline.models.item_tower import ItemTower
 from tfrs_pipeline.models.query_tower import QueryTower
 from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE, ItemRules, RankingModel, default_rules_per_item
 from tfrs_pipeline.models.retrieval import RetrievalModel
-from tfrs_pipeline.pipelines.common import history, training_dataset, training_optimizer
+from tfrs_pipeline.pipelines.common import history, training_dataset, training_optimizer, untuned
 from tfrs_pipeline.pipelines.progress import stage
 
 RANKING_VALIDATION_SHARE = 0.1
@@ -388,9 +388,9 @@ def fit_ranking(config: TwoStageConfig, ranking_model: RankingModel, lists: dict
     if run_dir is not None:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=run_layout.tensorboard_dir(run_dir, RANKING_MODEL)))
     fit_history = ranking_model.fit(
-        tf.data.Dataset.from_tensor_slices(train_lists).shuffle(num_lists, seed=config.seed)
-        .batch(config.ranking_batch_size),
-        validation_data=tf.data.Dataset.from_tensor_slices(validation_lists).batch(scoring.BATCH),
+        untuned(tf.data.Dataset.from_tensor_slices(train_lists).shuffle(num_lists, seed=config.seed)
+                .batch(config.ranking_batch_size)),
+        validation_data=untuned(tf.data.Dataset.from_tensor_slices(validation_lists).batch(scoring.BATCH)),
         epochs=config.ranking_epochs, verbose=config.verbose, callbacks=callbacks)
     return history(fit_history)
 
