@@ -50,6 +50,29 @@ def test_whole_catalog_loss_skips_the_unknown_item_row():
     assert np.isclose(softmax.loss(queries, positives, catalog).numpy(), tf.reduce_mean(expected).numpy(), rtol=1e-6)
 
 
+def test_the_popularity_adjustment_adds_its_log_counts_to_each_training_logit():
+    rng = np.random.default_rng(2)
+    counts = np.r_[0, rng.integers(0, 500, 10)]
+    catalog = tf.constant(rng.normal(size=(11, 4)), tf.float32)
+    queries = tf.constant(rng.normal(size=(6, 4)), tf.float32)
+    positives = tf.constant([1, 2, 3, 10, 10, 5], tf.int64)
+
+    def library(queries, catalog):
+        logits = tf.matmul(queries, catalog[1:], transpose_b=True) + 0.5 * np.log1p(counts[1:]).astype(np.float32)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positives - 1, logits=logits))
+
+    def adjusted(queries, catalog):
+        return MixedNegativeSoftmax(counts, None, popularity_adjustment=0.5).loss(queries, positives, catalog)
+
+    expected_loss, expected_gradients = _loss_and_gradients(library, queries, catalog)
+    loss, gradients = _loss_and_gradients(adjusted, queries, catalog)
+    assert np.isclose(loss.numpy(), expected_loss.numpy(), rtol=1e-6)
+    for gradient, expected in zip(gradients, expected_gradients):
+        np.testing.assert_allclose(gradient.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
+    unadjusted = MixedNegativeSoftmax(counts, None).loss(queries, positives, catalog)
+    assert not np.isclose(unadjusted.numpy(), loss.numpy())
+
+
 def test_sampled_positive_is_corrected_for_sampling_unless_it_is_one_of_the_rows_own_items():
     """A repeat is always scored (the row's own items compete exactly), so like them it gets no logQ term.
 

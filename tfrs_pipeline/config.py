@@ -119,6 +119,13 @@ class TwoStageConfig(TaskConfig):
                                                   "of its softmax: evaluation and serving never recommend a "
                                                   "user's own items, so training need not push them down "
                                                   "(on MovieLens-1M, validation HR@10 +0.0095: docs/benchmarks.md)")
+    softmax_popularity_adjustment: float = _field(0.0, "whole-catalog softmax only: adds this times log(1 + the "
+                                                       "item's training count) to each item's training logit "
+                                                       "(logit adjustment), so that the towers' own scores, which "
+                                                       "serve, carry less of the items' popularity; 0: none "
+                                                       "(off: measured on MovieLens-1M at 0.25, two seeds, not "
+                                                       "yet chosen: docs/benchmarks.md)",
+                                                  minimum=0)
     validation_every: int = _field(4, "retrieval's full-catalog validation (HR@10, NDCG@10, loss in the logs and "
                                       "report) runs after every this many epochs and after the last; 1: every "
                                       "epoch", minimum=1)
@@ -171,6 +178,9 @@ class TwoStageConfig(TaskConfig):
         super().__post_init__()
         if not self.new_users_share < 1:
             raise ValueError(f"new_users_share must be in [0, 1), got {self.new_users_share}")
+        if self.softmax_popularity_adjustment and self.num_negatives is not None:
+            raise ValueError("softmax_popularity_adjustment adjusts the whole-catalog softmax: it needs "
+                             f"num_negatives unset or 0, got {self.num_negatives}")
 
     @property
     def retrieval_refit_epochs(self) -> int:

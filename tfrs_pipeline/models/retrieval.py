@@ -29,16 +29,17 @@ class RetrievalModel(tfrs.models.Model):
       num_negatives: negatives per batch, half in-batch and half uniform; None for the full catalog.
       exclude_history: leave the items each position has read in its window (other than its own target) out
         of its softmax.
+      popularity_adjustment: the whole-catalog softmax's logit adjustment (``MixedNegativeSoftmax``).
     """
 
     def __init__(self, query_tower: QueryTower, target_counts: np.ndarray, num_negatives: int | None = 1024,
-                 exclude_history: bool = False, **kwargs):
+                 exclude_history: bool = False, popularity_adjustment: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.query_tower = query_tower
         self.item_tower = query_tower.item_tower
         self.num_negatives = num_negatives
         self.exclude_history = exclude_history
-        self._softmax = MixedNegativeSoftmax(target_counts, num_negatives)
+        self._softmax = MixedNegativeSoftmax(target_counts, num_negatives, popularity_adjustment)
 
     def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
         targets = features["target_item_ids"]

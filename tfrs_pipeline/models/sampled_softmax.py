@@ -84,10 +84,16 @@ class MixedNegativeSoftmax:
       target_counts: [N + 1] how often each catalog index is a training target (index 0, the
         unknown item, is never a target); sets the in-batch draw probabilities of the logQ term.
       num_negatives: negatives per batch, half in-batch and half uniform; None for the full catalog.
+      popularity_adjustment: the whole catalog's logits get this times log(1 + the item's target count)
+        added in training (logit adjustment): the towers' own scores, which evaluation and serving
+        rank by, then carry that much less of the items' popularity.
     """
 
-    def __init__(self, target_counts: np.ndarray, num_negatives: int | None = 1024):
+    def __init__(self, target_counts: np.ndarray, num_negatives: int | None = 1024,
+                 popularity_adjustment: float = 0.0):
         self.num_negatives = num_negatives
+        self._item_bias = (tf.constant(popularity_adjustment * np.log1p(target_counts[1:]), tf.float32)
+                           if popularity_adjustment else None)
         self._num_items = len(target_counts) - 1
         frequencies = target_counts / max(1, target_counts.sum())
         self._log_one_minus_frequency = tf.constant(np.log1p(-np.minimum(frequencies, 1 - 1e-7)), tf.float32)
@@ -123,7 +129,8 @@ class MixedNegativeSoftmax:
             excluded = None
             if read is not None:  # catalog index i is column i - 1 of catalog_embeddings[1:]
                 excluded = read.mask(tf.range(-1, self._num_items, dtype=tf.int64), self._num_items)
-            return full_softmax_cross_entropy(queries, catalog_embeddings[1:], positives - 1, bonus, excluded)
+            return full_softmax_cross_entropy(queries, catalog_embeddings[1:], positives - 1, bonus, excluded,
+                                              self._item_bias)
         logits, labels = self.sampled_logits(queries, positives, catalog_embeddings, logit_bonus, negatives, read)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
@@ -173,7 +180,8 @@ class MixedNegativeSoftmax:
 
 
 def full_softmax_cross_entropy(queries: tf.Tensor, items: tf.Tensor, labels: tf.Tensor,
-                               bonus: tf.Tensor | None = None, excluded: tf.Tensor | None = None) -> tf.Tensor:
+                               bonus: tf.Tensor | None = None, excluded: tf.Tensor | None = None,
+                               item_bias: tf.Tensor | None = None) -> tf.Tensor:
     """Mean softmax cross-entropy of ``queries @ items.T (+ bonus)`` against ``labels``, fused by hand.
 
     The whole-catalog softmax is most of a MovieLens training step (a batch scores some 25,000
@@ -190,6 +198,7 @@ def full_softmax_cross_entropy(queries: tf.Tensor, items: tf.Tensor, labels: tf.
       bonus: optional [P, N] logits added before the softmax (they get gradients too).
       excluded: optional [P, N] which items do not compete for each row: they add nothing to the loss and get
         no gradient. A row's own label competes even where it is marked.
+      item_bias: optional [N] constants added to every row's logits.
     """
     extra = [] if bonus is None else [bonus]
 
@@ -198,6 +207,8 @@ def full_softmax_cross_entropy(queries: tf.Tensor, items: tf.Tensor, labels: tf.
         logits = tf.matmul(queries, items, transpose_b=True)
         if bonus:
             logits += bonus[0]
+        if item_bias is not None:
+            logits += item_bias[tf.newaxis, :]
         one_hot_rows = tf.stack([tf.range(tf.shape(labels, out_type=labels.dtype)[0]), labels], axis=1)
         if excluded is not None:  # before the row maximum, which must be a competing logit
             excluded_but_labels = tf.tensor_scatter_nd_update(excluded, one_hot_rows,

@@ -212,7 +212,8 @@ def build_retrieval(config: TwoStageConfig, inputs: TwoStageInputs, train: UserS
     same windows either way. Benchmarks that train a bounded number of steps at scale call this too.
     """
     query_tower = build_towers(config, inputs, train, popularity)
-    model = RetrievalModel(query_tower, popularity, config.num_negatives, config.softmax_excludes_history)
+    model = RetrievalModel(query_tower, popularity, config.num_negatives, config.softmax_excludes_history,
+                           popularity_adjustment=config.softmax_popularity_adjustment)
     if config.examples_dir:  # preprocessed by the Beam pipeline: the same windows, read from TFRecords
         examples = tfrecords.read_training_examples(
             config.examples_dir, {name: getattr(config, name) for name in tfrecords.SPLIT_SETTINGS},
