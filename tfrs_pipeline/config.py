@@ -123,7 +123,7 @@ class TwoStageConfig(TaskConfig):
                                                        "item's training count) to each item's training logit "
                                                        "(logit adjustment), so that the towers' own scores, which "
                                                        "serve, carry less of the items' popularity; 0: none "
-                                                       "(off: measured on MovieLens-1M at 0.25, two seeds, not "
+                                                       "(off: measured on MovieLens-1M at 0.25, four seeds, not "
                                                        "yet chosen: docs/benchmarks.md)",
                                                   minimum=0)
     validation_every: int = _field(4, "retrieval's full-catalog validation (HR@10, NDCG@10, loss in the logs and "
