@@ -19,10 +19,12 @@ Two measures per variant:
     by the pipeline's evaluation (full catalog, rated items removed).
 Each ranker trains from its own seed; ``--seeds=N`` trains every variant under N of them (the seed
 alone moves a ranker as much as most settings do, docs/benchmarks.md), one row each.
-``--popularity_penalties`` answers each trained ranker with several popularity penalties
-(``ranking_popularity_penalty``; training never sees it, so one ranker serves them all): one row
-each, with the validation lists' breadth (coverage and popularity percentile of the top 10 over
-the lists retrieval found the item in) beside their accuracy.
+``--popularity_penalties`` and ``--popularity_penalty_exponents`` answer each trained ranker with several
+popularity penalties and exponents (``ranking_popularity_penalty``, ``ranking_popularity_penalty_exponent``;
+training never sees them, so one ranker serves them all): one row each, with the validation lists' breadth
+(coverage and popularity percentile of the top 10) beside their accuracy. Breadth is measured over every
+user's validation list, out of fold, as the test's is over every user's test list: the lists retrieval did
+not find the item in are shown to their users too.
 Prints a markdown table and writes ``<out>/ranking_results.json``.
 """
 from __future__ import annotations
@@ -44,7 +46,6 @@ from tfrs_pipeline.config import TwoStageConfig
 from tfrs_pipeline.data.dataset import load_dataset
 from tfrs_pipeline.data.split import HeldOutSplit, UserSequences, leave_last_out
 from tfrs_pipeline.models.query_tower import QueryTower
-from tfrs_pipeline.models.ranking import CANDIDATE_FEATURE
 from tfrs_pipeline.pipelines import two_stage
 
 FOLDS = 5
@@ -143,10 +144,26 @@ def _candidate_lists(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, q
     return lists, found_rows, np.random.default_rng(1).integers(0, FOLDS, len(targets))[found_rows]
 
 
+def _every_users_lists(config: TwoStageConfig, inputs: two_stage.TwoStageInputs, query_tower: QueryTower,
+                       train: UserSequences) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Every user's validation list as ``config`` answers it (the ranker's features, the candidates' catalog
+    indices), and each user's fold: the folds of ``_candidate_lists``, whose lists are these lists' rows
+    where the item was found."""
+    candidates = scoring.candidate_lists(inputs.catalog, scoring.query_embeddings(query_tower, inputs.users, train),
+                                         query_tower.item_tower, train, config.ranking_candidates)
+    features = scoring.ranking_features(inputs.catalog, inputs.users, train, candidates, query_tower)
+    return features, candidates, np.random.default_rng(1).integers(0, FOLDS, len(train))
+
+
 def _list_settings(config: TwoStageConfig) -> tuple:
     """What ``two_stage.ranking_lists`` reads of a ranker's settings: variants that differ in them need
     lists of their own."""
     return config.ranking_candidates, config.ranking_users
+
+
+def _answer_with(model, exponent: float, penalty: float) -> None:
+    model.popularity_penalty_exponent.assign(exponent)
+    model.popularity_penalty.assign(penalty)
 
 
 def _subset(lists: dict, rows: np.ndarray) -> dict:
@@ -166,6 +183,9 @@ def main() -> None:
     parser.add_argument("--popularity_penalties", default="",
                         help="comma-separated ranking_popularity_penalty values each ranker is answered with "
                              "(default: the variant's own)")
+    parser.add_argument("--popularity_penalty_exponents", default="",
+                        help="comma-separated ranking_popularity_penalty_exponent values, each answered with every "
+                             "penalty (default: the variant's own)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="train each variant's rankers under this many seeds: the ranker's seed-to-seed spread "
                              "is as large as most settings' effects (docs/benchmarks.md)")
@@ -173,54 +193,59 @@ def main() -> None:
                         help="the first of those seeds is the default's plus this: more seeds for a run already made")
     args = parser.parse_args()
     penalties_asked = [float(value) for value in filter(None, args.popularity_penalties.split(","))]
+    exponents_asked = [float(value) for value in filter(None, args.popularity_penalty_exponents.split(","))]
     out = pathlib.Path(args.out)
     validation = validation_lists(args.data_dir, out, args.epochs, args.retrieval)
     base, inputs, split, train, targets, popularity, query_tower = (
         validation.base, validation.inputs, validation.split, validation.train, validation.targets,
         validation.popularity, validation.query_tower)
-    lists_by_settings = {_list_settings(base): (validation.lists, validation.found_rows, validation.fold_of)}
+    lists_by_settings = {_list_settings(base): (validation.lists, validation.found_rows, validation.fold_of,
+                                                _every_users_lists(base, inputs, query_tower, train))}
     target_indices = inputs.catalog.indices(targets)
     test_queries = scoring.query_embeddings(query_tower, inputs.users, split.tested_history())
     results = []
     for label, settings, config in _runs(base, args.variant or ["default="], args.seeds, args.first_seed):
         if _list_settings(config) not in lists_by_settings:
-            lists_by_settings[_list_settings(config)] = _candidate_lists(config, inputs, query_tower, train, targets)
-        lists, found_rows, fold_of = lists_by_settings[_list_settings(config)]
-        candidates = inputs.catalog.indices(lists[CANDIDATE_FEATURE].ravel()).reshape(lists["labels"].shape)
+            lists_by_settings[_list_settings(config)] = (*_candidate_lists(config, inputs, query_tower, train, targets),
+                                                         _every_users_lists(config, inputs, query_tower, train))
+        lists, found_rows, fold_of, (every_features, every_candidates, fold_of_user) = (
+            lists_by_settings[_list_settings(config)])
         retrieval_ranks = np.full(len(targets), _MISSED)
         retrieval_ranks[found_rows] = lists["labels"].argmax(axis=1) + 1
         # Each ranker trains from its own seed, not from where the previous variant left the random state.
         tf.keras.utils.set_random_seed(config.seed)
-        penalties = penalties_asked or [config.ranking_popularity_penalty]
+        answers = [(exponent, penalty) for exponent in exponents_asked or [config.ranking_popularity_penalty_exponent]
+                   for penalty in penalties_asked or [config.ranking_popularity_penalty]]
         load_before = os.getloadavg()[0]
         start = time.perf_counter()
-        ranks = {penalty: np.full(len(targets), _MISSED) for penalty in penalties}
-        top_lists = {penalty: np.zeros((len(found_rows), 10), np.int64) for penalty in penalties}
+        ranks = {answer: np.full(len(targets), _MISSED) for answer in answers}
+        top_lists = {answer: np.zeros((len(targets), 10), np.int64) for answer in answers}
         for fold in range(FOLDS):
             model = two_stage.build_ranking_model(config, inputs, query_tower, train, popularity)
             two_stage.fit_ranking(config, model, _subset(lists, np.flatnonzero(fold_of != fold)))
-            held = np.flatnonzero(fold_of == fold)
-            held_lists = _subset(lists, held)
-            features = {name: values for name, values in held_lists.items() if name != "labels"}
-            for penalty in penalties:
-                model.popularity_penalty.assign(penalty)
-                reranked = scoring.rerank(model, features, candidates[held])
-                ranks[penalty][found_rows[held]] = (
-                    reranked == target_indices[found_rows[held], np.newaxis]).argmax(axis=1) + 1
-                top_lists[penalty][held] = reranked[:, :10]
+            held = np.flatnonzero(fold_of_user == fold)
+            features = _subset(every_features, held)
+            for answer in answers:
+                _answer_with(model, *answer)
+                reranked = scoring.rerank(model, features, every_candidates[held])
+                in_list = reranked == target_indices[held, np.newaxis]
+                ranks[answer][held] = np.where(in_list.any(axis=1), in_list.argmax(axis=1) + 1, _MISSED)
+                top_lists[answer][held] = reranked[:, :10]
         model, history = two_stage.seeded_ranking(config, inputs, query_tower, train, popularity, lists)
-        for penalty in penalties:
-            model.popularity_penalty.assign(penalty)
+        for answer in answers:
+            exponent, penalty = answer
+            _answer_with(model, exponent, penalty)
             test, _ = two_stage._evaluate(config, inputs, model, split.tested_history(), split.test_targets,
                                           test_queries, popularity)
-            validation_breadth = evaluation.beyond_accuracy_metrics(top_lists[penalty], popularity,
+            validation_breadth = evaluation.beyond_accuracy_metrics(top_lists[answer], popularity,
                                                                     inputs.item_categories)
             results.append({
-                "label": f"{label} penalty={penalty:g}", "settings": settings, "seed": config.seed,
-                "popularity_penalty": penalty,
+                "label": f"{label} penalty={penalty:g}" + (f" exponent={exponent:g}" if exponent != 1 else ""),
+                "settings": settings, "seed": config.seed,
+                "popularity_penalty": penalty, "popularity_penalty_exponent": exponent,
                 "ranking_epochs_run": len(history["loss"]),
                 "validation": {"retrieval": evaluation.accuracy_metrics(retrieval_ranks, cutoffs=(10,)),
-                               "two_stage": {**evaluation.accuracy_metrics(ranks[penalty], cutoffs=(10,)),
+                               "two_stage": {**evaluation.accuracy_metrics(ranks[answer], cutoffs=(10,)),
                                              **{name: validation_breadth[name]
                                                 for name in ("coverage", "popularity_percentile")}}},
                 "test": test, "seconds": time.perf_counter() - start,

@@ -59,6 +59,8 @@ def test_a_bad_value_names_its_field():
         TwoStageConfig(new_users_share=1.0)
     with pytest.raises(ValueError, match="softmax_popularity_adjustment adjusts the whole-catalog softmax"):
         TwoStageConfig(softmax_popularity_adjustment=0.25, num_negatives=1024)
+    with pytest.raises(ValueError, match="ranking_popularity_penalty_exponent must be above 0"):
+        TwoStageConfig(ranking_popularity_penalty_exponent=0)
     with pytest.raises(ValueError, match="task must be one of"):
         config_for_task("ranking")
 

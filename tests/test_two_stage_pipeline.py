@@ -322,9 +322,10 @@ def test_history_similarities_are_the_largest_and_mean_dot_products_with_the_rea
     assert np.isclose(features[0, 1, 0], catalog[2] @ catalog[2])  # the candidate is in the history
 
 
-def test_the_popularity_penalty_moves_the_answers_and_never_the_training_loss():
-    """The penalty is the answered score's last term, per unit of normalized log-popularity; the loss
-    training minimizes is the same with any penalty, so it can be chosen after training."""
+@pytest.mark.parametrize("exponent", [1.0, 0.5])
+def test_the_popularity_penalty_moves_the_answers_and_never_the_training_loss(exponent):
+    """The penalty is the answered score's last term, per unit of normalized log-popularity raised to the
+    exponent; the loss training minimizes is the same with any penalty, so it can be chosen after training."""
     import tensorflow as tf
 
     from tfrs_pipeline.models.item_tower import ItemTower
@@ -334,15 +335,15 @@ def test_the_popularity_penalty_moves_the_answers_and_never_the_training_loss():
     item_ids = ["a", "b", "c", "d"]
     popularity = np.array([0, 100, 10, 1, 0])  # [N + 1]: index 0 is the unknown item
     tower = QueryTower(ItemTower(item_ids, {}, (), dim=8), max_length=4, dim=8)
-    ranker = RankingModel(tower, popularity, np.zeros((5, 0), np.float32))
+    ranker = RankingModel(tower, popularity, np.zeros((5, 0), np.float32), popularity_penalty_exponent=exponent)
     features = {"history_item_ids": tf.constant([["", "", "a", "b"], ["", "c", "d", "a"]]),
                 CANDIDATE_FEATURE: tf.constant([["a", "b", "c"], ["d", "b", "c"]])}
     lists = {"context": ranker.contexts(features), CANDIDATE_FEATURE: features[CANDIDATE_FEATURE],
              "labels": tf.constant([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])}
     unpenalized, loss = ranker(features).numpy(), ranker.compute_loss(lists).numpy()
     ranker.popularity_penalty.assign(2.0)
-    log_popularity = np.log1p(popularity) / np.log1p(popularity.max())
-    expected = unpenalized - 2.0 * log_popularity[[[1, 2, 3], [4, 2, 3]]]
+    units = (np.log1p(popularity) / np.log1p(popularity.max())) ** exponent
+    expected = unpenalized - 2.0 * units[[[1, 2, 3], [4, 2, 3]]]
     np.testing.assert_allclose(ranker(features).numpy(), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ranker.compute_loss(lists).numpy(), loss, rtol=1e-6)
 

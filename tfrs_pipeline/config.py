@@ -156,6 +156,11 @@ class TwoStageConfig(TaskConfig):
                                                     "0: the learned order (default: chosen on validation "
                                                     "lists, docs/benchmarks.md)",
                                                minimum=0)
+    ranking_popularity_penalty_exponent: float = _field(1.0, "the penalty's unit is the scaled log-popularity "
+                                                             "raised to this power (> 0): below 1 it lifts the "
+                                                             "least popular items more than it pushes the most "
+                                                             "popular down (default: chosen on validation "
+                                                             "lists, docs/benchmarks.md)")
     ranking_recent_items: int = _field(10, "the user's most recent items whose rules the ranker reads, one "
                                            "feature each", minimum=1)
     ranking_compared_items: int = _field(50, "the user's most recent items each candidate is compared with "
@@ -178,6 +183,9 @@ class TwoStageConfig(TaskConfig):
         super().__post_init__()
         if not self.new_users_share < 1:
             raise ValueError(f"new_users_share must be in [0, 1), got {self.new_users_share}")
+        if not self.ranking_popularity_penalty_exponent > 0:
+            raise ValueError("ranking_popularity_penalty_exponent must be above 0 (at 0 every item pays the same "
+                             f"penalty), got {self.ranking_popularity_penalty_exponent}")
         if self.softmax_popularity_adjustment and self.num_negatives is not None:
             raise ValueError("softmax_popularity_adjustment adjusts the whole-catalog softmax: it needs "
                              f"num_negatives unset or 0, got {self.num_negatives}")

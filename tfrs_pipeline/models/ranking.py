@@ -19,7 +19,10 @@ ranker keeps retrieval's order, so a few thousand lists can only move it where t
 What it answers with is that learned score less a popularity penalty (``popularity_penalty``). A
 listwise softmax rewards whatever the held-out items tend to be, and they tend to be popular, so the
 lists narrow towards the head of the catalog. The penalty is applied after training and trades that
-back; the pipeline's default size was chosen on validation lists (``ranking_popularity_penalty``).
+back; the pipeline's default size was chosen on validation lists (``ranking_popularity_penalty``). Its
+unit is the candidate's normalized log-popularity raised to ``popularity_penalty_exponent``: below 1
+the unit rises steeply over the least popular items and flattens over the rest, so the penalty lifts
+items from the tail into the lists (breadth) more than it pushes the head down (what costs accuracy).
 """
 from __future__ import annotations
 
@@ -168,13 +171,15 @@ class RankingModel(tfrs.models.Model):
       rules: item-to-item rules between the candidates and the user's recent items (None: none).
       hidden_units: widths of the deep part.
       popularity_penalty: subtracted from the answered scores per unit of the candidate's normalized
-        log-popularity (0 for the least popular item, 1 for the most); training never sees it.
+        log-popularity (0 for the least popular item, 1 for the most) raised to ``popularity_penalty_exponent``;
+        training never sees either.
       num_compared_items: how many of the user's most recent items each candidate is compared with (0: none).
     """
 
     def __init__(self, query_tower: QueryTower, item_popularity: np.ndarray, item_categories: np.ndarray,
                  rules: ItemRules | None = None, hidden_units: tuple[int, ...] = (128, 64), dropout: float = 0.1,
-                 popularity_penalty: float = 0.0, num_compared_items: int = 0, **kwargs):
+                 popularity_penalty: float = 0.0, num_compared_items: int = 0,
+                 popularity_penalty_exponent: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.query_tower = query_tower
         self.num_compared_items = num_compared_items
@@ -182,8 +187,9 @@ class RankingModel(tfrs.models.Model):
         self.query_tower.trainable = False
         self._log_popularity = tf.constant(normalized_log_popularity(item_popularity))
         self._categories = tf.constant(item_categories.astype(np.float32))
-        # A variable, so that one trained ranker can be answered with several penalties (bench/ranking_features.py).
+        # Variables, so that one trained ranker can be answered with several penalties (bench/ranking_features.py).
         self.popularity_penalty = tf.Variable(popularity_penalty, trainable=False, dtype=tf.float32)
+        self.popularity_penalty_exponent = tf.Variable(popularity_penalty_exponent, trainable=False, dtype=tf.float32)
         self._cross = tfrs.layers.dcn.Cross(projection_dim=32)
         self._deep = tf.keras.Sequential(
             [layer for units in hidden_units
@@ -234,8 +240,9 @@ class RankingModel(tfrs.models.Model):
     def score_indices(self, context: dict, candidates: tf.Tensor, catalog_embeddings: tf.Tensor,
                       training: bool = False) -> tf.Tensor:
         """``score`` of candidates given as catalog indices [batch, N] (what an index over the catalog returns)."""
+        penalty_units = tf.gather(self._log_popularity, candidates) ** self.popularity_penalty_exponent
         return (self.learned_scores(context, candidates, catalog_embeddings, training)
-                - self.popularity_penalty * tf.gather(self._log_popularity, candidates))
+                - self.popularity_penalty * penalty_units)
 
     def learned_scores(self, context: dict, candidates: tf.Tensor, catalog_embeddings: tf.Tensor,
                        training: bool = False) -> tf.Tensor:

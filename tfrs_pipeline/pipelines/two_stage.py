@@ -368,6 +368,7 @@ def build_ranking_model(config: TwoStageConfig, inputs: TwoStageInputs, query_to
     rules = _item_rules(config, [catalog.indices(items) for items in train.item_ids], len(catalog))
     ranking_model = RankingModel(query_tower, popularity, inputs.item_categories, rules,
                                  popularity_penalty=config.ranking_popularity_penalty,
+                                 popularity_penalty_exponent=config.ranking_popularity_penalty_exponent,
                                  num_compared_items=config.ranking_compared_items)
     ranking_model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate / 2))
     return ranking_model
