@@ -83,3 +83,12 @@ def test_the_refit_leaves_retrieval_its_first_epoch_before_the_rankers_targets()
     assert TwoStageConfig(refit_epochs=4).retrieval_refit_epochs == 4
     assert TwoStageConfig(epochs=2, refit_epochs=4).retrieval_refit_epochs == 1
     assert TwoStageConfig(epochs=1, refit_epochs=4).retrieval_refit_epochs == 0  # one epoch: nothing to refit
+
+
+def test_retrieval_adjusts_for_popularity_by_default_only_on_the_whole_catalog():
+    """The chosen logit adjustment is the whole-catalog softmax's default; sampled negatives, which it does not
+    apply to, train without it unless asked (and asking is refused above)."""
+    assert TwoStageConfig().softmax_popularity_adjustment == 0.25
+    assert TwoStageConfig(num_negatives=0).softmax_popularity_adjustment == 0.25
+    assert TwoStageConfig(num_negatives=1024).softmax_popularity_adjustment == 0.0
+    assert train.parse_config(["--softmax_popularity_adjustment=0"]).softmax_popularity_adjustment == 0.0

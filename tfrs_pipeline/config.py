@@ -20,6 +20,8 @@ from tfrs_pipeline.data.sessions import SESSION_FORMATS
 HOLDOUTS = ("test", "none")
 DISTRIBUTIONS = ("default", "mirrored", "multi_worker")  # tfrs_pipeline/distribute.py
 LEARNING_RATE_DECAYS = ("cosine", "none")
+# Retrieval's logit adjustment when it trains on the whole catalog (softmax_popularity_adjustment unset).
+WHOLE_CATALOG_POPULARITY_ADJUSTMENT = 0.25
 
 
 def _field(default: Any, help_text: str, choices: tuple | None = None, minimum: float | None = None) -> Any:
@@ -119,13 +121,15 @@ class TwoStageConfig(TaskConfig):
                                                   "of its softmax: evaluation and serving never recommend a "
                                                   "user's own items, so training need not push them down "
                                                   "(on MovieLens-1M, validation HR@10 +0.0095: docs/benchmarks.md)")
-    softmax_popularity_adjustment: float = _field(0.0, "whole-catalog softmax only: adds this times log(1 + the "
-                                                       "item's training count) to each item's training logit "
-                                                       "(logit adjustment), so that the towers' own scores, which "
-                                                       "serve, carry less of the items' popularity; 0: none "
-                                                       "(off: measured on MovieLens-1M at 0.25, four seeds, not "
-                                                       "yet chosen: docs/benchmarks.md)",
-                                                  minimum=0)
+    softmax_popularity_adjustment: float | None = _field(None, "adds this times log(1 + the item's training "
+                                                              "count) to each item's training logit (logit "
+                                                              "adjustment), so that the towers' own scores, "
+                                                              "which serve, carry less of the items' "
+                                                              "popularity; whole-catalog softmax only (default: "
+                                                              "0.25, chosen on MovieLens-1M validation lists "
+                                                              "with the ranker's penalty, docs/benchmarks.md; "
+                                                              "0 with num_negatives)",
+                                                         minimum=0)
     validation_every: int = _field(4, "retrieval's full-catalog validation (HR@10, NDCG@10, loss in the logs and "
                                       "report) runs after every this many epochs and after the last; 1: every "
                                       "epoch", minimum=1)
@@ -150,17 +154,18 @@ class TwoStageConfig(TaskConfig):
                                                     "candidates up in; 0: no rules (default: 1,000, fewer "
                                                     "beyond 5,000 catalog items: at most 5M per table)",
                                                     minimum=0)
-    ranking_popularity_penalty: float = _field(1.5, "subtracted from the ranker's answered scores per unit of the "
-                                                    "candidate's log-popularity, scaled to 0..1 over the catalog: "
-                                                    "more breadth (coverage, less popular items) for some accuracy; "
+    ranking_popularity_penalty: float = _field(5.5, "subtracted from the ranker's answered scores per unit of the "
+                                                    "candidate's log-popularity, scaled to 0..1 over the catalog "
+                                                    "and raised to ranking_popularity_penalty_exponent: more "
+                                                    "breadth (coverage, less popular items) for some accuracy; "
                                                     "0: the learned order (default: chosen on validation "
                                                     "lists, docs/benchmarks.md)",
                                                minimum=0)
-    ranking_popularity_penalty_exponent: float = _field(1.0, "the penalty's unit is the scaled log-popularity "
-                                                             "raised to this power (> 0): below 1 it lifts the "
-                                                             "least popular items more than it pushes the most "
-                                                             "popular down (default: chosen on validation "
-                                                             "lists, docs/benchmarks.md)")
+    ranking_popularity_penalty_exponent: float = _field(0.25, "the penalty's unit is the scaled log-popularity "
+                                                              "raised to this power (> 0): below 1 it lifts the "
+                                                              "least popular items more than it pushes the most "
+                                                              "popular down (default: chosen on validation "
+                                                              "lists, docs/benchmarks.md)")
     ranking_recent_items: int = _field(10, "the user's most recent items whose rules the ranker reads, one "
                                            "feature each", minimum=1)
     ranking_compared_items: int = _field(50, "the user's most recent items each candidate is compared with "
@@ -189,6 +194,9 @@ class TwoStageConfig(TaskConfig):
         if self.softmax_popularity_adjustment and self.num_negatives is not None:
             raise ValueError("softmax_popularity_adjustment adjusts the whole-catalog softmax: it needs "
                              f"num_negatives unset or 0, got {self.num_negatives}")
+        if self.softmax_popularity_adjustment is None:
+            whole_catalog = self.num_negatives is None
+            self.softmax_popularity_adjustment = WHOLE_CATALOG_POPULARITY_ADJUSTMENT if whole_catalog else 0.0
 
     @property
     def retrieval_refit_epochs(self) -> int:

@@ -20,7 +20,7 @@ _PROG = "python -m tfrs_pipeline.train"
 _TASK_HELP = ("two_stage: retrieval + ranking on user histories; session: the next item of anonymous "
               "sessions, with its own defaults (see --task=session --help)")
 # Annotations are strings under ``from __future__ import annotations``.
-_FLAG_TYPES = {"int": int, "int | None": int, "float": float}
+_FLAG_TYPES = {"int": int, "int | None": int, "float": float, "float | None": float}
 
 
 def _parser(config_class: type[TaskConfig]) -> argparse.ArgumentParser:
