@@ -99,7 +99,11 @@ def ranking_scores(ranking_model: RankingModel, features: dict) -> np.ndarray:
 
 def rerank(ranking_model: RankingModel, features: dict, candidates: np.ndarray) -> np.ndarray:
     """The candidate lists in the ranking model's order."""
-    scores = ranking_scores(ranking_model, features)
+    return in_order(candidates, ranking_scores(ranking_model, features))
+
+
+def in_order(candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each row of ``candidates`` from its best ``scores`` to its worst (ties in list order)."""
     return np.take_along_axis(candidates, np.argsort(-scores, axis=1, kind="stable"), axis=1)
 
 

@@ -240,9 +240,12 @@ class RankingModel(tfrs.models.Model):
     def score_indices(self, context: dict, candidates: tf.Tensor, catalog_embeddings: tf.Tensor,
                       training: bool = False) -> tf.Tensor:
         """``score`` of candidates given as catalog indices [batch, N] (what an index over the catalog returns)."""
-        penalty_units = tf.gather(self._log_popularity, candidates) ** self.popularity_penalty_exponent
-        return (self.learned_scores(context, candidates, catalog_embeddings, training)
-                - self.popularity_penalty * penalty_units)
+        return self.learned_scores(context, candidates, catalog_embeddings, training) - self.popularity_penalties(
+            candidates)
+
+    def popularity_penalties(self, candidates: tf.Tensor) -> tf.Tensor:
+        """What ``score_indices`` subtracts from the learned scores of ``candidates`` (catalog indices)."""
+        return self.popularity_penalty * tf.gather(self._log_popularity, candidates) ** self.popularity_penalty_exponent
 
     def learned_scores(self, context: dict, candidates: tf.Tensor, catalog_embeddings: tf.Tensor,
                        training: bool = False) -> tf.Tensor:
