@@ -218,3 +218,9 @@ def test_read_items_drawn_as_negatives_do_not_compete():
     logits = tf.where(competes, tf.matmul(queries, catalog[1:], transpose_b=True), tf.float32.min)
     expected = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positives - 1, logits=logits))
     assert np.isclose(whole.loss(queries, positives, catalog, read=read).numpy(), expected.numpy(), rtol=1e-6)
+
+
+def test_the_popularity_adjustment_is_refused_with_sampled_negatives():
+    """The sampled loss has no place for the item bias; the softmax refuses it rather than train without it."""
+    with pytest.raises(ValueError, match="popularity_adjustment adjusts the whole-catalog softmax"):
+        MixedNegativeSoftmax(np.array([0, 3, 1]), 1024, popularity_adjustment=0.25)

@@ -91,6 +91,10 @@ class MixedNegativeSoftmax:
 
     def __init__(self, target_counts: np.ndarray, num_negatives: int | None = 1024,
                  popularity_adjustment: float = 0.0):
+        if popularity_adjustment and num_negatives is not None:
+            # The sampled loss never reads the item bias: an adjustment asked for would silently do nothing.
+            raise ValueError("popularity_adjustment adjusts the whole-catalog softmax: it needs num_negatives=None, "
+                             f"got {num_negatives}")
         self.num_negatives = num_negatives
         self._item_bias = (tf.constant(popularity_adjustment * np.log1p(target_counts[1:]), tf.float32)
                            if popularity_adjustment else None)
