@@ -224,12 +224,13 @@ def main() -> None:
             model = two_stage.build_ranking_model(config, inputs, query_tower, train, popularity)
             two_stage.fit_ranking(config, model, _subset(lists, np.flatnonzero(fold_of != fold)))
             held = np.flatnonzero(fold_of_user == fold)
+            held_candidates = every_candidates[held]
             _answer_with(model, 1.0, 0.0)  # the learned scores, from which every answer subtracts its penalties
             learned = scoring.ranking_scores(model, _subset(every_features, held))
             for answer in answers:
                 _answer_with(model, *answer)
-                penalized = learned - model.popularity_penalties(every_candidates[held]).numpy()
-                reranked = scoring.in_order(every_candidates[held], penalized)
+                reranked = scoring.in_order(held_candidates,
+                                            learned - model.popularity_penalties(held_candidates).numpy())
                 in_list = reranked == target_indices[held, np.newaxis]
                 ranks[answer][held] = np.where(in_list.any(axis=1), in_list.argmax(axis=1) + 1, _MISSED)
                 top_lists[answer][held] = reranked[:, :10]

@@ -126,9 +126,9 @@ class TwoStageConfig(TaskConfig):
                                                               "adjustment), so that the towers' own scores, "
                                                               "which serve, carry less of the items' "
                                                               "popularity; whole-catalog softmax only (default: "
-                                                              "0.25, chosen on MovieLens-1M validation lists "
-                                                              "with the ranker's penalty, docs/benchmarks.md; "
-                                                              "0 with num_negatives)",
+                                                              f"{WHOLE_CATALOG_POPULARITY_ADJUSTMENT}, chosen on "
+                                                              "MovieLens-1M validation lists with the ranker's "
+                                                              "penalty, docs/benchmarks.md; 0 with num_negatives)",
                                                          minimum=0)
     validation_every: int = _field(4, "retrieval's full-catalog validation (HR@10, NDCG@10, loss in the logs and "
                                       "report) runs after every this many epochs and after the last; 1: every "

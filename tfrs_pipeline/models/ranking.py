@@ -240,8 +240,8 @@ class RankingModel(tfrs.models.Model):
     def score_indices(self, context: dict, candidates: tf.Tensor, catalog_embeddings: tf.Tensor,
                       training: bool = False) -> tf.Tensor:
         """``score`` of candidates given as catalog indices [batch, N] (what an index over the catalog returns)."""
-        return self.learned_scores(context, candidates, catalog_embeddings, training) - self.popularity_penalties(
-            candidates)
+        learned = self.learned_scores(context, candidates, catalog_embeddings, training)
+        return learned - self.popularity_penalties(candidates)
 
     def popularity_penalties(self, candidates: tf.Tensor) -> tf.Tensor:
         """What ``score_indices`` subtracts from the learned scores of ``candidates`` (catalog indices)."""
